@@ -1,0 +1,1 @@
+"""Graph definitions: the MPO loop as the paper draws it."""

@@ -1,0 +1,3 @@
+from mpo_agents.cli import app
+
+app()

@@ -1,0 +1,170 @@
+"""`mpo`: run, resume and inspect MPO runs. Thin: parses arguments, shows progress, calls the runner.
+
+Heavy libraries (torch, trl, litellm, langgraph) are imported inside the commands, so `mpo --help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mpo_agents.errors import MPOError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Meta Policy Optimization: GRPO with an evolving LLM-judge rubric.")
+console = Console(stderr=True)
+
+
+def _quiet_environment() -> None:
+    # LiteLLM fetches a price map from the internet at import unless told not to; runs must work offline.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _setup_logging(run_dir: Path) -> None:
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "openai", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _ProgressView:
+    """A rich progress bar over iterations with the latest reward, judge failures and rubric version."""
+
+    def __init__(self, total: int, done: int):
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
+        )
+        self.task = self.progress.add_task("rollout", total=total, completed=done, stats="")
+        self.failures = 0
+
+    def on_event(self, node: str, update: dict[str, Any]) -> None:
+        if node == "__stop_requested__":
+            self.progress.console.print("[yellow]Stopping after the current node (Ctrl-C again to abort now)…")
+            return
+        following = {"rollout": "score", "score": "update", "meta_analyze": "rubric rewrite", "rubric_rewrite": "update",
+                     "policy_update": "rollout"}
+        self.progress.update(self.task, description=following.get(node, node))
+        if node == "rubric_rewrite":
+            accepted = "rubric" in update
+            self.progress.console.print(
+                f"  meta-judge rewrite {'accepted → v' + str(update['rubric']['version']) if accepted else 'rejected (see rubrics/rejected.jsonl)'}"
+            )
+        if node == "policy_update":
+            metrics = update.get("metrics", {})
+            self.failures += metrics.get("judge_failures", 0) or 0
+            reward = metrics.get("reward_mean")
+            shown = "n/a" if reward is None else f"{reward:.2f}"
+            stats = f"reward {shown} | judge failures {self.failures} | rubric v{metrics.get('rubric_version', 0)}"
+            self.progress.update(self.task, advance=1, stats=stats)
+
+
+def _run(config: Any, run_dir: Any, fresh: bool) -> None:
+    from mpo_agents.runner import execute
+
+    _setup_logging(run_dir.root)
+    total = config.schedule.iterations
+    done = 0
+    if not fresh:
+        from mpo_agents.rundir import read_jsonl
+
+        done = len(read_jsonl(run_dir.metrics_path))
+    view = _ProgressView(total, done)
+    with view.progress:
+        outcome = execute(
+            config, run_dir, os.environ, fresh=fresh, on_event=view.on_event,
+            on_status=lambda message: view.progress.update(view.task, description=message),
+        )
+    verb = "finished" if outcome.status == "finished" else "stopped"
+    console.print(
+        f"[green]Run {verb}[/]: {min(outcome.iteration - 1, total)}/{total} iterations, rubric v{outcome.rubric_version}, "
+        f"{outcome.policy_step} optimizer steps, {view.failures} judge failures. Run directory: {outcome.run_dir}"
+    )
+    if outcome.status != "finished":
+        console.print(f"Continue with: mpo resume {outcome.run_dir}")
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config_path: Annotated[Path, typer.Argument(help="YAML config (e.g. examples/quickstart.yaml).", metavar="CONFIG")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set trainer.beta=0.02 (repeatable).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")] = None,
+) -> None:
+    """Start an MPO run: rollout → score → meta_analyze → rubric_rewrite → policy_update, checkpointed."""
+    _quiet_environment()
+    from mpo_agents.config import load_config
+    from mpo_agents.runner import new_run_dir
+
+    try:
+        config = load_config(config_path, set_ or [])
+        directory = new_run_dir(config, run_dir)
+        _run(config, directory, fresh=True)
+    except MPOError as exc:
+        _fail(exc)
+
+
+@app.command()
+def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `mpo run`.")]) -> None:
+    """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
+    _quiet_environment()
+    from mpo_agents.rundir import RunDirectory
+    from mpo_agents.runner import saved_config
+
+    try:
+        config = saved_config(run_dir)
+        if not (run_dir / "checkpoints.sqlite").exists():
+            raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
+        _run(config, RunDirectory(run_dir), fresh=False)
+    except MPOError as exc:
+        _fail(exc)
+
+
+@app.command()
+def rubrics(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    diff: Annotated[bool, typer.Option("--diff/--no-diff", help="Show the diff between consecutive versions.")] = True,
+) -> None:
+    """The rubric history of a run, with a diff between consecutive versions and the rejected rewrites."""
+    from mpo_agents.rubrics import RubricStore, diff_rubrics
+
+    store = RubricStore(run_dir / "rubrics")
+    versions = store.versions()
+    if not versions:
+        _fail(MPOError(f"{run_dir} has no rubrics/ versions"))
+    table = Table("version", "parent", "written after iteration", "criteria", "words", "score range")
+    for version in versions:
+        table.add_row(
+            f"v{version.version}", "-" if version.parent is None else f"v{version.parent}", str(version.iteration),
+            str(len(version.parsed().criteria)), str(len(version.text.split())), f"{version.low:g} to {version.high:g}",
+        )
+    out = Console()
+    out.print(table)
+    for old, new in zip(versions, versions[1:]):
+        out.print(f"\n[bold]v{old.version} → v{new.version}[/]")
+        if diff:
+            out.print(diff_rubrics(old, new), markup=False, highlight=False)
+    rejected = store.rejections()
+    if rejected:
+        out.print(f"\n{len(rejected)} rewrite(s) rejected:")
+        for item in rejected:
+            out.print(f"  iteration {item['iteration']}: {item['reason']}", markup=False)
+
+
+if __name__ == "__main__":
+    app()

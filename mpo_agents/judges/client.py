@@ -1,0 +1,459 @@
+"""One LLM endpoint per role: bounded concurrency, hard timeouts, retries, and a log line per attempt.
+
+Judge failures (timeouts, 429, 5xx, lost connections, unreadable replies) never raise: after the retries
+they come back as `JudgeResult(ok=False, error=<kind>)`, so the caller records a failed judgment instead of
+a made-up score. Only configuration problems (bad key, unknown model, refused request) raise `JudgeError`,
+naming the fix. LiteLLM is imported on the first call, not at import time (it takes seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from mpo_agents.config import JudgeConfig
+from mpo_agents.errors import JudgeError
+from mpo_agents.judges.records import CallLog, CallRecord
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Error kinds. Retried: the endpoint or the model may do better next time.
+TIMEOUT = "timeout"
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+CONNECTION = "connection"
+EMPTY = "empty"
+UNPARSEABLE = "unparseable"
+TRUNCATED = "truncated"  # unparseable and cut off by max_tokens
+# Not retried, not raised: this input will fail the same way again, but the run can go on.
+CONTEXT_WINDOW = "context_window"
+CONTENT_POLICY = "content_policy"
+# Raised as JudgeError: the configuration is wrong and every call would fail.
+AUTH = "auth"
+NOT_FOUND = "not_found"
+BAD_REQUEST = "bad_request"
+
+RETRYABLE = frozenset({TIMEOUT, RATE_LIMITED, SERVER_ERROR, CONNECTION, EMPTY, UNPARSEABLE, TRUNCATED})
+PARSE_FAILURES = frozenset({EMPTY, UNPARSEABLE, TRUNCATED})
+FATAL = frozenset({AUTH, NOT_FOUND, BAD_REQUEST})
+# A greedy model repeats the same unreadable reply; retries after one sample at least this warm.
+PARSE_RETRY_TEMPERATURE = 0.7
+
+
+def nonempty(reply: str) -> str | None:
+    """The default `parse`: any non-blank reply is accepted as is."""
+    return reply if reply.strip() else None
+
+
+@dataclass(frozen=True)
+class JudgeResult(Generic[T]):
+    """The outcome of one `complete` call, after all its attempts."""
+
+    ok: bool
+    value: T | None  # what `parse` returned; None whenever ok is False
+    reply: str | None  # the last attempt's reply text (None if that attempt got no reply)
+    error: str | None  # the last attempt's error kind when ok is False
+    attempts: int
+    latency_s: float  # wall time of the whole call: waiting for a slot, attempts and backoff
+    prompt_tokens: int  # summed over attempts
+    completion_tokens: int
+
+
+@dataclass
+class JudgeStats:
+    """Running totals of one client."""
+
+    calls: int = 0
+    failures: int = 0  # calls that ended with ok=False
+    attempts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0  # summed over attempts (time on the wire, not waiting for a slot)
+    errors: dict[str, int] = field(default_factory=dict)  # attempts that failed, by kind
+
+
+@dataclass
+class _Attempt:
+    value: Any
+    reply: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def retry(self) -> bool:
+        return self.error in RETRYABLE
+
+
+@dataclass
+class _LoopResources:
+    """What must belong to one event loop: the concurrency gate and any pooled HTTP client."""
+
+    semaphore: asyncio.Semaphore
+    text_client: Any = None  # openai.AsyncOpenAI for the completion API, see `_make_text_client`
+
+
+class JudgeClient:
+    """Calls one role's model through LiteLLM. Build one per role and share it across the run."""
+
+    def __init__(
+        self,
+        role: str,
+        cfg: JudgeConfig,
+        *,
+        api_base: str | None,
+        api_key: str | None,
+        call_log: CallLog | None,
+    ) -> None:
+        self.role = role
+        self.cfg = cfg
+        self.api_base = api_base
+        self._api_key = api_key  # passed to LiteLLM only; never logged, never in a record or an error message
+        self.call_log = call_log
+        self._stats = JudgeStats()
+        self._lock = threading.Lock()
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"JudgeClient(role={self.role!r}, model={self.cfg.model!r}, api={self.cfg.api!r})"
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        parse: Callable[[str], T | None] = nonempty,  # type: ignore[assignment]
+        metadata: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
+        stop: list[str] | None = None,
+    ) -> JudgeResult[T]:
+        """Send `messages` and return `parse(reply)`, retrying failures; see the module docstring.
+
+        `parse` returning None counts as an unparseable reply (retried at a warmer temperature).
+        `metadata` (iteration, node, sample key, ...) is copied into every log record of this call.
+        """
+        attempts: list[_Attempt] = []
+        started = time.perf_counter()
+
+        async def attempt_once() -> _Attempt:
+            warmer = any(a.error in PARSE_FAILURES for a in attempts)
+            temperature = (
+                max(self.cfg.temperature, PARSE_RETRY_TEMPERATURE) if warmer else self.cfg.temperature
+            )
+            outcome = await self._attempt(
+                messages,
+                parse,
+                len(attempts) + 1,
+                temperature,
+                max_tokens or self.cfg.max_tokens,
+                stop,
+                metadata,
+            )
+            attempts.append(outcome)
+            return outcome
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.retries + 1),
+            wait=wait_random_exponential(multiplier=self.cfg.retry_backoff, max=self.cfg.retry_backoff_max),
+            retry=retry_if_result(lambda outcome: outcome.retry),
+            retry_error_callback=_last_outcome,
+            reraise=True,
+        )
+        last: _Attempt = await retrying(attempt_once)
+        ok = last.error is None
+        with self._lock:
+            self._stats.calls += 1
+            self._stats.failures += not ok
+        if not ok:
+            logger.info("%s call failed after %d attempt(s): %s", self.role, len(attempts), last.error)
+        return JudgeResult(
+            ok=ok,
+            value=last.value if ok else None,
+            reply=last.reply,
+            error=last.error,
+            attempts=len(attempts),
+            latency_s=time.perf_counter() - started,
+            prompt_tokens=sum(a.prompt_tokens for a in attempts),
+            completion_tokens=sum(a.completion_tokens for a in attempts),
+        )
+
+    def stats(self) -> JudgeStats:
+        """A snapshot of this client's totals."""
+        with self._lock:
+            return dataclasses.replace(self._stats, errors=dict(self._stats.errors))
+
+    async def aclose(self) -> None:
+        """Close pooled connections opened on the running event loop."""
+        resources = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if resources is not None and resources.text_client is not None:
+            await resources.text_client.close()
+
+    # -- one attempt ----------------------------------------------------------------------------------------
+    async def _attempt(
+        self,
+        messages: list[dict[str, str]],
+        parse: Callable[[str], Any],
+        number: int,
+        temperature: float,
+        max_tokens: int,
+        stop: list[str] | None,
+        metadata: dict[str, Any] | None,
+    ) -> _Attempt:
+        _litellm()  # the first import takes seconds: keep it out of the timed call
+        resources = self._resources()
+        value = reply = finish_reason = error = detail = None
+        prompt_tokens = completion_tokens = 0
+        failure: Exception | None = None
+        async with resources.semaphore:
+            timestamp = datetime.now(UTC).isoformat()
+            started = time.perf_counter()
+            try:
+                # LiteLLM enforces cfg.timeout itself; this outer limit catches a call stuck anywhere else.
+                response = await asyncio.wait_for(
+                    self._call(messages, temperature, max_tokens, stop, resources),
+                    timeout=self.cfg.timeout + min(5.0, 0.5 + 0.1 * self.cfg.timeout),
+                )
+            except Exception as exc:
+                error = _classify(exc)
+                if error is None:
+                    raise  # not an endpoint failure: a bug, let it surface
+                failure, detail = exc, self._redact(f"{type(exc).__name__}: {exc}")[:500]
+            else:
+                reply, finish_reason, prompt_tokens, completion_tokens = _read(response, self.cfg.api)
+                if not reply.strip():
+                    error = EMPTY
+                else:
+                    value = parse(reply)
+                    if value is None:
+                        error = TRUNCATED if finish_reason == "length" else UNPARSEABLE
+            latency = time.perf_counter() - started
+
+        self._record(
+            CallRecord(
+                timestamp=timestamp,
+                role=self.role,
+                model=self.cfg.model,
+                api=self.cfg.api,
+                attempt=number,
+                temperature=temperature,
+                messages=messages if self.cfg.api == "chat" else None,
+                prompt=_prompt_of(messages) if self.cfg.api == "completion" else None,
+                reply=reply,
+                finish_reason=finish_reason,
+                error=error,
+                error_detail=detail,
+                latency_s=round(latency, 4),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                metadata=dict(metadata or {}),
+            )
+        )
+        if error in FATAL:
+            raise JudgeError(self._fatal_message(error, detail or "")) from failure
+        if error is not None:
+            logger.debug("%s attempt %d failed: %s %s", self.role, number, error, detail or "")
+        return _Attempt(value, reply, error, prompt_tokens, completion_tokens)
+
+    async def _call(
+        self,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int,
+        stop: list[str] | None,
+        resources: _LoopResources,
+    ) -> Any:
+        litellm = _litellm()
+        params: dict[str, Any] = {
+            "model": self.cfg.model,
+            "api_base": self.api_base,
+            "api_key": self._api_key,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "timeout": self.cfg.timeout,
+            # Ours is the only retry layer: LiteLLM's and the OpenAI SDK's would multiply and hide attempts.
+            "max_retries": 0,
+            "num_retries": 0,
+        }
+        if stop:
+            params["stop"] = stop
+        if self.cfg.api == "chat":
+            return await litellm.acompletion(messages=messages, **params)
+        if resources.text_client is not None:
+            params["client"] = resources.text_client
+        return await litellm.atext_completion(prompt=_prompt_of(messages), **params)
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _resources(self) -> _LoopResources:
+        # asyncio primitives and HTTP pools belong to one loop; a run may use more than one (asyncio.run per
+        # phase, TRL's reward thread), so each loop gets its own. The concurrency bound is therefore per loop.
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            resources = self._per_loop.get(loop)
+            if resources is None:
+                resources = _LoopResources(
+                    asyncio.Semaphore(self.cfg.max_concurrency), self._make_text_client()
+                )
+                self._per_loop[loop] = resources
+            return resources
+
+    def _make_text_client(self) -> Any:
+        """A pooled OpenAI client for the completion API, or None to let LiteLLM make its own.
+
+        LiteLLM 1.106 builds a new HTTP session for every text completion unless given a client, leaking one
+        aiohttp session (and an "Unclosed client session" error log) per call. Only done for OpenAI-compatible
+        endpoints with an explicit base and key; otherwise LiteLLM's defaults (and environment keys) apply.
+        """
+        if self.cfg.api != "completion" or self.api_base is None or self._api_key is None:
+            return None
+        litellm = _litellm()
+        try:
+            provider = litellm.get_llm_provider(self.cfg.model)[1]
+        except litellm.BadRequestError:  # an unknown provider: the call itself reports it, with the fix
+            return None
+        if provider not in {
+            "openai",
+            "text-completion-openai",
+            *litellm.openai_text_completion_compatible_providers,
+        }:
+            return None
+        import openai
+
+        return openai.AsyncOpenAI(
+            base_url=self.api_base, api_key=self._api_key, timeout=self.cfg.timeout, max_retries=0
+        )
+
+    def _record(self, record: CallRecord) -> None:
+        with self._lock:
+            self._stats.attempts += 1
+            self._stats.prompt_tokens += record.prompt_tokens
+            self._stats.completion_tokens += record.completion_tokens
+            self._stats.latency_s += record.latency_s
+            if record.error is not None:
+                self._stats.errors[record.error] = self._stats.errors.get(record.error, 0) + 1
+        if self.call_log is not None:
+            self.call_log.write(record)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _fatal_message(self, kind: str, detail: str) -> str:
+        role, cfg = self.role, self.cfg
+        where = self.api_base or "the provider's default endpoint"
+        fixes = {
+            AUTH: f"check the API key: set `{role}.api_key_env` to the name of the environment variable "
+            "that holds it (unset, LiteLLM reads the provider's usual one, e.g. OPENAI_API_KEY)",
+            NOT_FOUND: f"check `{role}.model` and `{role}.api_base`: the endpoint does not serve this model "
+            "or path (a self-hosted server's api_base usually ends in /v1, and it must offer the "
+            f"`{cfg.api}` API chosen by `{role}.api`)",
+            BAD_REQUEST: f"the endpoint refused the request; check `{role}.model` (provider prefix), "
+            f"`{role}.api` ('{cfg.api}') and `{role}.max_tokens` ({cfg.max_tokens})",
+        }
+        what = {AUTH: "authentication", NOT_FOUND: "model or endpoint not found", BAD_REQUEST: "bad request"}
+        return f"{role} ({cfg.model} at {where}): {what[kind]}: {detail}. Fix: {fixes[kind]}."
+
+
+def _litellm() -> Any:
+    import litellm
+
+    # Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def _last_outcome(state: RetryCallState) -> _Attempt:
+    assert state.outcome is not None
+    return state.outcome.result()
+
+
+def _prompt_of(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def _read(response: Any, api: str) -> tuple[str, str | None, int, int]:
+    """Reply text, finish reason and token counts of a LiteLLM response (chat or text completion)."""
+    choices = getattr(response, "choices", None) or []
+    text = ""
+    finish_reason = None
+    if choices:
+        choice = choices[0]
+        finish_reason = getattr(choice, "finish_reason", None)
+        text = (choice.message.content if api == "chat" else choice.text) or ""
+    usage = getattr(response, "usage", None)
+    return (
+        text,
+        finish_reason,
+        int(getattr(usage, "prompt_tokens", 0) or 0),
+        int(getattr(usage, "completion_tokens", 0) or 0),
+    )
+
+
+def _classify(exc: BaseException) -> str | None:
+    """The error kind of an exception raised by a call, or None if it is not an endpoint failure."""
+    if isinstance(exc, TimeoutError):  # our outer asyncio.wait_for
+        return TIMEOUT
+    import litellm
+    import openai
+
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return CONTEXT_WINDOW
+    if isinstance(exc, litellm.ContentPolicyViolationError):
+        return CONTENT_POLICY
+    if isinstance(exc, openai.APITimeoutError):  # litellm.Timeout
+        return TIMEOUT
+    if isinstance(exc, openai.APIConnectionError):
+        return CONNECTION
+    if isinstance(exc, openai.RateLimitError):
+        return RATE_LIMITED
+    if isinstance(exc, openai.APIError):  # LiteLLM maps every HTTP error onto these; decide by status
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403):
+            return AUTH
+        if status == 404:
+            return NOT_FOUND
+        if status == 408:
+            return TIMEOUT
+        if status == 429:
+            return RATE_LIMITED
+        if status is None or status >= 500 or status == 409:
+            # LiteLLM reports a refused connection as HTTP 500; the cause chain tells them apart.
+            return CONNECTION if _refused(exc) else SERVER_ERROR
+        if isinstance(exc, openai.APIResponseValidationError):
+            return SERVER_ERROR
+        return BAD_REQUEST
+    if isinstance(exc, OSError):
+        return CONNECTION
+    return None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether the endpoint could not be reached at all (connection refused, DNS, reset), per the cause chain."""
+    import httpx
+    import openai
+
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(10):  # the chain is short; the bound only guards against a cycle
+        if cause is None or isinstance(cause, openai.APITimeoutError | httpx.TimeoutException):
+            return False
+        if isinstance(cause, openai.APIConnectionError | httpx.NetworkError | ConnectionError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -1,0 +1,79 @@
+"""Reading a judge's verdict out of free text: a score in a range, or the content of an XML-ish tag."""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = r"[-+]?\d+(?:\.\d+)?"
+# An optional scale after the number: "4/5", "4 / 5", "4 out of 5".
+_SCALE = rf"(?:\s*(?:/|out\s+of)\s*(?P<den>{_NUMBER}))?"
+_LABEL = re.compile(
+    r"(?P<final>\b(?:final|overall|total)\s+)?\b(?:score|grade|rating)\b"
+    r"(?:\s*\([^)\n]{0,30}\)|\s+out\s+of\s+\d+)?"  # "Score (0-5): 4", "Score out of 5: 4"
+    r"[\s*_`]*(?::|=|\bis\b|-|–)?[\s*_`]*"  # "Score: 4", "score = 4", "**Score:** 4", "score is 4"
+    rf"(?P<num>{_NUMBER})(?!\d){_SCALE}",
+    re.IGNORECASE,
+)
+# A reply that is the number itself, as a completion after "Score (0-5):" tends to be: " 4\n...".
+_LEADING = re.compile(
+    rf"^\s*[*_#`\"'\[(]*\s*(?P<num>{_NUMBER}){_SCALE}"
+    # What may follow: end of line, punctuation, "points". Not "N. more text": that is a numbered list item.
+    r"(?=\s*(?:$|\n|[.)\]]\s*(?:$|\n)|[,;:!*_`\"'—–-]|points?\b|pts\b))",
+    re.IGNORECASE,
+)
+_FRACTION = re.compile(
+    rf"(?<![\w./])(?P<num>{_NUMBER})\s*(?:/|out\s+of)\s*(?P<den>{_NUMBER})(?![\w/]|\.\d)", re.IGNORECASE
+)
+
+
+def extract_tag(reply: str, tag: str) -> str | None:
+    """Content of the last `<tag>...</tag>` in `reply`, stripped; None if there is no closed tag.
+
+    The last one wins because models often restate the requested format before answering.
+    """
+    name = re.escape(tag)
+    found = re.findall(rf"<{name}\s*>(.*?)</{name}\s*>", reply, re.IGNORECASE | re.DOTALL)
+    return found[-1].strip() if found else None
+
+
+def parse_score(reply: str, low: float, high: float) -> float | None:
+    """The judge's score in [low, high], or None when the reply does not state one clearly.
+
+    Tried in order; the first rule that finds a score decides, even if that score is out of range (then None:
+    a verdict outside the scale is a broken verdict, and some other number in the text is not a substitute):
+    1. `<score>N</score>` (the last one);
+    2. a labelled score: `Score: N`, `score = N`, `**Score:** N`, `Final score: N/5`, `rating is 4 out of 5`
+       (a final/overall/total label beats a plain one; otherwise the last label wins);
+    3. a reply that starts with the number (`" 4\\n..."`), but not a numbered list item (`"1. Clarity: ..."`);
+    4. a single `N/high` (or `N out of high`) fraction anywhere in the text.
+    A stated scale (`N/M`) must equal `high`. Never clips, never defaults.
+    """
+    tagged = extract_tag(reply, "score")
+    if tagged is not None:
+        match = _LEADING.match(tagged)
+        return _in_range(match, low, high) if match else None
+
+    labelled = list(_LABEL.finditer(reply))
+    if labelled:
+        finals = [m for m in labelled if m.group("final")]
+        return _in_range((finals or labelled)[-1], low, high)
+
+    leading = _LEADING.match(reply)
+    if leading:
+        return _in_range(leading, low, high)
+
+    values = {
+        float(m.group("num")) for m in _FRACTION.finditer(reply) if float(m.group("den")) == float(high)
+    }
+    if len(values) == 1:
+        value = values.pop()
+        return value if low <= value <= high else None
+    return None
+
+
+def _in_range(match: re.Match[str], low: float, high: float) -> float | None:
+    value = float(match.group("num"))
+    denominator = match.group("den")
+    if denominator is not None and float(denominator) != float(high):
+        return None  # scored on another scale; rescaling would invent precision the judge did not give
+    return value if low <= value <= high else None

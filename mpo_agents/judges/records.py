@@ -1,0 +1,80 @@
+"""The judge call log: one JSON line per attempt, so every score can be traced back to the exact exchange."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Self
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One attempt of one judge call. Holds no credentials by construction: there is no field for them."""
+
+    timestamp: str  # ISO 8601, UTC, when the attempt started
+    role: str  # "judge", "meta_judge", ...
+    model: str
+    api: str  # "chat" or "completion"
+    attempt: int  # 1-based
+    temperature: float  # raised above the configured value on a retry after an unparseable reply
+    messages: list[dict[str, str]] | None  # chat API
+    prompt: str | None  # completion API
+    reply: str | None
+    finish_reason: str | None
+    error: str | None  # None on success; else a kind such as "timeout", "rate_limited", "unparseable"
+    error_detail: str | None
+    latency_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    metadata: dict[str, Any] = field(default_factory=dict)  # whatever the caller passed: iteration, node, ...
+
+
+class CallLog:
+    """Appends records to a JSONL file; safe to share between threads and asyncio tasks.
+
+    Each line is written with one `write` under a lock and flushed, so a killed run leaves whole lines only
+    (at most the last one cut short).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+
+    def write(self, record: CallRecord | dict[str, Any]) -> None:
+        data = dataclasses.asdict(record) if isinstance(record, CallRecord) else record
+        line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """All records of a log file, skipping a last line cut short by a crash."""
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise
+        return records

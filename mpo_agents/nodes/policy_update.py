@@ -1,0 +1,50 @@
+"""policy_update: exactly one GRPO step on this iteration's scored batch, computed by TRL; then an atomic
+policy checkpoint. Idempotent: if this iteration's checkpoint exists, the update already happened."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from langgraph.runtime import Runtime
+
+from mpo_agents.context import RunContext
+from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
+from mpo_agents.rundir import atomic_write_text, read_jsonl
+from mpo_agents.state import MPOState
+
+UPDATE_STATS = "update.json"
+
+
+def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    iteration = state["iteration"]
+    directory = checkpoint_dir(ctx.run_dir.policy_dir, iteration)
+    stats_path = ctx.run_dir.policy_dir / f"iter-{iteration:04d}.{UPDATE_STATS}"
+    if not (directory / "COMPLETE").exists():
+        # Not done yet (or killed before the checkpoint landed): the weights in memory are those of the
+        # previous iteration's checkpoint, so applying the step now is neither lost nor duplicated.
+        rollouts = [Rollout.from_dict(item) for item in read_jsonl(state["rollout_path"])]
+        rewards = [sample["reward"] for sample in state["batch"]]
+        started = time.perf_counter()
+        if any(reward is not None for reward in rewards):
+            stats = ctx.policy.update(rollouts, rewards)
+        else:
+            stats = {"update_skipped": 1.0}  # no valid judgment at all: nothing to learn from
+        atomic_write_text(stats_path, json.dumps(stats))
+        ctx.policy.save(directory)
+        prune_checkpoints(ctx.run_dir.policy_dir, ctx.config.output.keep_policy_checkpoints)
+        stats["update_and_save_seconds"] = time.perf_counter() - started
+    else:
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    metrics = {
+        "iteration": iteration,
+        # The version this batch was scored with; a meta step in this iteration may already have written the next.
+        "rubric_version": state["batch"][0]["rubric_version"] if state["batch"] else state["rubric"]["version"],
+        "rubric_version_next": state["rubric"]["version"],
+        "policy_step": ctx.policy.step,
+        **state.get("metrics", {}),
+        **{f"update_{key}" if not key.startswith("update") else key: value for key, value in stats.items()},
+    }
+    ctx.run_dir.record_metrics(metrics)
+    return {"iteration": iteration + 1, "policy_step": ctx.policy.step, "metrics": metrics, "batch": []}

@@ -1,0 +1,73 @@
+"""What the graph sees of a policy: the `Rollout` record and the `PolicyBackend` interface (no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class Rollout:
+    """One sampled completion of one prompt, with the token ids the policy update replays exactly."""
+
+    key: str  # unique id, f"{key_prefix}-p{prompt_index}-g{generation_index}"
+    prompt_index: int  # index of the prompt within its batch
+    generation_index: int  # index within the prompt's GRPO group
+    prompt_ids: list[int]  # chat-templated, left-truncated prompt tokens
+    completion_ids: list[int]  # sampled tokens up to and including the first EOS
+    completion: str  # decoded completion without special tokens
+    truncated: bool  # hit max_new_tokens without producing EOS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rollout:
+        """Inverse of `to_dict`; unknown keys are refused so a schema drift fails loudly."""
+        unknown = set(data) - _FIELDS
+        if unknown:
+            raise ValueError(f"rollout record has unknown keys {sorted(unknown)}; expected {sorted(_FIELDS)}")
+        return cls(
+            key=str(data["key"]),
+            prompt_index=int(data["prompt_index"]),
+            generation_index=int(data["generation_index"]),
+            prompt_ids=[int(t) for t in data["prompt_ids"]],
+            completion_ids=[int(t) for t in data["completion_ids"]],
+            completion=str(data["completion"]),
+            truncated=bool(data["truncated"]),
+        )
+
+
+_FIELDS = frozenset(
+    {"key", "prompt_index", "generation_index", "prompt_ids", "completion_ids", "completion", "truncated"}
+)
+
+
+@runtime_checkable
+class PolicyBackend(Protocol):
+    """A trainable policy: sample grouped rollouts, apply one GRPO step on scored rollouts, checkpoint."""
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps applied so far."""
+        ...
+
+    def generate(
+        self, conversations: list[list[dict[str, str]]], num_generations: int, seed: int, key_prefix: str
+    ) -> list[Rollout]:
+        """Sample `num_generations` completions per conversation, prompt-major order."""
+        ...
+
+    def update(self, rollouts: list[Rollout], rewards: list[float | None]) -> dict[str, float]:
+        """Apply exactly one optimizer step; a `None` reward is a failed judgment."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write a complete checkpoint atomically."""
+        ...
+
+    def load(self, directory: Path) -> None:
+        """Restore weights, optimizer, scheduler, step and RNG states from a checkpoint."""
+        ...

@@ -1,0 +1,269 @@
+"""Atomic policy checkpoints: weights, optimizer, LR scheduler, step and RNG states, all or nothing.
+
+Layout of `<root>/step-000007/`:
+  model/                 `save_pretrained` output (safetensors + config + tokenizer), loadable on its own
+  optimizer.safetensors  optimizer state tensors (`state.<param index>.<name>`) and torch RNG states (`rng.*`)
+  state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states
+  COMPLETE               written last; a directory without it is never read
+
+Everything is written into `step-000007.tmp`, fsynced, marked COMPLETE and renamed into place, so a process
+killed mid-save leaves at most a `.tmp` directory that `latest_checkpoint` ignores. No pickle is involved:
+tensors go to safetensors (also faster than `torch.save` for the ~1 GB of Adam moments of SmolLM2-135M), the rest
+to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mpo_agents.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from mpo_agents.policy.grpo import TRLGRPOPolicy
+
+COMPLETE_MARKER = "COMPLETE"
+MODEL_DIR = "model"
+TENSORS_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    """Where the checkpoint of optimizer step `step` lives under `root` (`step-000007`)."""
+    return Path(root) / f"step-{step:06d}"
+
+
+def save_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
+    """Write a complete checkpoint of `policy` to `directory` atomically (replacing an existing one)."""
+    directory = Path(directory)
+    staging = directory.with_name(directory.name + ".tmp")
+    if staging.exists():  # left by a killed save
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    _write_contents(policy, staging)
+    _fsync_tree(staging)
+    _write_synced(staging / COMPLETE_MARKER, json.dumps({"step": policy.step}))
+    _fsync_dir(staging)
+    _swap_into_place(staging, directory)
+
+
+def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
+    from safetensors.torch import save_file
+
+    from mpo_agents.policy.models import quiet_progress_bars
+
+    trainer = policy.trainer
+    with quiet_progress_bars():
+        policy.model.save_pretrained(staging / MODEL_DIR)
+    policy.tokenizer.save_pretrained(staging / MODEL_DIR)
+    optimizer_state = trainer.optimizer.state_dict()
+    tensors = {
+        f"state.{index}.{name}": value.detach().contiguous()
+        for index, param_state in optimizer_state["state"].items()
+        for name, value in param_state.items()
+    }
+    tensors.update(_torch_rng_states())
+    save_file(tensors, str(staging / TENSORS_FILE))
+    state = {
+        "format_version": FORMAT_VERSION,
+        "global_step": policy.step,
+        "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "param_groups": optimizer_state["param_groups"],
+        "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        "python_rng": _python_rng_state(),
+        "numpy_rng": _numpy_rng_state(),
+    }
+    try:
+        text = json.dumps(state)
+    except TypeError as exc:  # a scheduler/optimizer with non-JSON state: fail now, not at resume time
+        raise CheckpointError(
+            f"policy state is not JSON-serialisable ({exc}); checkpoint format needs updating"
+        ) from exc
+    (staging / STATE_FILE).write_text(text)
+
+
+def _swap_into_place(staging: Path, directory: Path) -> None:
+    """Rename `staging` to `directory`. An existing `directory` (same step saved again after a resume) is moved
+    aside first, because a directory cannot be renamed over a non-empty one."""
+    previous = directory.with_name(directory.name + ".old")
+    if previous.exists():
+        shutil.rmtree(previous)
+    if directory.exists():
+        directory.rename(previous)
+    staging.rename(directory)
+    _fsync_dir(directory.parent)
+    if previous.exists():
+        shutil.rmtree(previous)
+
+
+def load_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
+    """Restore weights, optimizer, scheduler, step and RNG states written by `save_checkpoint`.
+
+    Load into a policy built from the BASE model (see `TRLGRPOPolicy`), so TRL's KL reference stays the
+    initial policy."""
+    import torch
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / COMPLETE_MARKER).is_file():
+        raise CheckpointError(
+            f"{directory} is not a complete policy checkpoint (no {COMPLETE_MARKER} marker)"
+        )
+    state = json.loads((directory / STATE_FILE).read_text())
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{directory}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}"
+        )
+    _load_weights(policy.model, directory / MODEL_DIR)
+    tensors = load_file(str(directory / TENSORS_FILE))
+    trainer = policy.trainer
+    trainer.optimizer.load_state_dict(
+        {"state": _optimizer_tensors(tensors), "param_groups": state["param_groups"]}
+    )
+    trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    trainer.state.global_step = int(state["global_step"])
+    trainer.state.num_input_tokens_seen = int(state["num_input_tokens_seen"])
+    random.setstate(_as_python_rng_state(state["python_rng"]))
+    _set_numpy_rng_state(state["numpy_rng"])
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _load_weights(model: Any, model_dir: Path) -> None:
+    """Copy saved weights into the live model in place (optimizer and TRL hold references to its parameters)."""
+    import torch
+    from safetensors.torch import load_file
+
+    saved: dict[str, Any] = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        saved.update(load_file(str(shard)))
+    live = model.state_dict()
+    unexpected = sorted(set(saved) - set(live))
+    # `save_pretrained` drops tied copies (lm_head.weight tied to the embeddings): those share storage with a
+    # saved tensor and are restored with it.
+    saved_storage = {live[name].data_ptr() for name in saved if name in live}
+    missing = sorted(name for name in set(live) - set(saved) if live[name].data_ptr() not in saved_storage)
+    if unexpected or missing:
+        raise CheckpointError(
+            f"{model_dir} does not match the policy model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
+            "was it saved from a different base model?"
+        )
+    with torch.no_grad():
+        for name, value in saved.items():
+            live[name].copy_(value)
+
+
+def _optimizer_tensors(tensors: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("state."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    return state
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `root`, or None."""
+    complete = _complete_checkpoints(Path(root))
+    return complete[-1][1] if complete else None
+
+
+def prune_checkpoints(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints, and staging leftovers of older steps.
+
+    Returns the deleted paths."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1 (pruning every checkpoint would make the run unresumable)")
+    complete = _complete_checkpoints(Path(root))
+    doomed = [path for _, path in complete[:-keep]]
+    newest = complete[-1][0] if complete else -1
+    for leftover in sorted(Path(root).glob("step-*")) if Path(root).is_dir() else []:
+        match = re.match(r"^step-(\d+)\.(tmp|old)$", leftover.name)
+        if match and int(match.group(1)) <= newest:
+            doomed.append(leftover)
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and path.is_dir() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+# --- RNG states as JSON / tensors --------------------------------------------------------------------------
+def _torch_rng_states() -> dict[str, Any]:
+    import torch
+
+    states = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def _python_rng_state() -> list[Any]:
+    version, internal, gauss_next = random.getstate()
+    return [version, list(internal), gauss_next]
+
+
+def _as_python_rng_state(data: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss_next = data
+    return (version, tuple(internal), gauss_next)
+
+
+def _numpy_rng_state() -> list[Any]:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _set_numpy_rng_state(data: list[Any]) -> None:
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = data
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# --- durability --------------------------------------------------------------------------------------------
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory, so the COMPLETE marker can only be durable after the data."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,364 @@
+"""The policy as TRL's `GRPOTrainer`, driven one optimizer step at a time from the graph ("path A", FACTS §2).
+
+The trainer is built once. Each `update()` replays rollouts the graph already sampled and scored: a
+`rollout_func` hands TRL the stored token ids, a reward function looks the judge's scores up by rollout key,
+and TRL's own `training_step` computes rewards -> group advantages -> loss -> backward. We then do what the
+HF training loop does after a step: clip, optimizer step, scheduler step, zero grads, `global_step += 1`.
+`tests/test_policy_grpo.py` checks that this equals `GRPOTrainer.train()` on the same inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpo_agents.config import GenerationConfig, PolicyConfig, TrainerConfig
+from mpo_agents.policy.base import Rollout
+
+# Key of the extra rollout column that carries each row's id from `rollout_func` to the reward function.
+ROLLOUT_KEY_COLUMN = "rollout_key"
+
+
+class _ReplayBatch:
+    """The batch TRL should train on next: stored rollouts in, their scores out, by rollout key."""
+
+    def __init__(self) -> None:
+        self.rollouts: list[Rollout] = []
+        self.scores: dict[str, float | None] = {}
+
+    def set(self, rollouts: list[Rollout], rewards: list[float | None]) -> None:
+        self.rollouts = list(rollouts)
+        self.scores = {r.key: reward for r, reward in zip(rollouts, rewards, strict=True)}
+
+    def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        """TRL's generation hook: instead of sampling, return the stored rollouts (same order as `prompts`)."""
+        if len(prompts) != len(self.rollouts):
+            raise RuntimeError(f"TRL asked for {len(prompts)} rollouts but {len(self.rollouts)} are stored")
+        return {
+            "prompt_ids": [r.prompt_ids for r in self.rollouts],
+            "completion_ids": [r.completion_ids for r in self.rollouts],
+            "logprobs": None,  # num_iterations=1: TRL uses the current policy's own logps as the old ones
+            ROLLOUT_KEY_COLUMN: [r.key for r in self.rollouts],
+        }
+
+    def judge_score(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+        """TRL reward function: the graph's judge scores, looked up by the rollout key column."""
+        return [self.scores[key] for key in kwargs[ROLLOUT_KEY_COLUMN]]
+
+
+def grpo_config(
+    trainer_cfg: TrainerConfig,
+    generation_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    output_dir: Path,
+    **overrides: Any,
+) -> Any:
+    """TRL's `GRPOConfig` for one optimizer step per call, mapped from our config (TRL 1.16 defaults differ
+    from the paper's TRL 0.17, so everything that shapes the loss is set explicitly)."""
+    from trl import GRPOConfig
+
+    values: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "learning_rate": trainer_cfg.learning_rate,
+        "beta": trainer_cfg.beta,
+        "num_generations": trainer_cfg.num_generations,
+        "per_device_train_batch_size": trainer_cfg.prompts_per_iteration * trainer_cfg.num_generations,
+        "gradient_accumulation_steps": 1,
+        # One generation round per optimizer step and no reuse: `_prepare_inputs` then regenerates (i.e. calls our
+        # replay) on every `training_step`, and old logps equal the current ones (ratio 1).
+        "steps_per_generation": 1,
+        "num_iterations": 1,
+        # dr_grpo normalises by this, so it must be the real generation limit.
+        "max_completion_length": generation_cfg.max_new_tokens,
+        # TRL scales the logits by the sampling temperature when computing logps; must match generation.
+        "temperature": generation_cfg.temperature,
+        "top_p": generation_cfg.top_p,
+        "top_k": generation_cfg.top_k,
+        "loss_type": trainer_cfg.loss_type,
+        "epsilon": trainer_cfg.epsilon,
+        "scale_rewards": trainer_cfg.scale_rewards,
+        "max_grad_norm": trainer_cfg.max_grad_norm,
+        "weight_decay": trainer_cfg.weight_decay,
+        "seed": trainer_cfg.seed,
+        "lr_scheduler_type": "constant",
+        "use_cpu": device == "cpu",
+        # TRL's default (None) means bf16=True, which CPU-fp32 runs must not get.
+        "bf16": dtype == torch.bfloat16,
+        "fp16": dtype == torch.float16,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        # TRL defaults to checkpointing on: only slower for our models (`gradient_checkpointing` is the old name).
+        "activation_checkpointing": False,
+        "dataloader_num_workers": 0,
+        "disable_dropout": True,  # dropout would make policy and reference logps disagree on identical weights
+        "log_completions": False,
+    }
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+class TRLGRPOPolicy:
+    """A `PolicyBackend` whose update is exactly one step of TRL's `GRPOTrainer`."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        trainer_cfg: TrainerConfig,
+        generation_cfg: GenerationConfig,
+        device: str,
+        output_dir: Path,
+    ) -> None:
+        """Build the trainer once. `model` must be freshly loaded from the BASE model directory: TRL loads its
+        KL reference model from `model.config._name_or_path`, so the reference stays the initial policy (also
+        after `load()` puts checkpoint weights into the policy)."""
+        self.trainer_cfg = trainer_cfg
+        self.generation_cfg = generation_cfg
+        self.device = device
+        self._batch = _ReplayBatch()
+        self.trainer = _build_trainer(
+            model, tokenizer, self._batch, trainer_cfg, generation_cfg, device, output_dir
+        )
+
+    # --- resources checkpoints need -------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self.trainer.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.trainer.processing_class
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps applied so far."""
+        return int(self.trainer.state.global_step)
+
+    # --- rollouts -------------------------------------------------------------------------------------------
+    def generate(
+        self, conversations: list[list[dict[str, str]]], num_generations: int, seed: int, key_prefix: str
+    ) -> list[Rollout]:
+        """Sample `num_generations` completions per conversation in one batched `generate` call, seeded so a
+        re-run with the same seed on the same machine gives the same completions. Prompt-major order."""
+        if not conversations or num_generations < 1:
+            raise ValueError("generate needs at least one conversation and num_generations >= 1")
+        prompts = [self._encode_prompt(c) for c in conversations]
+        input_ids, attention_mask = _left_pad(
+            prompts, self.tokenizer.pad_token_id, num_generations, self.device
+        )
+        with _seeded(seed, self.device), torch.no_grad(), _eval_then_train(self.model):
+            # TRL's own generation config (temperature, top_p, top_k, max_new_tokens, every EOS id, pad id).
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self.trainer.generation_config,
+            )
+        completions = _cut_after_eos(
+            output[:, input_ids.shape[1] :].tolist(), set(self.trainer.eos_token_ids)
+        )
+        texts = self.tokenizer.batch_decode([ids for ids, _ in completions], skip_special_tokens=True)
+        return [
+            Rollout(
+                key=f"{key_prefix}-p{row // num_generations}-g{row % num_generations}",
+                prompt_index=row // num_generations,
+                generation_index=row % num_generations,
+                prompt_ids=list(prompts[row // num_generations]),
+                completion_ids=ids,
+                completion=text,
+                truncated=truncated,
+            )
+            for row, ((ids, truncated), text) in enumerate(zip(completions, texts, strict=True))
+        ]
+
+    def _encode_prompt(self, conversation: list[dict[str, str]]) -> list[int]:
+        """Chat-template a conversation as TRL does, keeping its last `max_prompt_length` tokens."""
+        encoded = self.tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        ids = list(encoded["input_ids"])
+        return ids[-self.trainer_cfg.max_prompt_length :]
+
+    # --- training -------------------------------------------------------------------------------------------
+    def update(self, rollouts: list[Rollout], rewards: list[float | None]) -> dict[str, float]:
+        """One GRPO optimizer step on stored rollouts and their judge scores (`None` = failed judgment).
+
+        TRL 1.16 turns a `None` reward into NaN; a row where every reward function gave NaN is "unscorable": it
+        is left out of the group mean/std (nan-aware) and its advantage is forced to 0 (grpo_trainer.py,
+        `unscorable_mask`, ~line 2759, and `nan_to_num(advantages)`, ~line 2810). So failed judgments neither
+        bias the baseline nor move the policy. Raises ValueError when no reward at all is usable.
+        """
+        started = time.perf_counter()
+        _check_batch(rollouts, rewards, self.trainer_cfg.num_generations)
+        trainer, model = self.trainer, self.trainer.model_wrapped
+        self._batch.set(rollouts, rewards)
+        # The prompt column is only passed through to rollout_func/reward (both ignore it); keys keep TRL's
+        # completion log readable.
+        inputs = [{"prompt": r.key} for r in rollouts]
+        try:
+            loss = trainer.training_step(model, inputs, None)
+            grad_norm = trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+            learning_rate = trainer.lr_scheduler.get_last_lr()[0]
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+        finally:
+            model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
+            self._batch.set([], [])
+        trainer.state.global_step += 1
+        scored = sum(r is not None for r in rewards)
+        return {
+            "loss": float(loss.detach().float().item()),
+            "grad_norm": float(grad_norm),
+            "learning_rate": float(learning_rate),
+            **_drain_trl_metrics(trainer),
+            "num_scored": float(scored),
+            "num_failed": float(len(rewards) - scored),
+            "step": float(self.step),
+            "seconds": time.perf_counter() - started,
+        }
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Atomic checkpoint (weights, optimizer, scheduler, step, RNG states)."""
+        from mpo_agents.policy.checkpoints import save_checkpoint
+
+        save_checkpoint(self, directory)
+
+    def load(self, directory: Path) -> None:
+        """Restore a checkpoint written by `save`."""
+        from mpo_agents.policy.checkpoints import load_checkpoint
+
+        load_checkpoint(self, directory)
+
+
+def _build_trainer(
+    model: Any,
+    tokenizer: Any,
+    batch: _ReplayBatch,
+    trainer_cfg: TrainerConfig,
+    generation_cfg: GenerationConfig,
+    device: str,
+    output_dir: Path,
+) -> Any:
+    """GRPOTrainer plus what HF's training loop would set up before its first step."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from mpo_agents.policy.models import quiet_progress_bars
+
+    # rollout_func is "experimental" in TRL 1.16 and warns on every trainer build otherwise.
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    args = grpo_config(trainer_cfg, generation_cfg, device, model.dtype, output_dir)
+    # TRL insists on a train dataset; we never iterate it (the graph supplies each batch).
+    placeholder = Dataset.from_dict({"prompt": [""] * trainer_cfg.prompts_per_iteration})
+    with quiet_progress_bars():  # TRL loads the reference model here
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[batch.judge_score],
+            args=args,
+            train_dataset=placeholder,
+            processing_class=tokenizer,
+            rollout_func=batch.rollout_func,
+        )
+    # As in Trainer._prepare_for_training: optimizer, accelerate wrapping (autocast / grad scaler), scheduler.
+    trainer.create_optimizer()
+    trainer.model_wrapped, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.create_scheduler(num_training_steps=1_000_000)  # constant schedule: the horizon is irrelevant
+    # Normally set per step inside HF's loop; TRL's loss divides by it (AttributeError if missing).
+    trainer.current_gradient_accumulation_steps = 1
+    if trainer.args.steps_per_generation != 1 or trainer.num_iterations != 1:
+        raise RuntimeError("path A needs steps_per_generation=1 and num_iterations=1 (one replay per step)")
+    return trainer
+
+
+def _check_batch(rollouts: list[Rollout], rewards: list[float | None], group_size: int) -> None:
+    """Refuse batches TRL would silently mis-group: TRL forms GRPO groups from consecutive rows."""
+    if len(rollouts) != len(rewards):
+        raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
+    if not rollouts or len(rollouts) % group_size:
+        raise ValueError(
+            f"batch of {len(rollouts)} rollouts is not a non-empty multiple of the group size {group_size}"
+        )
+    if len({r.key for r in rollouts}) != len(rollouts):
+        raise ValueError("rollout keys must be unique within a batch")
+    for start in range(0, len(rollouts), group_size):
+        if len({r.prompt_index for r in rollouts[start : start + group_size]}) != 1:
+            raise ValueError(
+                "rollouts must be in prompt-major order: each run of G rows shares one prompt_index"
+            )
+    if all(r is None for r in rewards):
+        raise ValueError("every reward in the batch is None (all judgments failed); skip this update")
+    if any(r is not None and not math.isfinite(r) for r in rewards):
+        raise ValueError("rewards must be finite numbers or None")
+
+
+def _drain_trl_metrics(trainer: Any) -> dict[str, float]:
+    """Read the metrics TRL recorded during this step, then clear them (nobody calls `trainer.log()` in path A,
+    so the private `_metrics` lists would otherwise grow forever)."""
+    recorded = trainer._metrics["train"]
+    picked = {"reward_mean": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy"}
+    metrics = {ours: float(recorded[theirs][-1]) for ours, theirs in picked.items() if recorded.get(theirs)}
+    recorded.clear()
+    return metrics
+
+
+def _left_pad(
+    prompts: list[list[int]], pad_id: int, repeats: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, each prompt repeated `repeats` times (prompt-major)."""
+    width = max(len(p) for p in prompts)
+    rows = [[pad_id] * (width - len(p)) + p for p in prompts for _ in range(repeats)]
+    masks = [[0] * (width - len(p)) + [1] * len(p) for p in prompts for _ in range(repeats)]
+    return torch.tensor(rows, device=device), torch.tensor(masks, device=device)
+
+
+def _cut_after_eos(rows: list[list[int]], eos_ids: set[int]) -> list[tuple[list[int], bool]]:
+    """Each completion up to and including its first EOS (as TRL keeps it); truncated=True when none came."""
+    cut = []
+    for row in rows:
+        end = next((i for i, token in enumerate(row) if token in eos_ids), None)
+        cut.append((row, True) if end is None else (row[: end + 1], False))
+    return cut
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Seed sampling without disturbing the global RNG stream the trainer uses (forked and restored)."""
+    if device == "cuda":
+        fork = torch.random.fork_rng(devices=[torch.cuda.current_device()])
+    elif device == "mps":
+        fork = torch.random.fork_rng(device_type="mps")
+    else:
+        fork = torch.random.fork_rng(devices=[])
+    with fork:
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _eval_then_train(model: Any) -> Iterator[None]:
+    """Sample in eval mode, then leave the model in train mode, where the policy lives between calls."""
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train()
+
+
+def build_policy(policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir: Path) -> TRLGRPOPolicy:
+    """Resolve the model directory, device and dtype, load the base model and build its trainer."""
+    from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
+
+    model_dir = resolve_model_dir(policy_cfg.model)
+    device = resolve_device(policy_cfg)
+    dtype = resolve_dtype(policy_cfg, device)
+    model, tokenizer = load_policy_model(model_dir, device, dtype)
+    return TRLGRPOPolicy(model, tokenizer, trainer_cfg, policy_cfg.generation, device, Path(work_dir))

@@ -1,0 +1,193 @@
+"""Rubric versions: parse a rubric into criteria with point ranges, validate a rewrite, store, list and diff."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mpo_agents.errors import RubricRejected
+from mpo_agents.rundir import atomic_write_text
+
+# "Criterion 2: text (0-5 points)"; also accepts "- text (0-5 points)" bullets, "(-3 to 0 points)", "[0-5 pts]".
+_ITEM_HEADER = re.compile(r"^\s*(?:[-*•]\s*|\d+[.)]\s*)?\**\s*criterion\s+\d+\s*\**\s*[:.)]", re.IGNORECASE)
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
+_RANGE = re.compile(
+    r"[(\[]\s*(?P<low>[-+−]?\d+(?:\.\d+)?)\s*(?:-|–|—|to)\s*(?P<high>[-+−]?\d+(?:\.\d+)?)\s*(?:points?|pts?)\s*[)\]]",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    text: str  # the criterion line without its number, point range included
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Rubric:
+    criteria: tuple[Criterion, ...]
+
+    @property
+    def low(self) -> float:
+        return sum(c.low for c in self.criteria)
+
+    @property
+    def high(self) -> float:
+        return sum(c.high for c in self.criteria)
+
+    def render(self) -> str:
+        """Canonical text: one numbered criterion per line, the form the prompts show to judges."""
+        return "\n".join(f"Criterion {i}: {c.text}" for i, c in enumerate(self.criteria, start=1))
+
+
+def _number(raw: str) -> float:
+    return float(raw.replace("−", "-"))
+
+
+def _split_items(text: str) -> list[str]:
+    """Criterion blocks: a header line starts a block; continuation lines belong to the block above."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        starts = _ITEM_HEADER.match(line) or (_BULLET.match(line) and _RANGE.search(line))
+        if starts or not blocks:
+            blocks.append([line])
+        else:
+            blocks[-1].append(line)
+    return [" ".join(part.strip() for part in block) for block in blocks]
+
+
+def parse_rubric(text: str) -> tuple[Rubric, list[str]]:
+    """Parse criteria with point ranges. Returns the rubric and notes on what was dropped.
+
+    A trailing criterion without a point range is dropped (a reply cut off by the token limit); one in the
+    middle makes the rubric unparseable, because the judge could not know what it is worth.
+    """
+    notes: list[str] = []
+    items = _split_items(text)
+    criteria: list[Criterion] = []
+    for index, item in enumerate(items):
+        body = _BULLET.sub("", _ITEM_HEADER.sub("", item, count=1), count=1).strip()
+        match = _RANGE.search(body)
+        if match is None:
+            if index == len(items) - 1 and criteria:
+                notes.append(f"dropped an unfinished last criterion: {body[:60]!r}")
+                continue
+            raise RubricRejected(f"criterion {index + 1} has no point range like '(0-5 points)': {body[:80]!r}")
+        low, high = sorted((_number(match["low"]), _number(match["high"])))
+        description = body[: match.start()].strip(" .:-")
+        if len(_WORD.findall(description)) < 3:
+            raise RubricRejected(f"criterion {index + 1} does not say what it rewards: {body[:80]!r}")
+        if low == high:
+            raise RubricRejected(f"criterion {index + 1} has an empty point range {match.group(0)}")
+        criterion = Criterion(text=f"{description}. {match.group(0)}".replace("..", "."), low=low, high=high)
+        if criterion.text.lower() in {c.text.lower() for c in criteria}:
+            notes.append(f"dropped a duplicate of criterion: {description[:60]!r}")
+            continue
+        criteria.append(criterion)
+    if not criteria:
+        raise RubricRejected("no criteria found; expected lines like 'Criterion 1: ... (0-5 points)'")
+    return Rubric(tuple(criteria)), notes
+
+
+def _longest_shared_run(a: list[str], b: list[str]) -> int:
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    return max((block.size for block in matcher.get_matching_blocks()), default=0)
+
+
+def validate_rewrite(
+    text: str,
+    *,
+    previous: Rubric,
+    samples: list[str],
+    max_words: int,
+    max_items: int,
+    copy_run_words: int,
+) -> tuple[Rubric, list[str]]:
+    """Accept a rewritten rubric or raise `RubricRejected` saying why."""
+    if not text.strip():
+        raise RubricRejected("the meta-judge returned an empty rubric")
+    rubric, notes = parse_rubric(text)
+    if len(rubric.criteria) > max_items:
+        raise RubricRejected(f"{len(rubric.criteria)} criteria, more than rubric.max_items={max_items}")
+    words = _WORD.findall(rubric.render().lower())
+    if len(words) > max_words:
+        raise RubricRejected(f"{len(words)} words, more than rubric.max_words={max_words}")
+    if rubric.render() == previous.render():
+        raise RubricRejected("the rewrite is identical to the current rubric")
+    if rubric.high <= rubric.low:
+        raise RubricRejected(f"the score range {rubric.low:g}..{rubric.high:g} is empty")
+    for sample in samples:
+        run = _longest_shared_run(words, _WORD.findall(sample.lower()))
+        if run >= copy_run_words:
+            raise RubricRejected(
+                f"the rewrite copies {run} consecutive words of a graded sample (limit rubric.copy_run_words="
+                f"{copy_run_words}); a rubric must describe qualities, not quote answers"
+            )
+    return rubric, notes
+
+
+@dataclass(frozen=True)
+class RubricVersion:
+    """One stored version; what the graph state carries."""
+
+    version: int
+    text: str
+    low: float
+    high: float
+    parent: int | None
+    iteration: int  # iteration after whose scoring it was written (0 for the initial rubric)
+
+    def to_state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: dict) -> RubricVersion:
+        return cls(**data)
+
+    def parsed(self) -> Rubric:
+        return parse_rubric(self.text)[0]
+
+
+class RubricStore:
+    """`rubrics/v0000.md` (+ `.json` metadata) per version; `rubrics/rejected.jsonl` logs refused rewrites."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def save(self, version: RubricVersion) -> None:
+        # Written before the graph commits the new version, and idempotent, so a crash in between is harmless.
+        stem = self.directory / f"v{version.version:04d}"
+        atomic_write_text(stem.with_suffix(".md"), version.text + "\n")
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(version.to_state(), indent=2))
+
+    def log_rejection(self, iteration: int, reason: str, text: str) -> None:
+        with open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"iteration": iteration, "reason": reason, "text": text}) + "\n")
+
+    def versions(self) -> list[RubricVersion]:
+        return [
+            RubricVersion.from_state(json.loads(path.read_text())) for path in sorted(self.directory.glob("v*.json"))
+        ]
+
+    def rejections(self) -> list[dict]:
+        path = self.directory / "rejected.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def diff_rubrics(old: RubricVersion, new: RubricVersion) -> str:
+    """A unified diff between two versions' texts."""
+    return "\n".join(
+        difflib.unified_diff(
+            old.text.splitlines(), new.text.splitlines(), f"v{old.version}", f"v{new.version}", lineterm=""
+        )
+    )

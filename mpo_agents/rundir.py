@@ -1,0 +1,93 @@
+"""The run directory: where every artifact of a run lives, and crash-safe ways to write them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DB = "checkpoints.sqlite"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a kill mid-write never leaves a half-written file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace `path` with these records, atomically (re-running a node rewrites its file, never appends twice)."""
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    root: Path
+
+    def __post_init__(self) -> None:
+        for sub in ("rubrics", "samples", "rollouts", "policy", "meta", "calls"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def checkpoint_db(self) -> Path:
+        return self.root / CHECKPOINT_DB
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.root / "policy"
+
+    @property
+    def rubrics_dir(self) -> Path:
+        return self.root / "rubrics"
+
+    def rollouts_path(self, iteration: int) -> Path:
+        return self.root / "rollouts" / f"iter-{iteration:04d}.jsonl"
+
+    def samples_path(self, iteration: int) -> Path:
+        return self.root / "samples" / f"iter-{iteration:04d}.jsonl"
+
+    def meta_path(self, iteration: int) -> Path:
+        return self.root / "meta" / f"iter-{iteration:04d}.json"
+
+    def calls_path(self, role: str) -> Path:
+        return self.root / "calls" / f"{role}.jsonl"
+
+    def record_metrics(self, metrics: dict[str, Any]) -> None:
+        """Append one iteration's metrics unless that iteration is already recorded (a re-run node after a
+        crash must not duplicate the line)."""
+        done = {record.get("iteration") for record in read_jsonl(self.metrics_path)}
+        if metrics["iteration"] in done:
+            return
+        with open(self.metrics_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())

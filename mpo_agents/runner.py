@@ -1,0 +1,142 @@
+"""Start or resume a run: the local server, the context, the checkpointed graph, progress and clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mpo_agents.config import MPOConfig, redacted_dump
+from mpo_agents.errors import CheckpointError, ConfigError
+from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
+from mpo_agents.rundir import RunDirectory
+
+log = logging.getLogger(__name__)
+THREAD_ID = "mpo"
+GRAPH_RECURSION_LIMIT = 1_000_000  # a run is a long loop; LangGraph's default of 25 steps is for agents
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    status: str  # "finished" | "stopped"
+    iteration: int  # the next iteration to run
+    rubric_version: int
+    policy_step: int
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressHook = Callable[[str, dict[str, Any]], None]
+
+
+def new_run_dir(config: MPOConfig, run_dir: Path | None) -> RunDirectory:
+    root = run_dir or config.output.run_dir or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.task.name}"
+    root = Path(root)
+    if (root / "checkpoints.sqlite").exists():
+        raise ConfigError(f"{root} already holds a run; continue it with `mpo resume {root}` or pick another --run-dir")
+    directory = RunDirectory(root)
+    config = config.model_copy(update={"output": config.output.model_copy(update={"run_dir": root})})
+    directory.config_path.write_text(yaml.safe_dump(redacted_dump(config), sort_keys=False))
+    return directory
+
+
+def saved_config(run_dir: Path) -> MPOConfig:
+    """The config a run was started with, exactly (the environment does not re-apply on resume)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
+    return MPOConfig(**yaml.safe_load(path.read_text()))
+
+
+def initial_state(config: MPOConfig, task_rubric: str, store: RubricStore) -> dict[str, Any]:
+    rubric, _ = parse_rubric(task_rubric)
+    first = RubricVersion(version=0, text=rubric.render(), low=rubric.low, high=rubric.high, parent=None, iteration=0)
+    store.save(first)
+    return {"iteration": 1, "rubric": first.to_state(), "window": [], "policy_step": 0, "metrics": {}}
+
+
+def execute(
+    config: MPOConfig,
+    run_dir: RunDirectory,
+    environ: Mapping[str, str],
+    *,
+    fresh: bool,
+    on_event: ProgressHook | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> RunOutcome:
+    """Run the graph until the schedule ends or a stop is requested (SIGINT: finish the node, then stop)."""
+    from mpo_agents.context import build_context
+    from mpo_agents.policy import latest_checkpoint, resolve_model_dir
+    from mpo_agents.serving import local_server
+
+    status = on_status or (lambda message: None)
+    with ExitStack() as stack:
+        server = None
+        if config.local_server.enabled:
+            status("preparing the local judge model")
+            model_dir = resolve_model_dir(config.local_server.model)
+            status(f"starting the local judge server ({model_dir.name})")
+            server = stack.enter_context(local_server(model_dir, config.local_server, run_dir.root / "server.log"))
+        status("loading the policy and building the TRL trainer")
+        ctx = build_context(config, run_dir, environ, server)
+        latest = latest_checkpoint(run_dir.policy_dir)
+        if latest is not None:
+            if fresh:
+                raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
+            status(f"restoring policy weights and optimizer from {latest.name}")
+            ctx.policy.load(latest)
+        inputs = initial_state(config, ctx.task.initial_rubric_text(), ctx.rubrics) if fresh else None
+        return asyncio.run(_drive(ctx, inputs, on_event or (lambda node, update: None)))
+
+
+async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook) -> RunOutcome:
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from graphs.mpo import build_graph
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        on_event("__stop_requested__", {})
+        # A second Ctrl-C interrupts at once; checkpoints stay consistent because every write is atomic.
+        loop.remove_signal_handler(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, request_stop)
+    run_config = {"configurable": {"thread_id": THREAD_ID}, "recursion_limit": GRAPH_RECURSION_LIMIT}
+    try:
+        async with AsyncSqliteSaver.from_conn_string(str(ctx.run_dir.checkpoint_db)) as saver:
+            app = build_graph().compile(checkpointer=saver)
+            if inputs is None and not (await app.aget_state(run_config)).next:
+                return _outcome(ctx, (await app.aget_state(run_config)).values, "finished")
+            async for chunk in app.astream(
+                inputs, run_config, context=ctx, stream_mode="updates", durability="sync"
+            ):
+                for node, update in chunk.items():
+                    on_event(node, update or {})
+                if stop.is_set():
+                    break
+            snapshot = await app.aget_state(run_config)
+            return _outcome(ctx, snapshot.values, "stopped" if snapshot.next else "finished")
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _outcome(ctx: Any, values: dict[str, Any], status: str) -> RunOutcome:
+    return RunOutcome(
+        run_dir=ctx.run_dir.root,
+        status=status,
+        iteration=values.get("iteration", 1),
+        rubric_version=values.get("rubric", {}).get("version", 0),
+        policy_step=values.get("policy_step", 0),
+        last_metrics=values.get("metrics", {}),
+    )

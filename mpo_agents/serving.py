@@ -1,0 +1,98 @@
+"""The local judge server: `transformers serve` on loopback, started, health-checked and stopped by the CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from mpo_agents.config import LocalServerConfig
+from mpo_agents.errors import ServerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    url: str  # OpenAI-compatible base URL, ending in /v1
+    model_dir: Path
+
+    @property
+    def litellm_model(self) -> str:
+        # `transformers serve DIR` pins DIR and refuses any other model name, so the name sent is the path.
+        return f"openai/{self.model_dir}"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[str]:
+    executable = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+    if not Path(executable).exists():
+        raise ServerError("`transformers` CLI not found; install the serving extra: pip install -e '.[serve]'")
+    command = [executable, "serve", str(model_dir), "--host", cfg.host, "--port", str(port), "--device", "cpu"]
+    command += ["--dtype", "float32"]
+    if cfg.continuous_batching:
+        command.append("--continuous-batching")
+    return command
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            raise ServerError(f"the local model server exited with code {process.returncode}:\n{tail}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServerError(
+        f"the local model server did not answer {url} within {timeout:.0f} s "
+        f"(raise local_server.startup_timeout; its log is {log_path})"
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+@contextmanager
+def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
+    """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
+    port = cfg.port or _free_port(cfg.host)
+    command = _serve_command(model_dir, cfg, port)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("starting local judge server: %s", " ".join(command))
+    with open(log_path, "ab") as server_log:
+        # A new session, so stopping it also stops any worker processes it spawned.
+        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
+        yield LocalServer(url=f"http://{cfg.host}:{port}/v1", model_dir=Path(model_dir))
+    finally:
+        _stop(process)

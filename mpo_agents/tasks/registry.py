@@ -1,0 +1,38 @@
+"""Tasks register by name; third-party tasks come in through the `mpo_agents.tasks` entry-point group."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from mpo_agents.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mpo_agents.config import TaskConfig
+    from mpo_agents.tasks.base import Task
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    import mpo_agents.tasks.essay_writing  # noqa: F401  (built-in tasks register on import)
+
+    for entry in entry_points(group="mpo_agents.tasks"):
+        entry.load()
+
+
+def available_tasks() -> list[str]:
+    _discover()
+    return sorted(_TASKS)
+
+
+def build_task(config: TaskConfig) -> Task:
+    _discover()
+    if config.name not in _TASKS:
+        raise ConfigError(f"task.name: unknown task '{config.name}'. Available: {', '.join(sorted(_TASKS))}")
+    return _TASKS[config.name](config=config)
