@@ -1,8 +1,8 @@
 """The MPO loop as a LangGraph state machine.
 
-    rollout -> score -> [meta_analyze -> rubric_rewrite, every `schedule.meta_every` iterations] -> policy_update
-       ^                                                                                                |
-       +------------------------------------ while iterations remain ----------------------------------+
+rollout -> score -> [meta_analyze -> rubric_rewrite, every `schedule.meta_every` iterations] -> policy_update
+   ^                                                                                                |
+   +------------------------------------ while iterations remain ----------------------------------+
 """
 
 from __future__ import annotations

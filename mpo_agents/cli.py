@@ -5,27 +5,51 @@ Heavy libraries (torch, trl, litellm, langgraph) are imported inside the command
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import signal
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from mpo_agents.errors import MPOError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Meta Policy Optimization: GRPO with an evolving LLM-judge rubric.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Meta Policy Optimization: GRPO with an evolving LLM-judge rubric.",
+)
 console = Console(stderr=True)
 
 
-def _quiet_environment() -> None:
+def _prepare_environment() -> None:
+    from dotenv import load_dotenv
+
+    # Provider keys (OPENAI_API_KEY, ...) may live in ./.env; variables already set win over the file.
+    load_dotenv(Path.cwd() / ".env", override=False)
     # LiteLLM fetches a price map from the internet at import unless told not to; runs must work offline.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # `kill` (SIGTERM) unwinds like Ctrl-C's second press, so the local judge server is stopped on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -43,18 +67,30 @@ class _ProgressView:
 
     def __init__(self, total: int, done: int):
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console,
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
         )
         self.task = self.progress.add_task("rollout", total=total, completed=done, stats="")
         self.failures = 0
 
     def on_event(self, node: str, update: dict[str, Any]) -> None:
         if node == "__stop_requested__":
-            self.progress.console.print("[yellow]Stopping after the current node (Ctrl-C again to abort now)…")
+            self.progress.console.print(
+                "[yellow]Stopping after the current node (Ctrl-C again to abort now)…"
+            )
             return
-        following = {"rollout": "score", "score": "update", "meta_analyze": "rubric rewrite", "rubric_rewrite": "update",
-                     "policy_update": "rollout"}
+        following = {
+            "rollout": "score",
+            "score": "update",
+            "meta_analyze": "rubric rewrite",
+            "rubric_rewrite": "update",
+            "policy_update": "rollout",
+        }
         self.progress.update(self.task, description=following.get(node, node))
         if node == "rubric_rewrite":
             accepted = "rubric" in update
@@ -83,7 +119,11 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
     view = _ProgressView(total, done)
     with view.progress:
         outcome = execute(
-            config, run_dir, os.environ, fresh=fresh, on_event=view.on_event,
+            config,
+            run_dir,
+            os.environ,
+            fresh=fresh,
+            on_event=view.on_event,
             on_status=lambda message: view.progress.update(view.task, description=message),
         )
     verb = "finished" if outcome.status == "finished" else "stopped"
@@ -102,27 +142,47 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def run(
-    config_path: Annotated[Path, typer.Argument(help="YAML config (e.g. examples/quickstart.yaml).", metavar="CONFIG")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set trainer.beta=0.02 (repeatable).")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")] = None,
+    config_path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="YAML config (e.g. examples/quickstart.yaml); defaults apply without.", metavar="CONFIG"
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: --set trainer.beta=0.02 (repeatable)."),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")
+    ] = None,
 ) -> None:
     """Start an MPO run: rollout → score → meta_analyze → rubric_rewrite → policy_update, checkpointed."""
-    _quiet_environment()
+    _prepare_environment()
     from mpo_agents.config import load_config
     from mpo_agents.runner import new_run_dir
 
+    directory = None
     try:
         config = load_config(config_path, set_ or [])
         directory = new_run_dir(config, run_dir)
         _run(config, directory, fresh=True)
     except MPOError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(directory.root if directory else None)
+
+
+def _interrupted(run_dir: Path | None) -> None:
+    console.print(
+        f"[yellow]Interrupted.[/] Checkpoints are consistent; continue with: mpo resume {run_dir or 'RUN_DIR'}"
+    )
+    raise typer.Exit(code=130)
 
 
 @app.command()
 def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `mpo run`.")]) -> None:
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
-    _quiet_environment()
+    _prepare_environment()
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import saved_config
 
@@ -133,12 +193,39 @@ def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory made by
         _run(config, RunDirectory(run_dir), fresh=False)
     except MPOError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(run_dir)
+
+
+@app.command()
+def config(
+    config_path: Annotated[Path | None, typer.Argument(help="YAML config.", metavar="CONFIG")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field (repeatable).")] = None,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print the reference of every field (Markdown).")
+    ] = False,
+) -> None:
+    """Print the resolved config (file, then environment, then --set) as YAML, or the field reference."""
+    _prepare_environment()
+    import yaml
+
+    from mpo_agents.config import config_reference, load_config, redacted_dump
+
+    if reference:
+        typer.echo(config_reference())
+        return
+    try:
+        typer.echo(yaml.safe_dump(redacted_dump(load_config(config_path, set_ or [])), sort_keys=False))
+    except MPOError as exc:
+        _fail(exc)
 
 
 @app.command()
 def rubrics(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    diff: Annotated[bool, typer.Option("--diff/--no-diff", help="Show the diff between consecutive versions.")] = True,
+    diff: Annotated[
+        bool, typer.Option("--diff/--no-diff", help="Show the diff between consecutive versions.")
+    ] = True,
 ) -> None:
     """The rubric history of a run, with a diff between consecutive versions and the rejected rewrites."""
     from mpo_agents.rubrics import RubricStore, diff_rubrics
@@ -150,12 +237,16 @@ def rubrics(
     table = Table("version", "parent", "written after iteration", "criteria", "words", "score range")
     for version in versions:
         table.add_row(
-            f"v{version.version}", "-" if version.parent is None else f"v{version.parent}", str(version.iteration),
-            str(len(version.parsed().criteria)), str(len(version.text.split())), f"{version.low:g} to {version.high:g}",
+            f"v{version.version}",
+            "-" if version.parent is None else f"v{version.parent}",
+            str(version.iteration),
+            str(len(version.parsed().criteria)),
+            str(len(version.text.split())),
+            f"{version.low:g} to {version.high:g}",
         )
     out = Console()
     out.print(table)
-    for old, new in zip(versions, versions[1:]):
+    for old, new in itertools.pairwise(versions):
         out.print(f"\n[bold]v{old.version} → v{new.version}[/]")
         if diff:
             out.print(diff_rubrics(old, new), markup=False, highlight=False)

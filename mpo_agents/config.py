@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,16 +34,23 @@ class TaskConfig(_Section):
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the data file.")
     shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
     initial_rubric: Path | None = Field(
-        None, description="Rubric file for version 0; None uses the task's `prompts/<task>/initial_rubric.md`."
+        None,
+        description="Rubric file for version 0; None uses the task's `prompts/<task>/initial_rubric.md`.",
     )
-    prompts_dir: Path | None = Field(None, description="Folder of prompt files; None uses the repository's `prompts/`.")
+    prompts_dir: Path | None = Field(
+        None, description="Folder of prompt files; None uses the repository's `prompts/`."
+    )
     truncation_penalty: float = Field(
-        1.0, ge=0, description="Subtracted from the reward of a completion that ran out of tokens (the paper uses 1)."
+        1.0,
+        ge=0,
+        description="Subtracted from the reward of a completion that ran out of tokens (the paper uses 1).",
     )
 
 
 class GenerationConfig(_Section):
-    max_new_tokens: int = Field(64, ge=1, description="Completion length limit in tokens (GRPO max_completion_length).")
+    max_new_tokens: int = Field(
+        64, ge=1, description="Completion length limit in tokens (GRPO max_completion_length)."
+    )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature of policy rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold of policy rollouts.")
     top_k: int = Field(0, ge=0, description="Top-k sampling of rollouts; 0 disables it.")
@@ -60,7 +66,14 @@ class PolicyConfig(_Section):
         "auto", description="Where the policy runs; `auto` picks cuda, then mps, then cpu."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Policy weights dtype; `auto` is bfloat16 on a GPU that supports it, else float32."
+        "auto",
+        description="Policy weights dtype; `auto` is bfloat16 on a GPU that supports it, else float32.",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch CPU threads for the policy; None keeps torch's default (all cores). On small "
+        "shared machines 1 avoids threads of the policy and a local judge server fighting over cores.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
@@ -71,7 +84,9 @@ class JudgeConfig(_Section):
         description="LiteLLM model string: `openai/gpt-4o-mini`, `hosted_vllm/NAME`, `ollama/NAME`, `openai/NAME` "
         "for any OpenAI-compatible endpoint, ...",
     )
-    api_base: str | None = Field(None, description="Endpoint URL for self-hosted models (e.g. http://host:8000/v1).")
+    api_base: str | None = Field(
+        None, description="Endpoint URL for self-hosted models (e.g. http://host:8000/v1)."
+    )
     api_key_env: str | None = Field(
         None,
         description="Name of the environment variable that holds this role's API key. None lets LiteLLM read "
@@ -89,8 +104,12 @@ class JudgeConfig(_Section):
     max_tokens: int = Field(512, ge=1, description="Reply length limit in tokens.")
     timeout: float = Field(60.0, gt=0, description="Per-call timeout in seconds.")
     max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this role.")
-    retries: int = Field(3, ge=0, description="Retries after a timeout, HTTP 429 or 5xx, or an unparseable reply.")
-    retry_backoff: float = Field(1.0, ge=0, description="First backoff in seconds; doubles per retry (jittered).")
+    retries: int = Field(
+        3, ge=0, description="Retries after a timeout, HTTP 429 or 5xx, or an unparseable reply."
+    )
+    retry_backoff: float = Field(
+        1.0, ge=0, description="First backoff in seconds; doubles per retry (jittered)."
+    )
     retry_backoff_max: float = Field(30.0, ge=0, description="Longest single backoff in seconds.")
 
     @field_validator("model")
@@ -111,18 +130,36 @@ class LocalServerConfig(_Section):
     port: int = Field(0, ge=0, le=65535, description="Port; 0 picks a free one.")
     startup_timeout: float = Field(240.0, gt=0, description="Seconds to wait for the server's health check.")
     continuous_batching: bool = Field(True, description="Serve concurrent calls in one batch (much faster).")
+    kv_cache_tokens: int = Field(
+        16384,
+        ge=1024,
+        description="KV-cache size of continuous batching, in tokens. Bounds the server's memory: "
+        "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model).",
+    )
+    cpu_threads: int = Field(1, ge=1, description="CPU threads of the server process.")
 
 
 class TrainerConfig(_Section):
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
-    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference (initial) policy; 0 drops the KL term.")
-    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the GRPO group size G).")
-    prompts_per_iteration: int = Field(2, ge=1, description="Prompts per iteration; the batch is this times G.")
-    max_prompt_length: int = Field(512, ge=8, description="Prompts longer than this many tokens are cut from the left.")
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("grpo", description="TRL GRPO loss variant.")
+    beta: float = Field(
+        0.04, ge=0, description="KL coefficient to the reference (initial) policy; 0 drops the KL term."
+    )
+    num_generations: int = Field(
+        4, ge=2, description="Completions sampled per prompt (the GRPO group size G)."
+    )
+    prompts_per_iteration: int = Field(
+        2, ge=1, description="Prompts per iteration; the batch is this times G."
+    )
+    max_prompt_length: int = Field(
+        512, ge=8, description="Prompts longer than this many tokens are cut from the left."
+    )
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "grpo", description="TRL GRPO loss variant."
+    )
     epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range of the policy ratio.")
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all."
+        "group",
+        description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all.",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -132,16 +169,22 @@ class TrainerConfig(_Section):
 class ScheduleConfig(_Section):
     iterations: int = Field(4, ge=1, description="Number of MPO iterations (one policy update each).")
     meta_every: int = Field(
-        2, ge=0, description="Run meta_analyze + rubric_rewrite every k iterations; 0 never does (fixed rubric)."
+        2,
+        ge=0,
+        description="Run meta_analyze + rubric_rewrite every k iterations; 0 never does (fixed rubric).",
     )
     meta_samples: int = Field(4, ge=1, description="Scored samples the meta-judge reads per meta step.")
 
 
 class RubricConfig(_Section):
     max_words: int = Field(400, ge=10, description="A rewritten rubric longer than this is rejected.")
-    max_items: int = Field(12, ge=1, description="A rewritten rubric with more criteria than this is rejected.")
+    max_items: int = Field(
+        12, ge=1, description="A rewritten rubric with more criteria than this is rejected."
+    )
     copy_run_words: int = Field(
-        15, ge=5, description="A rewrite that repeats this many consecutive words of a sample is rejected as a copy."
+        15,
+        ge=5,
+        description="A rewrite that repeats this many consecutive words of a sample is rejected as a copy.",
     )
 
 
@@ -201,8 +244,12 @@ class MPOConfig(BaseSettings):
 
 def _environment_values() -> dict[str, Any]:
     """MPO_* settings from `.env` and then the process environment (the latter wins), as nested dicts."""
-    dotenv = DotEnvSettingsSource(MPOConfig, env_file=".env", env_prefix=ENV_PREFIX, env_nested_delimiter="__")
-    env = EnvSettingsSource(MPOConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True)
+    dotenv = DotEnvSettingsSource(
+        MPOConfig, env_file=".env", env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
+    env = EnvSettingsSource(
+        MPOConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", env_ignore_empty=True
+    )
     return _deep_merge(dotenv(), env())
 
 
@@ -210,7 +257,9 @@ def parse_override(assignment: str) -> tuple[list[str], Any]:
     """Split `a.b=c` into (["a", "b"], value), reading the value as a YAML scalar (so `3`, `true`, `null` work)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects KEY=VALUE with a dotted key, got '{assignment}' (e.g. trainer.beta=0.02)")
+        raise ConfigError(
+            f"--set expects KEY=VALUE with a dotted key, got '{assignment}' (e.g. trainer.beta=0.02)"
+        )
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
@@ -239,7 +288,9 @@ def _describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
         parent = model
         for part in error["loc"][:-1]:
             annotation = parent.model_fields[str(part)].annotation if isinstance(part, str) else None
-            parent = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else parent
+            parent = (
+                annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else parent
+            )
         allowed = ", ".join(parent.model_fields)
         hint = ""
         if "key" in str(error["loc"][-1]).lower():
@@ -285,6 +336,31 @@ def redacted_dump(config: MPOConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
-def environment_overrides_present() -> list[str]:
-    """Names of MPO_* variables currently set (for the run log: what changed the config besides the file)."""
-    return sorted(name for name in os.environ if name.startswith(ENV_PREFIX))
+def config_reference() -> str:
+    """docs/config.md, generated from the field descriptions (so the reference cannot drift from the code)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `mpo_agents/config.py` by `mpo config --reference`.",
+        "Set fields in YAML, as `MPO_<SECTION>__<FIELD>` environment variables, or with `--set section.field=value`",
+        "(later wins).",
+        "",
+    ]
+    defaults = MPOConfig()
+    for section in MPOConfig.model_fields:
+        lines += [f"## `{section}`", "", "| field | default | description |", "| --- | --- | --- |"]
+        lines += _reference_rows(getattr(defaults, section), section)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _reference_rows(defaults: BaseModel, prefix: str) -> list[str]:
+    rows = []
+    for name, field in type(defaults).model_fields.items():
+        value = getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            rows += _reference_rows(value, f"{prefix}.{name}")
+            continue
+        shown = "null" if value is None else str(value)
+        rows.append(f"| `{prefix}.{name}` | `{shown}` | {field.description or ''} |")
+    return rows

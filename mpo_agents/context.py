@@ -79,7 +79,9 @@ def build_judges(
     for role in ("judge", "meta_judge"):
         cfg, api_base, api_key = judge_endpoint(role, getattr(config, role), environ, server)
         clients.append(
-            JudgeClient(role, cfg, api_base=api_base, api_key=api_key, call_log=CallLog(run_dir.calls_path(role)))
+            JudgeClient(
+                role, cfg, api_base=api_base, api_key=api_key, call_log=CallLog(run_dir.calls_path(role))
+            )
         )
     return clients[0], clients[1]
 
@@ -90,6 +92,10 @@ def build_context(
     """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
     from mpo_agents.policy import build_policy
 
+    if config.policy.cpu_threads:
+        import torch
+
+        torch.set_num_threads(config.policy.cpu_threads)
     task = build_task(config.task)
     judge, meta_judge = build_judges(config, run_dir, environ, server)
     policy = build_policy(config.policy, config.trainer, run_dir.root / "trainer")

@@ -10,7 +10,8 @@ class ConfigError(MPOError):
 
 
 class JudgeError(MPOError):
-    """A judge call failed for good (after retries); the caller records it as a failed judgment."""
+    """A judge endpoint is misconfigured (bad key, unknown model, malformed request): retrying cannot help.
+    Transient failures (timeouts, 429, 5xx, garbage replies) are not raised; they become failed judgments."""
 
 
 class RubricRejected(MPOError):

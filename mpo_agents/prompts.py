@@ -46,9 +46,14 @@ class PromptTemplate:
 
     def render(self, **variables: Any) -> RenderedPrompt:
         try:
-            messages = [{"role": role, "content": template.render(**variables).strip()} for role, template in self.turns]
+            messages = [
+                {"role": role, "content": template.render(**variables).strip()}
+                for role, template in self.turns
+            ]
         except jinja2.UndefinedError as exc:
-            raise ConfigError(f"prompt {self.path} uses a placeholder that was not provided: {exc.message}") from exc
+            raise ConfigError(
+                f"prompt {self.path} uses a placeholder that was not provided: {exc.message}"
+            ) from exc
         # Trailing whitespace changes what a completion model writes next (a final newline makes it start a
         # new line instead of finishing ours), so every turn is stripped.
         prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else None
@@ -71,7 +76,9 @@ def _parse_turns(text: str, path: Path) -> tuple[tuple[str, jinja2.Template], ..
 
 @lru_cache(maxsize=128)
 def _load(path: Path) -> PromptTemplate:
-    return PromptTemplate(name=path.stem, path=path, turns=_parse_turns(path.read_text(encoding="utf-8"), path))
+    return PromptTemplate(
+        name=path.stem, path=path, turns=_parse_turns(path.read_text(encoding="utf-8"), path)
+    )
 
 
 def prompt_path(task: str, role: str, api: str = "chat", prompts_dir: Path | None = None) -> Path:

@@ -79,7 +79,9 @@ def parse_rubric(text: str) -> tuple[Rubric, list[str]]:
             if index == len(items) - 1 and criteria:
                 notes.append(f"dropped an unfinished last criterion: {body[:60]!r}")
                 continue
-            raise RubricRejected(f"criterion {index + 1} has no point range like '(0-5 points)': {body[:80]!r}")
+            raise RubricRejected(
+                f"criterion {index + 1} has no point range like '(0-5 points)': {body[:80]!r}"
+            )
         low, high = sorted((_number(match["low"]), _number(match["high"])))
         description = body[: match.start()].strip(" .:-")
         if len(_WORD.findall(description)) < 3:
@@ -174,7 +176,8 @@ class RubricStore:
 
     def versions(self) -> list[RubricVersion]:
         return [
-            RubricVersion.from_state(json.loads(path.read_text())) for path in sorted(self.directory.glob("v*.json"))
+            RubricVersion.from_state(json.loads(path.read_text()))
+            for path in sorted(self.directory.glob("v*.json"))
         ]
 
     def rejections(self) -> list[dict]:

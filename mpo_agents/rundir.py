@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DB = "checkpoints.sqlite"
@@ -46,7 +47,7 @@ class RunDirectory:
     root: Path
 
     def __post_init__(self) -> None:
-        for sub in ("rubrics", "samples", "rollouts", "policy", "meta", "calls"):
+        for sub in ("rubrics", "samples", "rollouts", "policy", "updates", "meta", "calls"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     @property
@@ -77,6 +78,10 @@ class RunDirectory:
 
     def meta_path(self, iteration: int) -> Path:
         return self.root / "meta" / f"iter-{iteration:04d}.json"
+
+    def update_stats_path(self, iteration: int) -> Path:
+        """What the policy update of an iteration reported (kept so a resumed run can still log it)."""
+        return self.root / "updates" / f"iter-{iteration:04d}.json"
 
     def calls_path(self, role: str) -> Path:
         return self.root / "calls" / f"{role}.jsonl"

@@ -38,10 +38,16 @@ ProgressHook = Callable[[str, dict[str, Any]], None]
 
 
 def new_run_dir(config: MPOConfig, run_dir: Path | None) -> RunDirectory:
-    root = run_dir or config.output.run_dir or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.task.name}"
+    root = (
+        run_dir
+        or config.output.run_dir
+        or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.task.name}"
+    )
     root = Path(root)
     if (root / "checkpoints.sqlite").exists():
-        raise ConfigError(f"{root} already holds a run; continue it with `mpo resume {root}` or pick another --run-dir")
+        raise ConfigError(
+            f"{root} already holds a run; continue it with `mpo resume {root}` or pick another --run-dir"
+        )
     directory = RunDirectory(root)
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_dir": root})})
     directory.config_path.write_text(yaml.safe_dump(redacted_dump(config), sort_keys=False))
@@ -58,7 +64,9 @@ def saved_config(run_dir: Path) -> MPOConfig:
 
 def initial_state(config: MPOConfig, task_rubric: str, store: RubricStore) -> dict[str, Any]:
     rubric, _ = parse_rubric(task_rubric)
-    first = RubricVersion(version=0, text=rubric.render(), low=rubric.low, high=rubric.high, parent=None, iteration=0)
+    first = RubricVersion(
+        version=0, text=rubric.render(), low=rubric.low, high=rubric.high, parent=None, iteration=0
+    )
     store.save(first)
     return {"iteration": 1, "rubric": first.to_state(), "window": [], "policy_step": 0, "metrics": {}}
 
@@ -73,10 +81,15 @@ def execute(
     on_status: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends or a stop is requested (SIGINT: finish the node, then stop)."""
+    from transformers.utils import logging as hf_logging
+
     from mpo_agents.context import build_context
     from mpo_agents.policy import latest_checkpoint, resolve_model_dir
     from mpo_agents.serving import local_server
 
+    # Loading bars of every model load and save would scroll the progress bar away; the run log has the facts.
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
     with ExitStack() as stack:
         server = None
@@ -84,7 +97,9 @@ def execute(
             status("preparing the local judge model")
             model_dir = resolve_model_dir(config.local_server.model)
             status(f"starting the local judge server ({model_dir.name})")
-            server = stack.enter_context(local_server(model_dir, config.local_server, run_dir.root / "server.log"))
+            server = stack.enter_context(
+                local_server(model_dir, config.local_server, run_dir.root / "server.log")
+            )
         status("loading the policy and building the TRL trainer")
         ctx = build_context(config, run_dir, environ, server)
         latest = latest_checkpoint(run_dir.policy_dir)
@@ -116,8 +131,9 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
     try:
         async with AsyncSqliteSaver.from_conn_string(str(ctx.run_dir.checkpoint_db)) as saver:
             app = build_graph().compile(checkpointer=saver)
-            if inputs is None and not (await app.aget_state(run_config)).next:
-                return _outcome(ctx, (await app.aget_state(run_config)).values, "finished")
+            # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
+            # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
+            # Streaming a finished graph simply yields nothing.
             async for chunk in app.astream(
                 inputs, run_config, context=ctx, stream_mode="updates", durability="sync"
             ):
@@ -126,9 +142,13 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
                 if stop.is_set():
                     break
             snapshot = await app.aget_state(run_config)
-            return _outcome(ctx, snapshot.values, "stopped" if snapshot.next else "finished")
+            return _outcome(
+                ctx, snapshot.values, "stopped" if snapshot.next or snapshot.tasks else "finished"
+            )
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        for client in (ctx.judge, ctx.meta_judge):
+            await client.aclose()
 
 
 def _outcome(ctx: Any, values: dict[str, Any], status: str) -> RunOutcome:

@@ -43,11 +43,30 @@ def _free_port(host: str) -> int:
 def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[str]:
     executable = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
     if not Path(executable).exists():
-        raise ServerError("`transformers` CLI not found; install the serving extra: pip install -e '.[serve]'")
-    command = [executable, "serve", str(model_dir), "--host", cfg.host, "--port", str(port), "--device", "cpu"]
+        raise ServerError(
+            "`transformers` CLI not found; install the serving extra: pip install -e '.[serve]'"
+        )
+    command = [
+        executable,
+        "serve",
+        str(model_dir),
+        "--host",
+        cfg.host,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     command += ["--dtype", "float32"]
     if cfg.continuous_batching:
-        command.append("--continuous-batching")
+        block = 32
+        command += [
+            "--continuous-batching",
+            "--cb-block-size",
+            str(block),
+            "--cb-num-blocks",
+            str(cfg.kv_cache_tokens // block),
+        ]
     return command
 
 
@@ -69,6 +88,16 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path:
     )
 
 
+def _die_with_parent() -> None:
+    """Runs in the server's child process: ask Linux to SIGTERM it when the CLI process dies, even by SIGKILL,
+    so that a killed run never leaves an orphaned model server holding memory and a port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
@@ -85,12 +114,26 @@ def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Ite
     """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
     port = cfg.port or _free_port(cfg.host)
     command = _serve_command(model_dir, cfg, port)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    threads = str(cfg.cpu_threads)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting local judge server: %s", " ".join(command))
     with open(log_path, "ab") as server_log:
         # A new session, so stopping it also stops any worker processes it spawned.
-        process = subprocess.Popen(command, stdout=server_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only calls prctl; safe before exec)
+        )
     try:
         _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
         yield LocalServer(url=f"http://{cfg.host}:{port}/v1", model_dir=Path(model_dir))

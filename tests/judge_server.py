@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,11 @@ META_ANALYZE_MARKER = "[[META-ANALYZE]]"
 META_REWRITE_MARKER = "[[META-REWRITE]]"
 # Phrases of the shipped prompts (prompts/essay_writing/*.md) that tell the meta stages apart.
 META_ANALYZE_MARKERS = (META_ANALYZE_MARKER, "Write a critique of at most", "senior instructor's review")
-META_REWRITE_MARKERS = (META_REWRITE_MARKER, "Revise the rubric below", "Revised rubric, with a criterion added")
+META_REWRITE_MARKERS = (
+    META_REWRITE_MARKER,
+    "Revise the rubric below",
+    "Revised rubric, with a criterion added",
+)
 GARBAGE_REPLY = "Well, this response is certainly something. I have thoughts about it but no verdict."
 TRUNCATED_REPLY = "The response starts well and keeps a clear structure, but the second half of the"
 # Besides these, any HTTP status code as a string ("500", "429", "401", ...) is a fault.
@@ -41,8 +44,9 @@ class KeywordRule:
 
     Judge prompts: the score is min(5, occurrences of `word` (whole word, any case) in the last
     ``<response>...</response>`` block), replied as ``<score>N</score>``; a prompt without such a block gets a
-    reply with no score. Meta prompts: ``[[META-ANALYZE]]`` gets a short analysis paragraph,
-    ``[[META-REWRITE]]`` a two-criterion rubric whose wording changes with every rewrite.
+    reply with no score. Meta prompts (recognised by `META_ANALYZE_MARKERS` / `META_REWRITE_MARKERS`): an
+    analysis prompt gets a short paragraph, a rewrite prompt a two-criterion rubric whose wording changes with
+    every rewrite.
     """
 
     def __init__(self, word: str) -> None:
@@ -110,9 +114,9 @@ class JudgeServer:
 
     Faults are consumed one per request, in arrival order: "timeout" (hold the request `timeout_sleep`
     seconds), "trickle" (send the body one space every 0.1 s for `timeout_sleep` seconds: a stall that
-    read timeouts do not catch), "garbage" (a reply with no score), "empty" (empty content), "truncated" (cut mid-sentence,
-    finish_reason "length"), or an HTTP status such as "500", "429", "401". With `api_key` set, requests
-    without that bearer token get 401.
+    read timeouts do not catch), "garbage" (a reply with no score), "empty" (empty content), "truncated"
+    (cut mid-sentence, finish_reason "length"), or an HTTP status such as "500", "429", "401".
+    With `api_key` set, requests without that bearer token get 401.
     """
 
     def __init__(
@@ -167,19 +171,24 @@ class JudgeServer:
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._port))
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=1, lifespan="off")
+        # Let uvicorn bind the socket itself: handing it a pre-bound socket made every request ~45 ms slower.
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self._port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            lifespan="off",
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name="judge-server")
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the test judge server did not start")
             time.sleep(0.01)
+        self._port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:

@@ -17,13 +17,17 @@ def run_loop(tmp_path, model_dir, server, **extra):
     config = load_config(None, run_overrides(model_dir, server.url, **extra))
     run_dir = new_run_dir(config, tmp_path / "run")
     events: list[str] = []
-    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node))
+    outcome = execute(
+        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
+    )
     return outcome, run_dir, events
 
 
 def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()  # keyword rule: scores occurrences of "good"; answers the meta prompts
-    outcome, run_dir, events = run_loop(tmp_path, tiny_model_dir, server, **{"schedule.iterations": 4, "schedule.meta_every": 2})
+    outcome, run_dir, events = run_loop(
+        tmp_path, tiny_model_dir, server, **{"schedule.iterations": 4, "schedule.meta_every": 2}
+    )
 
     assert outcome.status == "finished" and outcome.iteration == 5 and outcome.policy_step == 4
     per_iteration = ["rollout", "score", "policy_update"]
@@ -46,15 +50,21 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
     assert TEST_ENV["TEST_JUDGE_KEY"] not in calls + run_dir.config_path.read_text()
     first_call = json.loads(calls.splitlines()[0])
     assert first_call["completion_tokens"] > 0 and first_call["latency_s"] > 0
-    assert len(list(run_dir.policy_dir.glob("step-*"))) == 2  # output.keep_policy_checkpoints
+    assert len(list(run_dir.policy_dir.glob("iter-*"))) == 2  # output.keep_policy_checkpoints
 
 
 def test_failed_judgments_are_recorded_and_left_out_of_the_update(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     # No retries, so the first three requests fail for good: two replies without a score, one HTTP 500.
     server.inject("garbage", "garbage", "500")
-    config = load_config(None, run_overrides(tiny_model_dir, server.url, **{
-        "schedule.iterations": 1, "schedule.meta_every": 0, "judge.retries": 0}))
+    config = load_config(
+        None,
+        run_overrides(
+            tiny_model_dir,
+            server.url,
+            **{"schedule.iterations": 1, "schedule.meta_every": 0, "judge.retries": 0},
+        ),
+    )
     run_dir = new_run_dir(config, tmp_path / "run")
     execute(config, run_dir, TEST_ENV, fresh=True)
 
@@ -78,7 +88,9 @@ def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir
         return "Reason: fine.\nScore: 3"
 
     server = judge_server(reply)
-    outcome, run_dir, _ = run_loop(tmp_path, tiny_model_dir, server, **{"schedule.iterations": 2, "schedule.meta_every": 2})
+    outcome, run_dir, _ = run_loop(
+        tmp_path, tiny_model_dir, server, **{"schedule.iterations": 2, "schedule.meta_every": 2}
+    )
     assert outcome.rubric_version == 0
     rejections = (run_dir.rubrics_dir / "rejected.jsonl").read_text()
     assert "no point range" in rejections
@@ -91,9 +103,20 @@ def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir,
         return f"Reason: counted the letter e.\nScore: {min(5, response.count('e'))}"
 
     server = judge_server(count_e)
-    run_loop(tmp_path, tiny_model_dir, server, **{
-        "schedule.iterations": 6, "schedule.meta_every": 0, "trainer.learning_rate": 0.05, "trainer.beta": 0.0,
-        "trainer.num_generations": 8, "policy.generation.temperature": 1.0, "task.truncation_penalty": 0})
+    run_loop(
+        tmp_path,
+        tiny_model_dir,
+        server,
+        **{
+            "schedule.iterations": 6,
+            "schedule.meta_every": 0,
+            "trainer.learning_rate": 0.05,
+            "trainer.beta": 0.0,
+            "trainer.num_generations": 8,
+            "policy.generation.temperature": 1.0,
+            "task.truncation_penalty": 0,
+        },
+    )
     rewards = [m["reward_mean"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(rewards) == 6
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 1.0, rewards
@@ -102,7 +125,8 @@ def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir,
 @pytest.mark.parametrize("meta_every", [0])
 def test_fixed_rubric_baseline_never_calls_the_meta_judge(tmp_path, tiny_model_dir, judge_server, meta_every):
     server = judge_server()
-    outcome, run_dir, events = run_loop(tmp_path, tiny_model_dir, server, **{
-        "schedule.iterations": 2, "schedule.meta_every": meta_every})
+    outcome, run_dir, events = run_loop(
+        tmp_path, tiny_model_dir, server, **{"schedule.iterations": 2, "schedule.meta_every": meta_every}
+    )
     assert "meta_analyze" not in events and outcome.rubric_version == 0
     assert not (run_dir.root / "calls" / "meta_judge.jsonl").exists()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mpo_agents.config import JudgeConfig
@@ -27,7 +31,9 @@ def score_0_5(reply: str) -> float | None:
 def make_client(server: Any, tmp_path: Path, **overrides: Any) -> JudgeClient:
     settings: dict[str, Any] = {
         "model": "hosted_vllm/test-judge",
-        "timeout": 1.0,
+        # Generous: a process's first call spends ~0.4-1 s in LiteLLM's lazy imports, inside the timed call.
+        # Tests of timeouts set their own small value.
+        "timeout": 5.0,
         "retries": 2,
         "retry_backoff": 0.01,
         "retry_backoff_max": 0.05,
@@ -44,7 +50,15 @@ def make_client(server: Any, tmp_path: Path, **overrides: Any) -> JudgeClient:
 
 
 def judge(client: JudgeClient, **kwargs: Any) -> JudgeResult[float]:
-    return asyncio.run(client.complete(MESSAGES, parse=score_0_5, **kwargs))
+    """One call in a fresh event loop, as a synchronous caller would make it."""
+
+    async def call() -> JudgeResult[float]:
+        try:
+            return await client.complete(MESSAGES, parse=score_0_5, **kwargs)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(call())
 
 
 def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
@@ -177,6 +191,9 @@ def test_stalled_server_without_retries_returns_within_the_timeout(judge_server,
 
     assert not result.ok and result.error == "timeout" and result.attempts == 1
     assert elapsed < 2.0  # 0.5 s timeout + client overhead; the server would hold the request 30 s
+    started = time.perf_counter()
+    server.stop()  # the held request must not hold up shutdown either
+    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize("api", ["chat", "completion"])
@@ -262,9 +279,10 @@ def test_one_client_serves_several_event_loops(judge_server, tmp_path):
     server = judge_server()
     client = make_client(server, tmp_path, api="completion", max_concurrency=2)
 
-    first, second = judge(client), judge(client)
+    first = asyncio.run(client.complete(MESSAGES, parse=score_0_5))  # no aclose: the pool stays behind
+    second = asyncio.run(client.complete(MESSAGES, parse=score_0_5))
 
-    assert first.ok and second.ok
+    assert first.ok and second.ok and server.counts["completion"] == 2
 
 
 def test_throughput_of_concurrent_calls(judge_server, tmp_path):
@@ -281,3 +299,59 @@ def test_throughput_of_concurrent_calls(judge_server, tmp_path):
 
     assert asyncio.run(many()) < 5.0
     assert server.max_in_flight == 32
+
+
+def test_standalone_server_scores_and_rewrites(tmp_path):
+    # The mode resume tests use: `python tests/judge_server.py --port P --rule keyword:WORD` in a subprocess.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = Path(__file__).with_name("judge_server.py")
+    process = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--rule", "keyword:essay"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "standalone server did not start"
+            time.sleep(0.1)
+
+        class Standalone:
+            url = f"http://127.0.0.1:{port}/v1"
+
+        client = make_client(Standalone(), tmp_path, api="completion")
+
+        async def exchange() -> list[JudgeResult[Any]]:
+            text = "Grade it.\n<response>An essay about essays: essay, ESSAY.</response>\nScore (0-5):"
+            score = await client.complete([{"role": "user", "content": text}], parse=score_0_5)
+            analysis = await client.complete([{"role": "user", "content": "[[META-ANALYZE]] samples..."}])
+            rubrics = [
+                await client.complete([{"role": "user", "content": "[[META-REWRITE]] ..."}]) for _ in "ab"
+            ]
+            return [score, analysis, *rubrics]
+
+        score, analysis, first, second = asyncio.run(exchange())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    assert score.value == 3.0  # "essay" 3 times in the response: whole words ("essays" is not), any case
+    assert analysis.ok and "rubric" in analysis.reply and "Criterion" not in analysis.reply
+    for rubric in (first, second):
+        lines = rubric.reply.splitlines()
+        assert len(lines) == 2
+        assert lines[0].startswith("Criterion 1:") and lines[0].endswith("(0-5 points)")
+        assert lines[1].startswith("Criterion 2:") and lines[1].endswith("(0-3 points)")
+    assert first.reply != second.reply
+
+
+def test_importing_judges_does_not_load_litellm():
+    # The CLI imports this package; LiteLLM alone takes seconds to import, so it waits for the first call.
+    code = "import sys, mpo_agents.judges; print(sorted({'litellm', 'openai'} & set(sys.modules)))"
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert probe.stdout.strip() == "[]"

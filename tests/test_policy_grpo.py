@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from tiny_model import build_tiny_model  # tests/ is on sys.path (see conftest.p
 
 from mpo_agents.config import GenerationConfig, PolicyConfig, TrainerConfig
 from mpo_agents.errors import CheckpointError, ConfigError
-from mpo_agents.policy import Rollout
+from mpo_agents.policy import PolicyBackend, Rollout
 from mpo_agents.policy.checkpoints import (
     COMPLETE_MARKER,
     checkpoint_dir,
@@ -20,13 +23,23 @@ from mpo_agents.policy.checkpoints import (
     prune_checkpoints,
 )
 from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy, grpo_config
-from mpo_agents.policy.models import load_policy_model, resolve_model_dir
+from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write about a cat."}],
     [{"role": "user", "content": "Write a short poem about the river city, please."}],
 ]
 GEN = GenerationConfig(max_new_tokens=12, temperature=0.9)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning barriers
+    made this module 3-4x slower (31 s vs 8.5 s measured). Restored for other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +134,19 @@ def unclip(grads: dict[str, torch.Tensor], norm: float, max_norm: float) -> dict
     return {k: g / coef for k, g in grads.items()}
 
 
-def test_update_equals_trl_train_step(base_dir: Path, tmp_path: Path) -> None:
-    cfg = trainer_config()
+@pytest.mark.parametrize(
+    ("loss_type", "failed"),
+    [("grpo", []), ("dapo", [2])],  # grpo's loss value is ~0 by construction; dapo's is not
+)
+def test_update_equals_trl_train_step(
+    base_dir: Path, tmp_path: Path, loss_type: str, failed: list[int]
+) -> None:
+    cfg = trainer_config(loss_type=loss_type, max_grad_norm=0.5)  # beta=0.04: the reference model is used
     policy = make_policy(base_dir, tmp_path / "ours", cfg)
     rollouts = policy.generate(CONVERSATIONS, cfg.num_generations, seed=3, key_prefix="it0")
     rewards = rewards_for(rollouts)
+    for index in failed:
+        rewards[index] = None
 
     ours: dict[str, torch.Tensor] = {}
     optimizer = policy.trainer.optimizer.optimizer  # the torch optimizer inside accelerate's wrapper
@@ -215,6 +236,7 @@ def check_rollout_shape(policy: TRLGRPOPolicy, rollouts: list[Rollout], groups: 
 
 def test_generate_is_seeded_grouped_and_flags_truncation(base_dir: Path, tmp_path: Path) -> None:
     policy = make_policy(base_dir, tmp_path / "a")
+    assert isinstance(policy, PolicyBackend)
     first = policy.generate(CONVERSATIONS, 3, seed=11, key_prefix="it7")
     again = policy.generate(CONVERSATIONS, 3, seed=11, key_prefix="it7")
     other = policy.generate(CONVERSATIONS, 3, seed=12, key_prefix="it7")
@@ -305,7 +327,7 @@ def test_incomplete_checkpoints_are_ignored_and_pruning_keeps_newest(base_dir: P
         policy.save(checkpoint_dir(root, step))
     assert latest_checkpoint(root) == checkpoint_dir(root, 3)
     # What a SIGKILL mid-save leaves: a staging dir (even with a plausible name) without COMPLETE.
-    killed = checkpoint_dir(root, 4).with_name("step-000004.tmp")
+    killed = checkpoint_dir(root, 4).with_name("iter-000004.tmp")
     (killed / "model").mkdir(parents=True)
     unmarked = checkpoint_dir(root, 5)
     unmarked.mkdir()
@@ -314,32 +336,52 @@ def test_incomplete_checkpoints_are_ignored_and_pruning_keeps_newest(base_dir: P
         policy.load(unmarked)
 
     deleted = prune_checkpoints(root, keep=2)
-    assert sorted(p.name for p in deleted) == ["step-000001"]
+    assert sorted(p.name for p in deleted) == ["iter-000001"]
     assert sorted(p.name for p in root.iterdir()) == [
-        "step-000002",
-        "step-000003",
-        "step-000004.tmp",
-        "step-000005",
+        "iter-000002",
+        "iter-000003",
+        "iter-000004.tmp",
+        "iter-000005",
     ]
     assert (checkpoint_dir(root, 3) / COMPLETE_MARKER).is_file()
 
     policy.save(checkpoint_dir(root, 3))  # saving a step again (re-run node after a resume) replaces it whole
     assert latest_checkpoint(root) == checkpoint_dir(root, 3)
-    assert not checkpoint_dir(root, 3).with_name("step-000003.tmp").exists()
+    assert not checkpoint_dir(root, 3).with_name("iter-000003.tmp").exists()
 
 
-def test_missing_model_dir_is_a_config_error(tmp_path: Path) -> None:
+def test_model_resolution_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="policy.model"):
         resolve_model_dir(str(tmp_path / "nope"))
+    assert resolve_dtype(PolicyConfig(device="cpu"), "cpu") == torch.float32
+    with pytest.raises(ConfigError, match="policy.dtype"):
+        resolve_dtype(PolicyConfig(device="cpu", dtype="float16"), "cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device(PolicyConfig(device="auto")) in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="policy.device"):
+            resolve_device(PolicyConfig(device="cuda"))
 
 
 # --- real model ---------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smollm2_converts_generates_and_updates(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
+    # A second process converting into the same cache at the same time waits on the lock and reuses the result.
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from mpo_agents.policy.models import resolve_model_dir as r; print(r('smollm2-135m', {str(cache)!r}))",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     model_dir = resolve_model_dir("smollm2-135m", cache_dir=cache)
-    assert resolve_model_dir("smollm2-135m", cache_dir=cache) == model_dir  # converted once
-    assert not list(cache.glob(".*tmp*"))
+    assert other.communicate(timeout=300)[0].strip() == str(model_dir) and other.returncode == 0
+    assert resolve_model_dir("smollm2-135m", cache_dir=cache) == model_dir
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [model_dir.name]
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "chat_template.jinja").is_file()
     gen = GenerationConfig(max_new_tokens=64)
     policy_cfg = PolicyConfig(model=str(model_dir), device="cpu", dtype="float32", generation=gen)
     policy = build_policy(

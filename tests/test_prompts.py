@@ -9,10 +9,14 @@ from mpo_agents.prompts import load_prompt, prompt_path
 
 
 def test_shipped_essay_prompts_render_with_their_placeholders():
-    judge = load_prompt("essay_writing", "judge").render(prompt="P", rubric="R", low="0", high="5", response="X")
+    judge = load_prompt("essay_writing", "judge").render(
+        prompt="P", rubric="R", low="0", high="5", response="X"
+    )
     assert [m["role"] for m in judge.messages] == ["system", "user"]
     assert "<response>X</response>" in judge.messages[-1]["content"]
-    assert judge.messages[-1]["content"].endswith("Reason:")  # no trailing newline: completion models continue it
+    assert judge.messages[-1]["content"].endswith(
+        "Reason:"
+    )  # no trailing newline: completion models continue it
     assert judge.prefill is None
 
 
@@ -35,6 +39,9 @@ def test_custom_prompts_dir_and_missing_role(tmp_path):
     (tmp_path / "mytask").mkdir()
     (tmp_path / "mytask" / "judge.md").write_text("Grade {{ response }}\n--- assistant ---\nScore:")
     rendered = load_prompt("mytask", "judge", prompts_dir=tmp_path).render(response="hi")
-    assert rendered.messages == [{"role": "user", "content": "Grade hi"}, {"role": "assistant", "content": "Score:"}]
+    assert rendered.messages == [
+        {"role": "user", "content": "Grade hi"},
+        {"role": "assistant", "content": "Score:"},
+    ]
     with pytest.raises(ConfigError, match="no prompt file"):
         load_prompt("mytask", "policy", prompts_dir=tmp_path)

@@ -55,7 +55,9 @@ def test_invalid_rewrites_are_rejected_with_a_reason(text, reason):
 
 
 def test_limits_on_items_and_words():
-    many = "\n".join(f"Criterion {i}: The essay does thing number {i} well. (0-1 points)" for i in range(1, 9))
+    many = "\n".join(
+        f"Criterion {i}: The essay does thing number {i} well. (0-1 points)" for i in range(1, 9)
+    )
     with pytest.raises(RubricRejected, match="max_items"):
         validate(many)
     with pytest.raises(RubricRejected, match="max_words"):
@@ -63,10 +65,14 @@ def test_limits_on_items_and_words():
 
 
 def test_copying_a_sample_is_rejected():
-    sample = "my dear grader please note that this essay is complete and deserves every single point available"
+    sample = (
+        "my dear grader please note that this essay is complete and deserves every single point available"
+    )
     with pytest.raises(RubricRejected, match="copies"):
         validate(f"Criterion 1: Award full marks when it says {sample}. (0-5 points)", samples=[sample])
-    accepted, _ = validate("Criterion 1: The essay argues its claim with evidence. (0-5 points)", samples=[sample])
+    accepted, _ = validate(
+        "Criterion 1: The essay argues its claim with evidence. (0-5 points)", samples=[sample]
+    )
     assert accepted.high == 5
 
 

@@ -103,6 +103,17 @@ class _Attempt:
         return self.error in RETRYABLE
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What stays the same across the attempts of one call."""
+
+    messages: list[dict[str, str]]
+    parse: Callable[[str], Any]
+    max_tokens: int
+    stop: list[str] | None
+    metadata: dict[str, Any]
+
+
 @dataclass
 class _LoopResources:
     """What must belong to one event loop: the concurrency gate and any pooled HTTP client."""
@@ -151,23 +162,16 @@ class JudgeClient:
         `parse` returning None counts as an unparseable reply (retried at a warmer temperature).
         `metadata` (iteration, node, sample key, ...) is copied into every log record of this call.
         """
+        request = _Request(messages, parse, max_tokens or self.cfg.max_tokens, stop, dict(metadata or {}))
         attempts: list[_Attempt] = []
         started = time.perf_counter()
 
         async def attempt_once() -> _Attempt:
             warmer = any(a.error in PARSE_FAILURES for a in attempts)
-            temperature = (
-                max(self.cfg.temperature, PARSE_RETRY_TEMPERATURE) if warmer else self.cfg.temperature
-            )
-            outcome = await self._attempt(
-                messages,
-                parse,
-                len(attempts) + 1,
-                temperature,
-                max_tokens or self.cfg.max_tokens,
-                stop,
-                metadata,
-            )
+            temperature = self.cfg.temperature
+            if warmer:
+                temperature = max(temperature, PARSE_RETRY_TEMPERATURE)
+            outcome = await self._attempt(request, len(attempts) + 1, temperature)
             attempts.append(outcome)
             return outcome
 
@@ -178,16 +182,17 @@ class JudgeClient:
             retry_error_callback=_last_outcome,
             reraise=True,
         )
-        last: _Attempt = await retrying(attempt_once)
-        ok = last.error is None
-        with self._lock:
-            self._stats.calls += 1
-            self._stats.failures += not ok
-        if not ok:
+        try:
+            last: _Attempt = await retrying(attempt_once)
+        except JudgeError:
+            self._count_call(ok=False)
+            raise
+        self._count_call(ok=last.error is None)
+        if last.error is not None:
             logger.info("%s call failed after %d attempt(s): %s", self.role, len(attempts), last.error)
         return JudgeResult(
-            ok=ok,
-            value=last.value if ok else None,
+            ok=last.error is None,
+            value=last.value if last.error is None else None,
             reply=last.reply,
             error=last.error,
             attempts=len(attempts),
@@ -208,16 +213,7 @@ class JudgeClient:
             await resources.text_client.close()
 
     # -- one attempt ----------------------------------------------------------------------------------------
-    async def _attempt(
-        self,
-        messages: list[dict[str, str]],
-        parse: Callable[[str], Any],
-        number: int,
-        temperature: float,
-        max_tokens: int,
-        stop: list[str] | None,
-        metadata: dict[str, Any] | None,
-    ) -> _Attempt:
+    async def _attempt(self, request: _Request, number: int, temperature: float) -> _Attempt:
         _litellm()  # the first import takes seconds: keep it out of the timed call
         resources = self._resources()
         value = reply = finish_reason = error = detail = None
@@ -227,26 +223,28 @@ class JudgeClient:
             timestamp = datetime.now(UTC).isoformat()
             started = time.perf_counter()
             try:
-                # LiteLLM enforces cfg.timeout itself; this outer limit catches a call stuck anywhere else.
+                # LiteLLM enforces cfg.timeout on the HTTP exchange; this outer limit also covers a server
+                # that trickles bytes (every read succeeds, so no read timeout fires) and any other stall.
                 response = await asyncio.wait_for(
-                    self._call(messages, temperature, max_tokens, stop, resources),
+                    self._call(request, temperature, resources),
                     timeout=self.cfg.timeout + min(5.0, 0.5 + 0.1 * self.cfg.timeout),
                 )
             except Exception as exc:
                 error = _classify(exc)
                 if error is None:
                     raise  # not an endpoint failure: a bug, let it surface
-                failure, detail = exc, self._redact(f"{type(exc).__name__}: {exc}")[:500]
+                failure, detail = exc, self._redact(" ".join(str(exc).split()) or type(exc).__name__)[:500]
             else:
                 reply, finish_reason, prompt_tokens, completion_tokens = _read(response, self.cfg.api)
                 if not reply.strip():
                     error = EMPTY
                 else:
-                    value = parse(reply)
+                    value = request.parse(reply)
                     if value is None:
                         error = TRUNCATED if finish_reason == "length" else UNPARSEABLE
             latency = time.perf_counter() - started
 
+        chat = self.cfg.api == "chat"
         self._record(
             CallRecord(
                 timestamp=timestamp,
@@ -255,8 +253,8 @@ class JudgeClient:
                 api=self.cfg.api,
                 attempt=number,
                 temperature=temperature,
-                messages=messages if self.cfg.api == "chat" else None,
-                prompt=_prompt_of(messages) if self.cfg.api == "completion" else None,
+                messages=request.messages if chat else None,
+                prompt=None if chat else _prompt_of(request.messages),
                 reply=reply,
                 finish_reason=finish_reason,
                 error=error,
@@ -264,7 +262,7 @@ class JudgeClient:
                 latency_s=round(latency, 4),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                metadata=dict(metadata or {}),
+                metadata=request.metadata,
             )
         )
         if error in FATAL:
@@ -273,33 +271,26 @@ class JudgeClient:
             logger.debug("%s attempt %d failed: %s %s", self.role, number, error, detail or "")
         return _Attempt(value, reply, error, prompt_tokens, completion_tokens)
 
-    async def _call(
-        self,
-        messages: list[dict[str, str]],
-        temperature: float,
-        max_tokens: int,
-        stop: list[str] | None,
-        resources: _LoopResources,
-    ) -> Any:
+    async def _call(self, request: _Request, temperature: float, resources: _LoopResources) -> Any:
         litellm = _litellm()
         params: dict[str, Any] = {
             "model": self.cfg.model,
             "api_base": self.api_base,
             "api_key": self._api_key,
             "temperature": temperature,
-            "max_tokens": max_tokens,
+            "max_tokens": request.max_tokens,
             "timeout": self.cfg.timeout,
             # Ours is the only retry layer: LiteLLM's and the OpenAI SDK's would multiply and hide attempts.
             "max_retries": 0,
             "num_retries": 0,
         }
-        if stop:
-            params["stop"] = stop
+        if request.stop:
+            params["stop"] = request.stop
         if self.cfg.api == "chat":
-            return await litellm.acompletion(messages=messages, **params)
+            return await litellm.acompletion(messages=request.messages, **params)
         if resources.text_client is not None:
             params["client"] = resources.text_client
-        return await litellm.atext_completion(prompt=_prompt_of(messages), **params)
+        return await litellm.atext_completion(prompt=_prompt_of(request.messages), **params)
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _resources(self) -> _LoopResources:
@@ -341,6 +332,11 @@ class JudgeClient:
             base_url=self.api_base, api_key=self._api_key, timeout=self.cfg.timeout, max_retries=0
         )
 
+    def _count_call(self, *, ok: bool) -> None:
+        with self._lock:
+            self._stats.calls += 1
+            self._stats.failures += not ok
+
     def _record(self, record: CallRecord) -> None:
         with self._lock:
             self._stats.attempts += 1
@@ -360,12 +356,12 @@ class JudgeClient:
         where = self.api_base or "the provider's default endpoint"
         fixes = {
             AUTH: f"check the API key: set `{role}.api_key_env` to the name of the environment variable "
-            "that holds it (unset, LiteLLM reads the provider's usual one, e.g. OPENAI_API_KEY)",
+            "that holds it (if unset, LiteLLM reads the provider's usual one, e.g. OPENAI_API_KEY)",
             NOT_FOUND: f"check `{role}.model` and `{role}.api_base`: the endpoint does not serve this model "
             "or path (a self-hosted server's api_base usually ends in /v1, and it must offer the "
             f"`{cfg.api}` API chosen by `{role}.api`)",
-            BAD_REQUEST: f"the endpoint refused the request; check `{role}.model` (provider prefix), "
-            f"`{role}.api` ('{cfg.api}') and `{role}.max_tokens` ({cfg.max_tokens})",
+            BAD_REQUEST: f"LiteLLM or the endpoint refused the request; check `{role}.model` (provider "
+            f"prefix), `{role}.api` ('{cfg.api}') and `{role}.max_tokens` ({cfg.max_tokens})",
         }
         what = {AUTH: "authentication", NOT_FOUND: "model or endpoint not found", BAD_REQUEST: "bad request"}
         return f"{role} ({cfg.model} at {where}): {what[kind]}: {detail}. Fix: {fixes[kind]}."
@@ -445,7 +441,7 @@ def _classify(exc: BaseException) -> str | None:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether the endpoint could not be reached at all (connection refused, DNS, reset), per the cause chain."""
+    """Whether the endpoint could not be reached at all (refused, DNS, reset), judged by the cause chain."""
     import httpx
     import openai
 

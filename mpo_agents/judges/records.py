@@ -7,7 +7,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,36 +35,21 @@ class CallRecord:
 class CallLog:
     """Appends records to a JSONL file; safe to share between threads and asyncio tasks.
 
-    Each line is written with one `write` under a lock and flushed, so a killed run leaves whole lines only
-    (at most the last one cut short).
+    Each line is written whole under a lock, in a file opened in append mode just for it (no handle to leak or
+    close; the cost is tiny next to an LLM call), so a killed run leaves whole lines only.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file: IO[str] | None = None
 
     def write(self, record: CallRecord | dict[str, Any]) -> None:
         data = dataclasses.asdict(record) if isinstance(record, CallRecord) else record
         line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(line)
-            self._file.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(line)
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:

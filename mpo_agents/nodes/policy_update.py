@@ -13,14 +13,12 @@ from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
 from mpo_agents.rundir import atomic_write_text, read_jsonl
 from mpo_agents.state import MPOState
 
-UPDATE_STATS = "update.json"
-
 
 def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
     directory = checkpoint_dir(ctx.run_dir.policy_dir, iteration)
-    stats_path = ctx.run_dir.policy_dir / f"iter-{iteration:04d}.{UPDATE_STATS}"
+    stats_path = ctx.run_dir.update_stats_path(iteration)
     if not (directory / "COMPLETE").exists():
         # Not done yet (or killed before the checkpoint landed): the weights in memory are those of the
         # previous iteration's checkpoint, so applying the step now is neither lost nor duplicated.
@@ -40,7 +38,9 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     metrics = {
         "iteration": iteration,
         # The version this batch was scored with; a meta step in this iteration may already have written the next.
-        "rubric_version": state["batch"][0]["rubric_version"] if state["batch"] else state["rubric"]["version"],
+        "rubric_version": state["batch"][0]["rubric_version"]
+        if state["batch"]
+        else state["rubric"]["version"],
         "rubric_version_next": state["rubric"]["version"],
         "policy_step": ctx.policy.step,
         **state.get("metrics", {}),

@@ -23,8 +23,12 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     sample_texts = [s["completion"] for s in window_samples(state.get("window", []))]
     limits = ctx.config.rubric
     prompt = ctx.prompt("rubric_rewrite", ctx.config.meta_judge.api).render(
-        rubric=current.text, rubric_version=current.version, analysis=state["analysis"],
-        max_items=limits.max_items, max_words=limits.max_words, next_item=len(current.parsed().criteria) + 1,
+        rubric=current.text,
+        rubric_version=current.version,
+        analysis=state["analysis"],
+        max_items=limits.max_items,
+        max_words=limits.max_words,
+        next_item=len(current.parsed().criteria) + 1,
     )
     reasons: list[str] = []
 
@@ -32,8 +36,12 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         # A rejected draft counts as an unparseable reply, so the judge client asks again (up to its retries).
         try:
             return validate_rewrite(
-                prompt.full_reply(reply), previous=current.parsed(), samples=sample_texts,
-                max_words=limits.max_words, max_items=limits.max_items, copy_run_words=limits.copy_run_words,
+                prompt.full_reply(reply),
+                previous=current.parsed(),
+                samples=sample_texts,
+                max_words=limits.max_words,
+                max_items=limits.max_items,
+                copy_run_words=limits.copy_run_words,
             )[0]
         except RubricRejected as exc:
             reasons.append(str(exc))
@@ -47,7 +55,13 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         ctx.rubrics.log_rejection(iteration, reason, prompt.full_reply(result.reply or ""))
         return {**consumed, "metrics": {**metrics, "rubric_rewrite_accepted": 0}}
     rubric = result.value
-    new = RubricVersion(version=current.version + 1, text=rubric.render(), low=rubric.low, high=rubric.high,
-                        parent=current.version, iteration=iteration)
+    new = RubricVersion(
+        version=current.version + 1,
+        text=rubric.render(),
+        low=rubric.low,
+        high=rubric.high,
+        parent=current.version,
+        iteration=iteration,
+    )
     ctx.rubrics.save(new)
     return {**consumed, "rubric": new.to_state(), "metrics": {**metrics, "rubric_rewrite_accepted": 1}}

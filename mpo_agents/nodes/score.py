@@ -9,6 +9,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
+from mpo_agents.judges.client import PARSE_FAILURES
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.prompts import PromptTemplate
 from mpo_agents.rundir import write_jsonl
@@ -33,23 +34,41 @@ async def judge_sample(
 ) -> ScoredSample:
     guarded = ctx.task.guard(record, sample["completion"])
     if guarded is not None:
-        return {**sample, "score": guarded.score, "status": "guarded", "rationale": guarded.reason,
-                "reward": _reward(ctx, guarded.score, sample)}
+        return {
+            **sample,
+            "score": guarded.score,
+            "status": "guarded",
+            "rationale": guarded.reason,
+            "reward": _reward(ctx, guarded.score, sample),
+        }
     prompt = template.render(
         **ctx.task.prompt_variables(record),
-        rubric=rubric["text"], low=f"{rubric['low']:g}", high=f"{rubric['high']:g}", response=sample["completion"],
+        rubric=rubric["text"],
+        low=f"{rubric['low']:g}",
+        high=f"{rubric['high']:g}",
+        response=sample["completion"],
     )
     result = await ctx.judge.complete(
         prompt.messages,
         parse=lambda reply: parse_score(reply, rubric["low"], rubric["high"]),
-        metadata={"iteration": iteration, "node": "score", "sample": sample["key"], "rubric_version": rubric["version"]},
+        metadata={
+            "iteration": iteration,
+            "node": "score",
+            "sample": sample["key"],
+            "rubric_version": rubric["version"],
+        },
     )
     if not result.ok:
         # Never a plausible number: the sample is recorded as failed and left out of the update.
-        status = "unparseable" if result.error == "unparseable" else "judge_failed"
+        status = "unparseable" if result.error in PARSE_FAILURES else "judge_failed"
         return {**sample, "status": status, "rationale": f"{result.error}: {(result.reply or '')[:200]}"}
-    return {**sample, "score": result.value, "status": "scored", "rationale": rationale_of(result.reply or ""),
-            "reward": _reward(ctx, result.value, sample)}
+    return {
+        **sample,
+        "score": result.value,
+        "status": "scored",
+        "rationale": rationale_of(result.reply or ""),
+        "reward": _reward(ctx, result.value, sample),
+    }
 
 
 def _reward(ctx: RunContext, score: float, sample: ScoredSample) -> float:
@@ -62,7 +81,10 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     template = ctx.prompt("judge", ctx.config.judge.api)
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     scored = await asyncio.gather(
-        *(judge_sample(ctx, template, rubric, records[s["prompt_index"]], s, iteration) for s in state["batch"])
+        *(
+            judge_sample(ctx, template, rubric, records[s["prompt_index"]], s, iteration)
+            for s in state["batch"]
+        )
     )
     path = ctx.run_dir.samples_path(iteration)
     write_jsonl(path, scored)

@@ -1,15 +1,15 @@
 """Atomic policy checkpoints: weights, optimizer, LR scheduler, step and RNG states, all or nothing.
 
-Layout of `<root>/step-000007/`:
+Layout of `<root>/iter-000007/`:
   model/                 `save_pretrained` output (safetensors + config + tokenizer), loadable on its own
   optimizer.safetensors  optimizer state tensors (`state.<param index>.<name>`) and torch RNG states (`rng.*`)
   state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states
   COMPLETE               written last; a directory without it is never read
 
-Everything is written into `step-000007.tmp`, fsynced, marked COMPLETE and renamed into place, so a process
+Everything is written into `iter-000007.tmp`, fsynced, marked COMPLETE and renamed into place, so a process
 killed mid-save leaves at most a `.tmp` directory that `latest_checkpoint` ignores. No pickle is involved:
-tensors go to safetensors (also faster than `torch.save` for the ~1 GB of Adam moments of SmolLM2-135M), the rest
-to JSON.
+tensors go to safetensors, the rest to JSON. For the 1.08 GB of Adam moments of SmolLM2-135M, safetensors wrote
+as fast as `torch.save` (4.2 s vs 4.6 s incl. fsync, busy disk) and loads ~10x faster (0.05 s vs 0.57 s, mmap).
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ MODEL_DIR = "model"
 TENSORS_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^step-(\d+)$")
+_NAME = re.compile(r"^iter-(\d+)$")
 
 
-def checkpoint_dir(root: Path, step: int) -> Path:
-    """Where the checkpoint of optimizer step `step` lives under `root` (`step-000007`)."""
-    return Path(root) / f"step-{step:06d}"
+def checkpoint_dir(root: Path, index: int) -> Path:
+    """Where checkpoint number `index` lives under `root` (`iter-000007`). The MPO loop numbers checkpoints by
+    iteration, not optimizer step: an iteration whose judgments all failed saves without stepping."""
+    return Path(root) / f"iter-{index:06d}"
 
 
 def save_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
@@ -65,7 +66,7 @@ def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
     policy.tokenizer.save_pretrained(staging / MODEL_DIR)
     optimizer_state = trainer.optimizer.state_dict()
     tensors = {
-        f"state.{index}.{name}": value.detach().contiguous()
+        f"state.{index}.{name}": value.detach().cpu().contiguous()
         for index, param_state in optimizer_state["state"].items()
         for name, value in param_state.items()
     }
@@ -186,8 +187,8 @@ def prune_checkpoints(root: Path, keep: int) -> list[Path]:
     complete = _complete_checkpoints(Path(root))
     doomed = [path for _, path in complete[:-keep]]
     newest = complete[-1][0] if complete else -1
-    for leftover in sorted(Path(root).glob("step-*")) if Path(root).is_dir() else []:
-        match = re.match(r"^step-(\d+)\.(tmp|old)$", leftover.name)
+    for leftover in sorted(Path(root).glob("iter-*")) if Path(root).is_dir() else []:
+        match = re.match(r"^iter-(\d+)\.(tmp|old)$", leftover.name)
         if match and int(match.group(1)) <= newest:
             doomed.append(leftover)
     for path in doomed:
@@ -212,7 +213,7 @@ def _torch_rng_states() -> dict[str, Any]:
 
     states = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        states.update({f"rng.cuda.{i}": s.cpu() for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return states
 
 

@@ -209,6 +209,9 @@ class TRLGRPOPolicy:
             learning_rate = trainer.lr_scheduler.get_last_lr()[0]
             trainer.optimizer.step()
             trainer.lr_scheduler.step()
+        except BaseException:
+            trainer._metrics["train"].clear()  # a failed step's partial metrics must not reach the next one
+            raise
         finally:
             model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
             self._batch.set([], [])
@@ -287,6 +290,8 @@ def _check_batch(rollouts: list[Rollout], rewards: list[float | None], group_siz
         raise ValueError(
             f"batch of {len(rollouts)} rollouts is not a non-empty multiple of the group size {group_size}"
         )
+    if any(not r.prompt_ids or not r.completion_ids for r in rollouts):
+        raise ValueError("every rollout needs non-empty prompt_ids and completion_ids")
     if len({r.key for r in rollouts}) != len(rollouts):
         raise ValueError("rollout keys must be unique within a batch")
     for start in range(0, len(rollouts), group_size):
@@ -354,7 +359,10 @@ def _eval_then_train(model: Any) -> Iterator[None]:
 
 
 def build_policy(policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir: Path) -> TRLGRPOPolicy:
-    """Resolve the model directory, device and dtype, load the base model and build its trainer."""
+    """Resolve the model directory, device and dtype, load the base model and build its trainer.
+
+    `work_dir` becomes TRL's `output_dir`: created, but nothing is written there (`save_strategy="no"`);
+    checkpoints go wherever `save()` is pointed."""
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
 
     model_dir = resolve_model_dir(policy_cfg.model)

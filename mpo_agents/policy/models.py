@@ -100,17 +100,16 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     with quiet_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    # A GGUF-loaded model is flagged as quantized and `save_pretrained` refuses it; the weights are already
-    # dequantized, so rebuild a plain model from the config and copy them over.
-    delattr(config, "quantization_config")
-    config.architectures = ["LlamaForCausalLM"]  # missing for GGUF configs; servers and Auto* rely on it
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
-    with quiet_progress_bars():
+        config = loaded.config
+        # A GGUF-loaded model is flagged as quantized and `save_pretrained` refuses it; the weights are already
+        # dequantized, so rebuild a plain model from the config and copy them over.
+        delattr(config, "quantization_config")
+        config.architectures = ["LlamaForCausalLM"]  # missing for GGUF configs; servers and Auto* rely on it
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
         model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
 
 
 @contextlib.contextmanager

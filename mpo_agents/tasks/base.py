@@ -41,7 +41,9 @@ class Task:
     def load_records(self) -> list[dict[str, Any]]:
         path = self.config.data_path or EXAMPLES_DATA_DIR / self.default_data_file
         if not Path(path).is_file():
-            raise ConfigError(f"task.data_path: {path} does not exist (a JSONL file with a '{self.prompt_field}' field)")
+            raise ConfigError(
+                f"task.data_path: {path} does not exist (a JSONL file with a '{self.prompt_field}' field)"
+            )
         records = []
         for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
@@ -81,7 +83,11 @@ class Task:
         return {"prompt": record[self.prompt_field]}
 
     def policy_conversation(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        return load_prompt(self.name, "policy", "chat", self.prompts_dir).render(**self.prompt_variables(record)).messages
+        return (
+            load_prompt(self.name, "policy", "chat", self.prompts_dir)
+            .render(**self.prompt_variables(record))
+            .messages
+        )
 
     def prompt_text(self, record: dict[str, Any]) -> str:
         """A short human-readable form of the record's prompt, for sample files and the meta-judge."""

@@ -1,0 +1,169 @@
+"""One MPO iteration (rollout, score, update, checkpoint) against one step of TRL's own GRPOTrainer.train().
+
+Both sides use the same model (SmolLM2-135M-Instruct by default, the quickstart's policy), the same prompts,
+batch (prompts x G), generation length, and the same judge: a local OpenAI-compatible server that answers at
+once, reached through LiteLLM, so judge latency does not hide our overhead. Both are measured in this
+process, after a warm-up step, as the median over `--steps` steps. The last line printed is `ratio: X`
+(MPO seconds per iteration / TRL seconds per step); the target is <= 1.15.
+
+    python benchmarks/bench_iteration.py [--model smollm2-135m|DIR] [--steps 3] [--tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import itertools
+
+from judge_server import JudgeServer
+
+from mpo_agents.config import load_config
+from mpo_agents.prompts import load_prompt
+from mpo_agents.runner import execute, new_run_dir
+
+
+def judge_reply(prompt: str, request: dict) -> str:
+    """An instant judge with a real rule: longer responses score higher (0-5)."""
+    response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
+    return f"Reason: measured length.\nScore: {min(5, len(response.split()) // 8)}"
+
+
+def overrides(args: argparse.Namespace, url: str, iterations: int) -> list[str]:
+    return [
+        f"policy.model={args.model}",
+        f"policy.generation.max_new_tokens={args.tokens}",
+        "policy.generation.temperature=0.9",
+        "judge.model=openai/bench",
+        f"judge.api_base={url}",
+        "judge.api_key_env=BENCH_KEY",
+        "meta_judge.model=openai/bench",
+        f"meta_judge.api_base={url}",
+        "meta_judge.api_key_env=BENCH_KEY",
+        f"trainer.num_generations={args.generations}",
+        f"trainer.prompts_per_iteration={args.prompts}",
+        f"schedule.iterations={iterations}",
+        "schedule.meta_every=0",
+        "task.max_prompts=64",
+    ]
+
+
+def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
+    config = load_config(None, overrides(args, url, args.steps + 1))
+    run_dir = new_run_dir(config, workdir / "mpo-run")
+    finished: list[float] = []
+    execute(
+        config,
+        run_dir,
+        {"BENCH_KEY": "x"},
+        fresh=True,
+        on_event=lambda node, update: (
+            finished.append(time.perf_counter()) if node == "policy_update" else None
+        ),
+    )
+    return [b - a for a, b in itertools.pairwise(finished)]  # iteration k+1 = end(k) .. end(k+1)
+
+
+def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
+    import litellm
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
+    from mpo_agents.policy.grpo import grpo_config
+    from mpo_agents.policy.models import load_policy_model
+    from mpo_agents.tasks import build_task
+
+    config = load_config(None, overrides(args, url, args.steps + 1))
+    task = build_task(config.task)
+    records = [task.batch(i, config.trainer.prompts_per_iteration) for i in range(1, args.steps + 2)]
+    dataset = Dataset.from_list([{"prompt": task.policy_conversation(r)} for batch in records for r in batch])
+    judge = load_prompt("essay_writing", "judge")
+
+    async def judge_reward(prompts, completions, **kwargs):
+        async def one(prompt, completion):
+            text = completion[-1]["content"] if isinstance(completion, list) else completion
+            rendered = judge.render(
+                prompt=prompt[-1]["content"],
+                rubric="Criterion 1: x. (0-5 points)",
+                low=0,
+                high=5,
+                response=text,
+            )
+            reply = await litellm.acompletion(
+                model="openai/bench", api_base=url, api_key="x", messages=rendered.messages, max_tokens=64
+            )
+            return float(re.search(r"Score:\s*(\d+)", reply.choices[0].message.content).group(1))
+
+        return await asyncio.gather(*(one(p, c) for p, c in zip(prompts, completions)))
+
+    ends: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            ends.append(time.perf_counter())
+
+    device = resolve_device(config.policy)
+    dtype = resolve_dtype(config.policy, device)
+    model, tokenizer = load_policy_model(resolve_model_dir(config.policy.model), device, dtype)
+    # The same GRPOConfig our policy uses, but TRL generates and calls the reward itself, in its own loop.
+    args_ = grpo_config(
+        config.trainer,
+        config.policy.generation,
+        device,
+        dtype,
+        workdir / "trl-out",
+        max_steps=args.steps + 1,
+        shuffle_dataset=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=judge_reward,
+        args=args_,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    trainer.train()
+    return [b - a for a, b in itertools.pairwise(ends)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side (after one warm-up)")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--generations", type=int, default=4)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, JudgeServer(judge_reply) as server:
+        trl_steps = time_trl(args, server.url, Path(tmp))
+        mpo_steps = time_mpo(args, server.url, Path(tmp))
+    trl_s, mpo_s = statistics.median(trl_steps), statistics.median(mpo_steps)
+    print(
+        f"TRL GRPOTrainer.train() step: median {trl_s:.2f} s over {len(trl_steps)} ({', '.join(f'{t:.2f}' for t in trl_steps)})"
+    )
+    print(
+        f"MPO iteration (rollout+score+update+checkpoint): median {mpo_s:.2f} s over {len(mpo_steps)} "
+        f"({', '.join(f'{t:.2f}' for t in mpo_steps)})"
+    )
+    print(f"ratio: {mpo_s / trl_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""The embedded default itself: `mpo run examples/quickstart.yaml`, fully offline. Slow (minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpo_agents.rundir import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quickstart_runs_offline_and_rewrites_the_rubric(tmp_path):
+    run_dir = tmp_path / "quickstart"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpo_agents",
+            "run",
+            str(REPO / "examples" / "quickstart.yaml"),
+            "--run-dir",
+            str(run_dir),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "OPENAI_API_KEY": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
+    assert len(list((run_dir / "rubrics").glob("v*.md"))) >= 2, "no meta-judge rewrite was accepted"
+    # Every judge reply is either a parsed score or a recorded failure: never a made-up number.
+    for path in sorted((run_dir / "samples").glob("iter-*.jsonl")):
+        for sample in read_jsonl(path):
+            assert (sample["status"] == "scored") == (sample["score"] is not None)
+    calls = [json.loads(line) for line in (run_dir / "calls" / "judge.jsonl").read_text().splitlines()]
+    assert calls and all(call["prompt"] for call in calls)
