@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -73,6 +74,15 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
             finished.append(time.perf_counter()) if node == "policy_update" else None
         ),
     )
+    breakdown: dict[str, list[float]] = {}
+    for line in (run_dir.root / "timings.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["iteration"] > 1:  # the first iteration is the warm-up
+            breakdown.setdefault(record["node"], []).append(record["seconds"])
+    print(
+        "MPO per-node median seconds:",
+        {node: round(statistics.median(v), 2) for node, v in breakdown.items()},
+    )
     return [b - a for a, b in itertools.pairwise(finished)]  # iteration k+1 = end(k) .. end(k+1)
 
 
@@ -128,6 +138,7 @@ def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
         workdir / "trl-out",
         max_steps=args.steps + 1,
         shuffle_dataset=False,
+        disable_tqdm=True,
     )
     trainer = GRPOTrainer(
         model=model,
@@ -150,9 +161,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
+    parser.add_argument("--mpo-only", action="store_true", help="time only the MPO side (for profiling)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, JudgeServer(judge_reply) as server:
-        trl_steps = time_trl(args, server.url, Path(tmp))
+        trl_steps = [float("nan")] if args.mpo_only else time_trl(args, server.url, Path(tmp))
         mpo_steps = time_mpo(args, server.url, Path(tmp))
     trl_s, mpo_s = statistics.median(trl_steps), statistics.median(mpo_steps)
     print(

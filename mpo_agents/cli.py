@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import signal
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +45,8 @@ def _prepare_environment() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # transformers 5 deprecation notices about TRL's calls are for TRL's maintainers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
     # `kill` (SIGTERM) unwinds like Ctrl-C's second press, so the local judge server is stopped on the way out.
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -65,7 +68,7 @@ def _setup_logging(run_dir: Path) -> None:
 class _ProgressView:
     """A rich progress bar over iterations with the latest reward, judge failures and rubric version."""
 
-    def __init__(self, total: int, done: int):
+    def __init__(self, total: int, done: list[dict[str, Any]]):
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -75,8 +78,8 @@ class _ProgressView:
             TimeElapsedColumn(),
             console=console,
         )
-        self.task = self.progress.add_task("rollout", total=total, completed=done, stats="")
-        self.failures = 0
+        self.task = self.progress.add_task("rollout", total=total, completed=len(done), stats="")
+        self.failures = sum(m.get("judge_failures") or 0 for m in done)  # a resumed run keeps counting
 
     def on_event(self, node: str, update: dict[str, Any]) -> None:
         if node == "__stop_requested__":
@@ -86,7 +89,7 @@ class _ProgressView:
             return
         following = {
             "rollout": "score",
-            "score": "update",
+            "score": "meta step / update",
             "meta_analyze": "rubric rewrite",
             "rubric_rewrite": "update",
             "policy_update": "rollout",
@@ -107,16 +110,13 @@ class _ProgressView:
 
 
 def _run(config: Any, run_dir: Any, fresh: bool) -> None:
+    from mpo_agents.rubrics import RubricStore
+    from mpo_agents.rundir import read_jsonl
     from mpo_agents.runner import execute
 
     _setup_logging(run_dir.root)
     total = config.schedule.iterations
-    done = 0
-    if not fresh:
-        from mpo_agents.rundir import read_jsonl
-
-        done = len(read_jsonl(run_dir.metrics_path))
-    view = _ProgressView(total, done)
+    view = _ProgressView(total, read_jsonl(run_dir.metrics_path))
     with view.progress:
         outcome = execute(
             config,
@@ -127,9 +127,13 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
             on_status=lambda message: view.progress.update(view.task, description=message),
         )
     verb = "finished" if outcome.status == "finished" else "stopped"
+    metrics = read_jsonl(run_dir.metrics_path)  # totals over the whole run, also across resumes
+    failures = sum(m.get("judge_failures") or 0 for m in metrics)
+    rejected = len(RubricStore(run_dir.rubrics_dir).rejections())
     console.print(
-        f"[green]Run {verb}[/]: {min(outcome.iteration - 1, total)}/{total} iterations, rubric v{outcome.rubric_version}, "
-        f"{outcome.policy_step} optimizer steps, {view.failures} judge failures. Run directory: {outcome.run_dir}"
+        f"[green]Run {verb}[/]: {len(metrics)}/{total} iterations, rubric v{outcome.rubric_version} "
+        f"({rejected} rewrite(s) rejected), {outcome.policy_step} optimizer steps, {failures} judge failures. "
+        f"Run directory: {outcome.run_dir}"
     )
     if outcome.status != "finished":
         console.print(f"Continue with: mpo resume {outcome.run_dir}")

@@ -136,7 +136,9 @@ class LocalServerConfig(_Section):
         description="KV-cache size of continuous batching, in tokens. Bounds the server's memory: "
         "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model).",
     )
-    cpu_threads: int = Field(1, ge=1, description="CPU threads of the server process.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the server process; None keeps torch's default (all cores)."
+    )
 
 
 class TrainerConfig(_Section):

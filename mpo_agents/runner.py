@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -131,6 +133,8 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
     try:
         async with AsyncSqliteSaver.from_conn_string(str(ctx.run_dir.checkpoint_db)) as saver:
             app = build_graph().compile(checkpointer=saver)
+            current = (await app.aget_state(run_config)).values.get("iteration", 1)
+            timings = NodeTimings(ctx.run_dir.root / "timings.jsonl", current)
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
             # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
             # Streaming a finished graph simply yields nothing.
@@ -138,6 +142,7 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
                 inputs, run_config, context=ctx, stream_mode="updates", durability="sync"
             ):
                 for node, update in chunk.items():
+                    timings.record(node, update or {})
                     on_event(node, update or {})
                 if stop.is_set():
                     break
@@ -149,6 +154,24 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
         loop.remove_signal_handler(signal.SIGINT)
         for client in (ctx.judge, ctx.meta_judge):
             await client.aclose()
+
+
+class NodeTimings:
+    """Wall time of every node (from one streamed update to the next, checkpoint write included), appended to
+    `timings.jsonl`: where an iteration's time goes."""
+
+    def __init__(self, path: Path, iteration: int):
+        self.path = path
+        self.iteration = iteration
+        self.last = time.perf_counter()
+
+    def record(self, node: str, update: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        record = {"iteration": self.iteration, "node": node, "seconds": round(now - self.last, 3)}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.iteration = update.get("iteration", self.iteration)
+        self.last = now
 
 
 def _outcome(ctx: Any, values: dict[str, Any], status: str) -> RunOutcome:

@@ -114,14 +114,9 @@ def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Ite
     """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
     port = cfg.port or _free_port(cfg.host)
     command = _serve_command(model_dir, cfg, port)
-    threads = str(cfg.cpu_threads)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-    }
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if cfg.cpu_threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting local judge server: %s", " ".join(command))
     with open(log_path, "ab") as server_log:

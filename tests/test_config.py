@@ -91,3 +91,9 @@ def test_hosted_model_without_provider_key_is_reported():
     config = load_config(None, ["judge.model=openai/gpt-4o-mini"])
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         judge_endpoint("judge", config.judge, {}, None)
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")))
+def test_shipped_example_configs_are_valid(example):
+    config = load_config(example)
+    assert config.task.name == "essay_writing"

@@ -121,3 +121,22 @@ def test_run_refuses_an_existing_run_directory(tmp_path, tiny_model_dir, judge_s
     again = mpo(*run_command(run_dir, tiny_model_dir, server.url))
     output, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and b"mpo resume" in output
+
+
+def test_ctrl_c_stops_at_a_node_boundary_and_resume_finishes(
+    tmp_path, tiny_model_dir, judge_server, uninterrupted
+):
+    server = judge_server(latency=0.05)
+    run_dir = tmp_path / "run"
+    process = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+    wait_for((run_dir, "samples/iter-0001.jsonl"), process)
+    process.send_signal(signal.SIGINT)
+    output = finish(process)
+    assert "Stopping after the current node" in output and "mpo resume" in output
+    stopped_at = len(read_jsonl(run_dir / "metrics.jsonl"))
+    assert stopped_at < ITERATIONS
+
+    finish(mpo("resume", str(run_dir)))
+    resumed = summary(run_dir)
+    assert resumed["iterations"] == uninterrupted["iterations"]
+    assert resumed["optimizer_steps"] == ITERATIONS
