@@ -89,3 +89,11 @@ def test_store_roundtrip_rejections_and_diff(tmp_path):
     assert store.rejections()[0]["reason"] == "too long"
     diff = diff_rubrics(first, second)
     assert "+Criterion 2: Evidence backs the thesis. (0-3 points)" in diff
+
+
+def test_looping_meta_judge_prose_is_collapsed():
+    from mpo_agents.meta.text import collapse_repeats
+
+    looping = "The rubric is vague. Short answers score well.\n\nThe grade is 5.\n\nThe grade is 5.\n\nThe grade is 5."
+    assert collapse_repeats(looping) == "The rubric is vague. Short answers score well.\n\nThe grade is 5."
+    assert collapse_repeats("One idea. Another idea!") == "One idea. Another idea!"

@@ -10,6 +10,7 @@ from langgraph.runtime import Runtime
 from mpo_agents.context import RunContext
 from mpo_agents.judges.client import nonempty
 from mpo_agents.meta import sample_window
+from mpo_agents.meta.text import collapse_repeats
 from mpo_agents.rundir import atomic_write_text
 from mpo_agents.state import MPOState
 
@@ -33,7 +34,7 @@ async def meta_analyze(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     result = await ctx.meta_judge.complete(
         prompt.messages, parse=nonempty, metadata={"iteration": iteration, "node": "meta_analyze"}
     )
-    analysis = prompt.full_reply(result.value).strip() if result.ok else None
+    analysis = collapse_repeats(prompt.full_reply(result.value)) if result.ok else None
     record = {
         "iteration": iteration,
         "rubric_version": rubric["version"],
