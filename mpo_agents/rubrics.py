@@ -171,8 +171,12 @@ class RubricStore:
         atomic_write_text(stem.with_suffix(".json"), json.dumps(version.to_state(), indent=2))
 
     def log_rejection(self, iteration: int, reason: str, text: str) -> None:
+        """Append a refused rewrite; a node re-run after a crash logging the same refusal adds nothing."""
+        record = {"iteration": iteration, "reason": reason, "text": text}
+        if record in self.rejections():
+            return
         with open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"iteration": iteration, "reason": reason, "text": text}) + "\n")
+            handle.write(json.dumps(record) + "\n")
 
     def versions(self) -> list[RubricVersion]:
         return [

@@ -86,6 +86,8 @@ def test_store_roundtrip_rejections_and_diff(tmp_path):
     assert [v.version for v in store.versions()] == [0, 1]
     assert store.versions()[1] == second
     store.log_rejection(4, "too long", "...")
+    store.log_rejection(4, "too long", "...")  # a re-run node logs the same refusal: kept once
+    assert len(store.rejections()) == 1
     assert store.rejections()[0]["reason"] == "too long"
     diff = diff_rubrics(first, second)
     assert "+Criterion 2: Evidence backs the thesis. (0-3 points)" in diff

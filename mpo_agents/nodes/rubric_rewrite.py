@@ -20,6 +20,7 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     if not state.get("analysis"):
         ctx.rubrics.log_rejection(iteration, "no analysis from meta_analyze (see calls/meta_judge.jsonl)", "")
         return {**consumed, "metrics": {**metrics, "rubric_rewrite_accepted": 0}}
+    previous = current.parsed()
     sample_texts = [s["completion"] for s in window_samples(state.get("window", []))]
     limits = ctx.config.rubric
     prompt = ctx.prompt("rubric_rewrite", ctx.config.meta_judge.api).render(
@@ -28,7 +29,7 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         analysis=state["analysis"],
         max_items=limits.max_items,
         max_words=limits.max_words,
-        next_item=len(current.parsed().criteria) + 1,
+        next_item=len(previous.criteria) + 1,
     )
     reasons: list[str] = []
 
@@ -37,7 +38,7 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         try:
             return validate_rewrite(
                 prompt.full_reply(reply),
-                previous=current.parsed(),
+                previous=previous,
                 samples=sample_texts,
                 max_words=limits.max_words,
                 max_items=limits.max_items,
