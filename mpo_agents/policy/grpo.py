@@ -277,6 +277,10 @@ def _build_trainer(
     trainer.create_scheduler(num_training_steps=1_000_000)  # constant schedule: the horizon is irrelevant
     # Normally set per step inside HF's loop; TRL's loss divides by it (AttributeError if missing).
     trainer.current_gradient_accumulation_steps = 1
+    # TRL loads the reference model with `use_cache=True`; its scoring forward then builds a KV cache it never
+    # uses. Measured on SmolLM2-135M (8 x ~165 tokens): the update takes 17.5 s without it vs 23 s with it.
+    if trainer.ref_model is not None:
+        trainer.ref_model.config.use_cache = False
     if trainer.args.steps_per_generation != 1 or trainer.num_iterations != 1:
         raise RuntimeError("path A needs steps_per_generation=1 and num_iterations=1 (one replay per step)")
     return trainer
