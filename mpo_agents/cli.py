@@ -79,7 +79,7 @@ class _ProgressView:
             console=console,
         )
         self.task = self.progress.add_task("rollout", total=total, completed=len(done), stats="")
-        self.failures = sum(m.get("judge_failures") or 0 for m in done)  # a resumed run keeps counting
+        self.failures = _judge_failures(done)  # a resumed run keeps counting
 
     def on_event(self, node: str, update: dict[str, Any]) -> None:
         if node == "__stop_requested__":
@@ -109,6 +109,10 @@ class _ProgressView:
             self.progress.update(self.task, advance=1, stats=stats)
 
 
+def _judge_failures(metrics: list[dict[str, Any]]) -> int:
+    return sum(m.get("judge_failures") or 0 for m in metrics)
+
+
 def _run(config: Any, run_dir: Any, fresh: bool) -> None:
     from mpo_agents.rubrics import RubricStore
     from mpo_agents.rundir import read_jsonl
@@ -128,7 +132,7 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
         )
     verb = "finished" if outcome.status == "finished" else "stopped"
     metrics = read_jsonl(run_dir.metrics_path)  # totals over the whole run, also across resumes
-    failures = sum(m.get("judge_failures") or 0 for m in metrics)
+    failures = _judge_failures(metrics)
     rejected = len(RubricStore(run_dir.rubrics_dir).rejections())
     console.print(
         f"[green]Run {verb}[/]: {len(metrics)}/{total} iterations, rubric v{outcome.rubric_version} "

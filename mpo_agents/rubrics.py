@@ -146,6 +146,11 @@ class RubricVersion:
     parent: int | None
     iteration: int  # iteration after whose scoring it was written (0 for the initial rubric)
 
+    @classmethod
+    def of(cls, rubric: Rubric, *, version: int, parent: int | None, iteration: int) -> RubricVersion:
+        """A stored version of a parsed rubric, in its canonical text."""
+        return cls(version, rubric.render(), rubric.low, rubric.high, parent, iteration)
+
     def to_state(self) -> dict:
         return asdict(self)
 

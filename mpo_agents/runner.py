@@ -66,9 +66,7 @@ def saved_config(run_dir: Path) -> MPOConfig:
 
 def initial_state(config: MPOConfig, task_rubric: str, store: RubricStore) -> dict[str, Any]:
     rubric, _ = parse_rubric(task_rubric)
-    first = RubricVersion(
-        version=0, text=rubric.render(), low=rubric.low, high=rubric.high, parent=None, iteration=0
-    )
+    first = RubricVersion.of(rubric, version=0, parent=None, iteration=0)
     store.save(first)
     return {"iteration": 1, "rubric": first.to_state(), "window": [], "policy_step": 0, "metrics": {}}
 

@@ -55,14 +55,8 @@ async def rubric_rewrite(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         reason = reasons[-1] if reasons else f"meta-judge call failed: {result.error}"
         ctx.rubrics.log_rejection(iteration, reason, prompt.full_reply(result.reply or ""))
         return {**consumed, "metrics": {**metrics, "rubric_rewrite_accepted": 0}}
-    rubric = result.value
-    new = RubricVersion(
-        version=current.version + 1,
-        text=rubric.render(),
-        low=rubric.low,
-        high=rubric.high,
-        parent=current.version,
-        iteration=iteration,
+    new = RubricVersion.of(
+        result.value, version=current.version + 1, parent=current.version, iteration=iteration
     )
     ctx.rubrics.save(new)
     return {**consumed, "rubric": new.to_state(), "metrics": {**metrics, "rubric_rewrite_accepted": 1}}
