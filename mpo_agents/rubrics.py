@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mpo_agents.errors import RubricRejected
@@ -89,13 +89,59 @@ def parse_rubric(text: str) -> tuple[Rubric, list[str]]:
         if low == high:
             raise RubricRejected(f"criterion {index + 1} has an empty point range {match.group(0)}")
         criterion = Criterion(text=f"{description}. {match.group(0)}".replace("..", "."), low=low, high=high)
-        if criterion.text.lower() in {c.text.lower() for c in criteria}:
+        if criterion_key(criterion) in {criterion_key(c) for c in criteria}:
             notes.append(f"dropped a duplicate of criterion: {description[:60]!r}")
             continue
         criteria.append(criterion)
     if not criteria:
         raise RubricRejected("no criteria found; expected lines like 'Criterion 1: ... (0-5 points)'")
     return Rubric(tuple(criteria)), notes
+
+
+def criterion_key(criterion: Criterion) -> str:
+    """What makes two criteria the same for de-duplication: their words and range, ignoring case and
+    punctuation (a merge that repeats a criterion with a different comma still repeats it)."""
+    return " ".join(_WORD.findall(criterion.text.lower())) + f"|{criterion.low:g}|{criterion.high:g}"
+
+
+def word_count(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def join_under_word_limit(texts: list[str], budget: int) -> tuple[list[str], int]:
+    """Texts taken in order while their total stays within `budget` words; a text that would cross it is
+    dropped whole, as are all after it. Returns (kept, number dropped)."""
+    kept: list[str] = []
+    used = 0
+    for text in texts:
+        words = word_count(text)
+        if used + words > budget:
+            break
+        kept.append(text)
+        used += words
+    return kept, len(texts) - len(kept)
+
+
+def merge_in_order(rubrics: list[Rubric], *, max_items: int, max_words: int) -> Rubric:
+    """All criteria of `rubrics`, first occurrence kept, in order, cut to the item and word limits.
+
+    The deterministic merge: used on the meta-judge's merged rubric (to drop repeats it left in) and in its
+    place when its merge cannot be used.
+    """
+    seen: set[str] = set()
+    kept: list[Criterion] = []
+    words = 0
+    for criterion in (c for rubric in rubrics for c in rubric.criteria):
+        key = criterion_key(criterion)
+        cost = word_count(f"Criterion {len(kept) + 1}: {criterion.text}")
+        if key in seen or len(kept) >= max_items or words + cost > max_words:
+            continue
+        seen.add(key)
+        kept.append(criterion)
+        words += cost
+    if not kept:
+        raise RubricRejected("no criteria left to merge")
+    return Rubric(tuple(kept))
 
 
 def _longest_shared_run(a: list[str], b: list[str]) -> int:
@@ -137,7 +183,7 @@ def validate_rewrite(
 
 @dataclass(frozen=True)
 class RubricVersion:
-    """One stored version; what the graph state carries."""
+    """One stored version and its lineage; what the graph state carries."""
 
     version: int
     text: str
@@ -145,21 +191,100 @@ class RubricVersion:
     high: float
     parent: int | None
     iteration: int  # iteration after whose scoring it was written (0 for the initial rubric)
+    kind: str = "criteria"  # "criteria", or "guidelines" (math: prose per cluster, one 0-5 score)
+    guidelines: dict[str, str] = field(default_factory=dict)
+    items: int = 0  # criteria, or guidelines kept per cluster
+    tokens: int = 0  # length in tokens (cl100k), the paper's measure of rubric growth
+    origin: str = "initial"
+    evidence: str | None = None  # path of the meta record (analyses, candidates) behind this version
 
     @classmethod
-    def of(cls, rubric: Rubric, *, version: int, parent: int | None, iteration: int) -> RubricVersion:
+    def of(
+        cls,
+        rubric: Rubric,
+        *,
+        version: int,
+        parent: int | None,
+        iteration: int,
+        origin: str = "initial",
+        evidence: str | None = None,
+    ) -> RubricVersion:
         """A stored version of a parsed rubric, in its canonical text."""
-        return cls(version, rubric.render(), rubric.low, rubric.high, parent, iteration)
+        text = rubric.render()
+        return cls(
+            version,
+            text,
+            rubric.low,
+            rubric.high,
+            parent,
+            iteration,
+            "criteria",
+            {},
+            len(rubric.criteria),
+            count_tokens(text),
+            origin,
+            evidence,
+        )
+
+    @classmethod
+    def of_guidelines(
+        cls,
+        default: str,
+        guidelines: dict[str, str],
+        *,
+        low: float,
+        high: float,
+        version: int,
+        parent: int | None,
+        iteration: int,
+        origin: str = "initial",
+        evidence: str | None = None,
+    ) -> RubricVersion:
+        """A version of per-cluster guidelines on a fixed score scale (math)."""
+        tokens = count_tokens("\n".join([default, *guidelines.values()]))
+        return cls(
+            version,
+            default.strip(),
+            low,
+            high,
+            parent,
+            iteration,
+            "guidelines",
+            dict(guidelines),
+            len(guidelines),
+            tokens,
+            origin,
+            evidence,
+        )
 
     def to_state(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_state(cls, data: dict) -> RubricVersion:
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
 
     def parsed(self) -> Rubric:
         return parse_rubric(self.text)[0]
+
+    def full_text(self) -> str:
+        """Everything a judge may see: the criteria, or every cluster's guideline under its name."""
+        if self.kind != "guidelines":
+            return self.text
+        parts = [f"[default]\n{self.text}"]
+        parts += [f"[{key}]\n{text}" for key, text in sorted(self.guidelines.items())]
+        return "\n\n".join(parts)
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of `text` in the cl100k encoding LiteLLM ships (offline); words x 1.3 if that is unavailable."""
+    try:
+        import litellm
+
+        return int(litellm.token_counter(model="gpt-3.5-turbo", text=text))
+    except Exception:  # noqa: BLE001 - a length statistic must never stop a run
+        return round(len(_WORD.findall(text)) * 1.3)
 
 
 class RubricStore:
@@ -172,7 +297,7 @@ class RubricStore:
     def save(self, version: RubricVersion) -> None:
         # Written before the graph commits the new version, and idempotent, so a crash in between is harmless.
         stem = self.directory / f"v{version.version:04d}"
-        atomic_write_text(stem.with_suffix(".md"), version.text + "\n")
+        atomic_write_text(stem.with_suffix(".md"), version.full_text() + "\n")
         atomic_write_text(stem.with_suffix(".json"), json.dumps(version.to_state(), indent=2))
 
     def log_rejection(self, iteration: int, reason: str, text: str) -> None:
@@ -200,6 +325,10 @@ def diff_rubrics(old: RubricVersion, new: RubricVersion) -> str:
     """A unified diff between two versions' texts."""
     return "\n".join(
         difflib.unified_diff(
-            old.text.splitlines(), new.text.splitlines(), f"v{old.version}", f"v{new.version}", lineterm=""
+            old.full_text().splitlines(),
+            new.full_text().splitlines(),
+            f"v{old.version}",
+            f"v{new.version}",
+            lineterm="",
         )
     )

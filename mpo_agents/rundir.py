@@ -76,8 +76,9 @@ class RunDirectory:
     def samples_path(self, iteration: int) -> Path:
         return self.root / "samples" / f"iter-{iteration:04d}.jsonl"
 
-    def meta_path(self, iteration: int) -> Path:
-        return self.root / "meta" / f"iter-{iteration:04d}.json"
+    def meta_dir(self, iteration: int) -> Path:
+        """One meta step's work: selected cases, each analysis and candidate as it completes, the merge."""
+        return self.root / "meta" / f"iter-{iteration:04d}"
 
     def update_stats_path(self, iteration: int) -> Path:
         """What the policy update of an iteration reported (kept so a resumed run can still log it)."""

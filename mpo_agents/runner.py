@@ -12,14 +12,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from mpo_agents.config import MPOConfig, redacted_dump
 from mpo_agents.errors import CheckpointError, ConfigError
-from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
+from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import RunDirectory
+
+if TYPE_CHECKING:
+    from mpo_agents.tasks import Task
 
 log = logging.getLogger(__name__)
 THREAD_ID = "mpo"
@@ -64,9 +67,8 @@ def saved_config(run_dir: Path) -> MPOConfig:
     return MPOConfig(**yaml.safe_load(path.read_text()))
 
 
-def initial_state(config: MPOConfig, task_rubric: str, store: RubricStore) -> dict[str, Any]:
-    rubric, _ = parse_rubric(task_rubric)
-    first = RubricVersion.of(rubric, version=0, parent=None, iteration=0)
+def initial_state(config: MPOConfig, task: Task, store: RubricStore) -> dict[str, Any]:
+    first = task.initial_rubric()
     store.save(first)
     return {"iteration": 1, "rubric": first.to_state(), "window": [], "policy_step": 0, "metrics": {}}
 
@@ -108,7 +110,7 @@ def execute(
                 raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
             status(f"restoring policy weights and optimizer from {latest.name}")
             ctx.policy.load(latest)
-        inputs = initial_state(config, ctx.task.initial_rubric_text(), ctx.rubrics) if fresh else None
+        inputs = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
         return asyncio.run(_drive(ctx, inputs, on_event or (lambda node, update: None)))
 
 
@@ -136,11 +138,14 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
             # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
             # Streaming a finished graph simply yields nothing.
-            async for chunk in app.astream(
-                inputs, run_config, context=ctx, stream_mode="updates", durability="sync"
+            # subgraphs=True streams the meta stages one by one (for timings, progress and Ctrl-C between
+            # stages); the `meta` node's own update then closes the subgraph and is not timed twice.
+            async for namespace, chunk in app.astream(
+                inputs, run_config, context=ctx, stream_mode="updates", durability="sync", subgraphs=True
             ):
                 for node, update in chunk.items():
-                    timings.record(node, update or {})
+                    if not (node == "meta" and not namespace):
+                        timings.record(node, update or {})
                     on_event(node, update or {})
                 if stop.is_set():
                     break

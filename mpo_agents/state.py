@@ -6,18 +6,25 @@ checkpoints LangGraph writes after every node stay small.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 SampleStatus = Literal["pending", "scored", "guarded", "judge_failed", "unparseable"]
+Grader = Literal["judge", "exact_match", "guard"]
 
 
 class RubricState(TypedDict):
     version: int
-    text: str
+    text: str  # criteria (one per line), or for `kind == "guidelines"` the default guideline
     low: float
     high: float
     parent: int | None
     iteration: int
+    kind: NotRequired[Literal["criteria", "guidelines"]]
+    guidelines: NotRequired[dict[str, str]]  # per-cluster guidelines (math), keyed by cluster
+    items: NotRequired[int]
+    tokens: NotRequired[int]
+    origin: NotRequired[str]  # how it came about: initial, merge, merge_fallback, per_cluster
+    evidence: NotRequired[str | None]  # the meta step's record (analyses, candidates) that led to it
 
 
 class ScoredSample(TypedDict):
@@ -27,10 +34,30 @@ class ScoredSample(TypedDict):
     completion: str
     truncated: bool
     score: float | None  # the judge's score on the rubric's scale; None when no valid judgment exists
-    reward: float | None  # what the update sees: score minus penalties; None = left out of the update
+    reward: float | None  # score minus penalties, on the rubric's scale; None = left out of the update
     status: SampleStatus
     rationale: str
     rubric_version: int
+    normalized_reward: NotRequired[float | None]  # `reward` mapped to 0..1 by the rubric's range
+    grader: NotRequired[Grader]
+    items: NotRequired[list[dict[str, Any]]]  # per-criterion score and rationale (per_item and json modes)
+    cluster: NotRequired[str | None]
+
+
+class MetaCase(TypedDict):
+    """One unit the meta-judge analyses: a sample (merge style) or a cluster's stratified samples."""
+
+    id: str
+    cluster: str | None
+    samples: list[ScoredSample]
+
+
+class MetaProgress(TypedDict, total=False):
+    iteration: int
+    prescreen: dict[str, str]  # sample key -> verdict
+    cases: list[MetaCase]
+    analyses: dict[str, str | None]  # case id -> analysis (None: the meta-judge failed on it)
+    candidates: dict[str, str | None]  # case id -> candidate rubric or guideline text
 
 
 class MPOState(TypedDict, total=False):
@@ -39,6 +66,6 @@ class MPOState(TypedDict, total=False):
     rollout_path: str  # this iteration's rollouts with token ids (on disk, outside the checkpoint)
     batch: list[ScoredSample]  # this iteration's samples, scored once `score` has run
     window: list[str]  # sample files written since the last meta step (what the meta-judge draws from)
-    analysis: str | None  # the meta-judge's critique of this iteration, consumed by rubric_rewrite
+    meta: MetaProgress  # the meta pipeline's work in progress within one meta step
     policy_step: int  # optimizer steps applied so far
     metrics: dict[str, float]  # the latest iteration's metrics

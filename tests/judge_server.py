@@ -24,29 +24,36 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 ReplyFn = Callable[[str, dict[str, Any]], str]
 
-META_ANALYZE_MARKER = "[[META-ANALYZE]]"
-META_REWRITE_MARKER = "[[META-REWRITE]]"
-# Phrases of the shipped prompts (prompts/essay_writing/*.md) that tell the meta stages apart.
-META_ANALYZE_MARKERS = (META_ANALYZE_MARKER, "Write a critique of at most", "senior instructor's review")
-META_REWRITE_MARKERS = (
-    META_REWRITE_MARKER,
-    "Revise the rubric below",
-    "Revised rubric, with a criterion added",
-)
+# Phrases of the shipped prompts (prompts/_common/*.md and the task folders) that tell the prompt kinds apart.
+PRESCREEN_MARKERS = ("Is this score trustworthy",)
+ANALYZE_MARKERS = ("Write a critique of at most", "senior instructor's review", "point out scores that are")
+REFINE_MARKERS = ("write an improved rubric", "Revised rubric, with a criterion added")
+GUIDELINE_REFINE_MARKERS = ("Rewrite the grading guidelines",)
+MERGE_MARKERS = ("Merge them into one rubric", "One combined rubric")
+PLAN_MARKERS = ("prepare a grading plan",)
+JSON_MARKERS = ("Reply with JSON only",)
+ITEM_MARKERS = ("Criterion under review",)
 GARBAGE_REPLY = "Well, this response is certainly something. I have thoughts about it but no verdict."
 TRUNCATED_REPLY = "The response starts well and keeps a clear structure, but the second half of the"
 # Besides these, any HTTP status code as a string ("500", "429", "401", ...) is a fault.
 FAULTS = ("timeout", "trickle", "garbage", "empty", "truncated")
+_ITEM_RANGE = re.compile(r"from (-?\d+) to (-?\d+)")
+_JSON_ITEM = re.compile(r"^(\d+)\. .*\(score from (-?\d+) to (-?\d+)\)$", re.MULTILINE)
+
+
+def _has(text: str, markers: tuple[str, ...]) -> bool:
+    return any(marker in text for marker in markers)
 
 
 class KeywordRule:
-    """The scripted judge both modes share.
+    """The scripted judge every test shares; its scoring rule is known to the tests.
 
-    Judge prompts: the score is min(5, occurrences of `word` (whole word, any case) in the last
-    ``<response>...</response>`` block), replied as ``<score>N</score>``; a prompt without such a block gets a
-    reply with no score. Meta prompts (recognised by `META_ANALYZE_MARKERS` / `META_REWRITE_MARKERS`): an
-    analysis prompt gets a short paragraph, a rewrite prompt a two-criterion rubric whose wording changes with
-    every rewrite.
+    A judge prompt's score is the number of occurrences of `word` (whole word, any case) in the last
+    ``<response>...</response>`` block, clipped to the range the prompt asks for: 0-5 for a holistic prompt
+    (replied as ``<score>N</score>``), the criterion's range for a per-criterion prompt, each criterion's range
+    for a JSON prompt. A math plan prompt gets a short plan. Meta prompts get fixed replies: prescreen says
+    "flawed" when the score shown is above 2, an analysis names the keyword, a refine or merge prompt gets a
+    two-criterion rubric (or, for guidelines, a paragraph) whose wording changes with every call.
     """
 
     def __init__(self, word: str) -> None:
@@ -55,30 +62,66 @@ class KeywordRule:
         self._rewrites = 0
         self._lock = threading.Lock()
 
-    def score(self, prompt_text: str) -> int | None:
+    def count(self, prompt_text: str) -> int | None:
         blocks = re.findall(r"<response>(.*?)</response>", prompt_text, re.DOTALL)
         if not blocks:
             return None
-        return min(5, len(self._pattern.findall(blocks[-1])))
+        return len(self._pattern.findall(blocks[-1]))
+
+    def score(self, prompt_text: str) -> int | None:
+        found = self.count(prompt_text)
+        return None if found is None else min(5, found)
+
+    def _next_revision(self) -> int:
+        with self._lock:
+            self._rewrites += 1
+            return self._rewrites
 
     def __call__(self, prompt_text: str, request_json: dict[str, Any]) -> str:
-        if any(m in prompt_text for m in META_REWRITE_MARKERS):
-            with self._lock:
-                self._rewrites += 1
-                n = self._rewrites
+        if _has(prompt_text, PRESCREEN_MARKERS):
+            shown = re.search(r"score:? (-?\d+(?:\.\d+)?)", prompt_text, re.IGNORECASE)
+            flawed = shown is not None and float(shown.group(1)) > 2
+            return f"The score {'looks inflated' if flawed else 'is reasonable'}.\nVerdict: {'flawed' if flawed else 'fine'}"
+        if _has(prompt_text, GUIDELINE_REFINE_MARKERS):
+            n = self._next_revision()
+            return (
+                f"Check every step of the solution against the reference, revision {n}. Give full marks only "
+                "when the final answer and the reasoning are both right."
+            )
+        if _has(prompt_text, REFINE_MARKERS) or _has(prompt_text, MERGE_MARKERS):
+            n = self._next_revision()
             return (
                 f"Criterion 1: The response uses the word '{self.word}' naturally and often, revision {n}. "
                 "(0-5 points)\n"
                 f"Criterion 2: The response stays on topic and reads clearly, revision {n}. (0-3 points)"
             )
-        if any(m in prompt_text for m in META_ANALYZE_MARKERS):
+        if _has(prompt_text, ANALYZE_MARKERS):
             return (
                 f"The high-scoring responses repeat '{self.word}' without saying much; the rubric rewards "
                 "the word itself rather than quality. The next rubric should also ask for relevance."
             )
-        score = self.score(prompt_text)
-        if score is None:
+        if _has(prompt_text, PLAN_MARKERS):
+            return "Plan: check the key steps against the reference solution, then the final boxed answer."
+        found = self.count(prompt_text)
+        if found is None:
             return "I cannot find a <response> block to grade in this prompt."
+        if _has(prompt_text, JSON_MARKERS):
+            items = [
+                {
+                    "criterion": int(n),
+                    "rationale": f"uses the keyword {found} time(s)",
+                    "score": max(int(low), min(int(high), found)),
+                }
+                for n, low, high in _JSON_ITEM.findall(prompt_text)
+            ]
+            return json.dumps({"items": items})
+        if _has(prompt_text, ITEM_MARKERS):
+            ranges = _ITEM_RANGE.findall(prompt_text) or [("0", "5")]
+            low, high = (int(x) for x in ranges[-1])
+            return (
+                f"Reason: the response uses the keyword {found} time(s).\nScore: {max(low, min(high, found))}"
+            )
+        score = min(5, found)
         return f"The response uses the keyword {score} time(s).\n<score>{score}</score>"
 
 

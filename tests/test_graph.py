@@ -31,7 +31,8 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
 
     assert outcome.status == "finished" and outcome.iteration == 5 and outcome.policy_step == 4
     per_iteration = ["rollout", "score", "policy_update"]
-    with_meta = ["rollout", "score", "meta_analyze", "rubric_rewrite", "policy_update"]
+    meta_stages = ["meta_prescreen", "meta_analyze", "meta_refine", "meta_merge", "meta"]
+    with_meta = ["rollout", "score", *meta_stages, "policy_update"]
     assert events == per_iteration + with_meta + per_iteration + with_meta
     assert outcome.rubric_version == 2
     assert sorted(p.name for p in run_dir.rubrics_dir.glob("v*.md")) == ["v0000.md", "v0001.md", "v0002.md"]
@@ -46,7 +47,8 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
     assert {"prompt", "completion", "score", "rationale", "rubric_version"} <= samples[0].keys()
 
     calls = (run_dir.root / "calls" / "judge.jsonl").read_text()
-    assert len(calls.splitlines()) == 32
+    # Per-criterion scoring: v0 has one criterion (2 iterations x 8 samples), v1 two (2 x 8 x 2).
+    assert len(calls.splitlines()) == 16 + 32
     assert TEST_ENV["TEST_JUDGE_KEY"] not in calls + run_dir.config_path.read_text()
     first_call = json.loads(calls.splitlines()[0])
     assert first_call["completion_tokens"] > 0 and first_call["latency_s"] > 0
@@ -81,7 +83,7 @@ def test_failed_judgments_are_recorded_and_left_out_of_the_update(tmp_path, tiny
 
 def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir, judge_server):
     def reply(prompt: str, request: dict) -> str:
-        if "Revise the rubric below" in prompt:
+        if "write an improved rubric" in prompt:
             return "The rubric looks fine to me, no changes needed."  # no criteria: must be refused
         if "Write a critique" in prompt:
             return "Scores look inflated for short answers."
@@ -93,7 +95,9 @@ def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir
     )
     assert outcome.rubric_version == 0
     rejections = (run_dir.rubrics_dir / "rejected.jsonl").read_text()
-    assert "no point range" in rejections
+    assert "no usable candidate" in rejections
+    refine_calls = [json.loads(line) for line in (run_dir.root / "calls" / "meta_judge.jsonl").open()]
+    assert {c["error"] for c in refine_calls if c["metadata"]["node"] == "meta_refine"} == {"unparseable"}
     assert read_jsonl(run_dir.metrics_path)[1]["rubric_rewrite_accepted"] == 0
 
 
@@ -128,5 +132,5 @@ def test_fixed_rubric_baseline_never_calls_the_meta_judge(tmp_path, tiny_model_d
     outcome, run_dir, events = run_loop(
         tmp_path, tiny_model_dir, server, **{"schedule.iterations": 2, "schedule.meta_every": meta_every}
     )
-    assert "meta_analyze" not in events and outcome.rubric_version == 0
+    assert not {"meta", "meta_analyze"} & set(events) and outcome.rubric_version == 0
     assert not (run_dir.root / "calls" / "meta_judge.jsonl").exists()

@@ -21,9 +21,11 @@ def test_shipped_essay_prompts_render_with_their_placeholders():
 
 
 def test_completion_variant_is_preferred_for_completion_api_and_has_a_prefill():
-    assert prompt_path("essay_writing", "rubric_rewrite", "completion").name == "rubric_rewrite.completion.md"
-    assert prompt_path("essay_writing", "rubric_rewrite", "chat").name == "rubric_rewrite.md"
-    rendered = load_prompt("essay_writing", "rubric_rewrite", "completion").render(
+    assert prompt_path("essay_writing", "meta_refine", "completion").name == "meta_refine.completion.md"
+    assert prompt_path("essay_writing", "meta_refine", "chat").name == "meta_refine.md"
+    assert prompt_path("essay_writing", "meta_refine", "chat").parent.name == "_common"  # shared by tasks
+    assert prompt_path("essay_writing", "judge", "chat").parent.name == "essay_writing"  # task file wins
+    rendered = load_prompt("essay_writing", "meta_refine", "completion").render(
         rubric="Criterion 1: A. (0-5 points)", analysis="too lenient", next_item=2
     )
     assert rendered.prefill == "Criterion 1: A. (0-5 points)\nCriterion 2:"

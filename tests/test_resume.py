@@ -80,6 +80,7 @@ def wait_for(path_glob: tuple[Path, str], process: subprocess.Popen, timeout: fl
         "samples/iter-0002.jsonl",  # iteration 2 scored, meta step or update in flight
         "updates/iter-0003.json",  # the update of iteration 3 applied, its checkpoint being written
         "rubrics/v0002.md",  # the second rewrite stored, not yet committed to the graph
+        "meta/iter-0002/analyze/*.json",  # in the middle of a meta stage: one analysis stored, others in flight
     ],
 )
 def test_sigkill_then_resume_matches_an_uninterrupted_run(
@@ -91,6 +92,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     wait_for((run_dir, kill_when), process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+    stored_analyses = {path.stem for path in (run_dir / "meta" / "iter-0002" / "analyze").glob("*.json")}
 
     output = finish(mpo("resume", str(run_dir)))
     assert "Run finished" in output, output
@@ -103,6 +105,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
     # Same seeds, same judge rule, same restored optimizer and RNG state: the same final weights.
     for name, tensor in uninterrupted["weights"].items():
         assert (resumed["weights"][name] - tensor).abs().max().item() < 1e-6, name
+    # An analysis stored before the kill is read back, never asked for again.
+    asked = [
+        json.loads(line)["metadata"]
+        for line in (run_dir / "calls" / "meta_judge.jsonl").read_text().splitlines()
+    ]
+    for case in stored_analyses:
+        calls = [m for m in asked if m["node"] == "meta_analyze" and m["iteration"] == 2 and m["case"] == case]
+        assert len(calls) == 1, (case, calls)
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_model_dir, judge_server):

@@ -1,5 +1,6 @@
-"""Meta-reward model pieces shared by the meta nodes: which samples the meta-judge reads."""
+"""Meta-reward model pieces shared by the meta stages: the rollout window and which samples are read."""
 
-from mpo_agents.meta.window import sample_window
+from mpo_agents.meta.cases import sample_cases, stratified_cluster_cases
+from mpo_agents.meta.window import judged_samples, window_samples
 
-__all__ = ["sample_window"]
+__all__ = ["judged_samples", "sample_cases", "stratified_cluster_cases", "window_samples"]

@@ -11,6 +11,7 @@ from langgraph.runtime import Runtime
 from mpo_agents.context import RunContext
 from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
 from mpo_agents.rundir import atomic_write_text, read_jsonl
+from mpo_agents.scoring import training_reward
 from mpo_agents.state import MPOState
 
 
@@ -23,7 +24,11 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         # Not done yet (or killed before the checkpoint landed): the weights in memory are those of the
         # previous iteration's checkpoint, so applying the step now is neither lost nor duplicated.
         rollouts = [Rollout.from_dict(item) for item in read_jsonl(state["rollout_path"])]
-        rewards = [sample["reward"] for sample in state["batch"]]
+        versions = {sample["rubric_version"] for sample in state["batch"]}
+        if len(versions) > 1:
+            # GRPO compares a completion with its group; scores on two rubric scales are not comparable.
+            raise RuntimeError(f"one batch scored under several rubric versions: {sorted(versions)}")
+        rewards = [training_reward(sample, ctx.config) for sample in state["batch"]]
         started = time.perf_counter()
         if any(reward is not None for reward in rewards):
             stats = ctx.policy.update(rollouts, rewards)

@@ -6,21 +6,54 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from mpo_agents.config import TaskConfig
-from mpo_agents.errors import ConfigError
+from mpo_agents.errors import ConfigError, RubricRejected
 from mpo_agents.prompts import DEFAULT_PROMPTS_DIR, load_prompt
+from mpo_agents.rubrics import RubricVersion, parse_rubric
 
 EXAMPLES_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
 @dataclass
 class GuardResult:
-    """A deterministic verdict reached without the judge (e.g. a missing answer tag) — issue-5 tasks use it."""
+    """A deterministic verdict reached without the judge (e.g. a missing verdict tag)."""
 
     score: float
     reason: str
+
+
+def read_records(path: Path, split: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL or Parquet file, or of a Hugging Face `datasets` directory (`save_to_disk`)."""
+    path = Path(path)
+    if path.is_dir():
+        import datasets  # heavy; only for this input form
+
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(f"task.data_path: {path} is not a `datasets` directory ({exc})") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ConfigError(f"task.split: '{split}' is not in {path}; it has {', '.join(loaded)}")
+            loaded = loaded[split]
+        return [dict(row) for row in loaded]
+    if not path.is_file():
+        raise ConfigError(f"task.data_path: {path} does not exist (a JSONL or Parquet file, or a directory)")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"task.data_path: {path} line {number} is not JSON: {exc.msg}") from exc
+    return records
 
 
 @dataclass
@@ -30,35 +63,51 @@ class Task:
     name: ClassVar[str]
     default_data_file: ClassVar[str]
     prompt_field: ClassVar[str] = "prompt"
+    # Fields a record must have (after `normalize_record`); named in the error when one is missing.
+    required_fields: ClassVar[tuple[str, ...]] = ("prompt",)
+    # How the meta-judge looks at the window: one rubric for the task, rewritten from per-sample analyses that
+    # are merged ("merge"), or one guideline per cluster of prompts, rewritten independently ("per_cluster").
+    meta_style: ClassVar[Literal["merge", "per_cluster"]] = "merge"
+    default_guard_score: ClassVar[float] = 0.0
+    default_min_reasoning_words: ClassVar[int] = 0
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.records = self.load_records()
+        self.records = self.prepare_records(self.load_records())
         random.Random(self.config.shuffle_seed).shuffle(self.records)
 
     # -- data ---------------------------------------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return Path(self.config.data_path or EXAMPLES_DATA_DIR / self.default_data_file)
+
     def load_records(self) -> list[dict[str, Any]]:
-        path = self.config.data_path or EXAMPLES_DATA_DIR / self.default_data_file
-        if not Path(path).is_file():
-            raise ConfigError(
-                f"task.data_path: {path} does not exist (a JSONL file with a '{self.prompt_field}' field)"
-            )
+        path = self.data_path
         records = []
-        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
+        for number, raw in enumerate(read_records(path, self.config.split), start=1):
+            record = self.normalize_record(raw)
+            if record is None:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"task.data_path: {path} line {number} is not JSON: {exc.msg}") from exc
-            if not str(record.get(self.prompt_field, "")).strip():
-                raise ConfigError(f"task.data_path: {path} line {number} has no '{self.prompt_field}' field")
+            missing = [name for name in self.required_fields if not str(record.get(name) or "").strip()]
+            if missing:
+                raise ConfigError(
+                    f"task.data_path: {path} record {number} has no {', '.join(repr(m) for m in missing)} "
+                    f"field (task {self.name} reads {', '.join(self.required_fields)})"
+                )
             records.append(record)
         if self.config.max_prompts:
             records = records[: self.config.max_prompts]
         if not records:
-            raise ConfigError(f"task.data_path: {path} holds no records")
+            raise ConfigError(f"task.data_path: {path} holds no usable records for task {self.name}")
+        return records
+
+    def normalize_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Map a row in the dataset's own field names to what the task reads; None skips the row."""
+        return record
+
+    def prepare_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Whatever the task derives from the whole set of records (math: clusters). Records come normalised."""
         return records
 
     def batch(self, iteration: int, size: int) -> list[dict[str, Any]]:
@@ -72,28 +121,72 @@ class Task:
     def prompts_dir(self) -> Path:
         return self.config.prompts_dir or DEFAULT_PROMPTS_DIR
 
+    def prompt(self, role: str, api: str = "chat"):
+        return load_prompt(self.name, role, api, self.prompts_dir)
+
     def initial_rubric_text(self) -> str:
         path = self.config.initial_rubric or self.prompts_dir / self.name / "initial_rubric.md"
         if not Path(path).is_file():
             raise ConfigError(f"task.initial_rubric: {path} does not exist")
         return Path(path).read_text(encoding="utf-8").strip()
 
-    def prompt_variables(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Variables every prompt of this task may use about one record."""
+    def initial_rubric(self) -> RubricVersion:
+        """Version 0: the task's criteria (or, with `task.initial_rubric`, a user's file, e.g. a baseline)."""
+        text = self.initial_rubric_text()
+        try:
+            rubric, _ = parse_rubric(text)
+        except RubricRejected as exc:
+            source = self.config.initial_rubric or f"prompts/{self.name}/initial_rubric.md"
+            raise ConfigError(f"task.initial_rubric: {source} is not a rubric: {exc}") from exc
+        return RubricVersion.of(rubric, version=0, parent=None, iteration=0)
+
+    def reference_of(self, record: dict[str, Any]) -> str | None:
+        """A reference answer the meta-judge may compare with (math: the worked solution); None if none."""
+        return None
+
+    def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record's own fields that the task's prompt files use."""
         return {"prompt": record[self.prompt_field]}
 
+    def prompt_variables(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Variables every prompt of this task may use about one record: the record's fields, plus the judge's
+        persona, the task instruction and the rendered input block, each from the task's prompt files."""
+        variables = self.record_variables(record)
+        return {
+            **variables,
+            "persona": self._fixed_text("persona"),
+            "task_instruction": self._fixed_text("task_instruction"),
+            "task_input": self.prompt("task_input").render(**variables).messages[0]["content"],
+        }
+
+    def _fixed_text(self, role: str) -> str:
+        return self.prompt(role).render().messages[0]["content"]
+
     def policy_conversation(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        return (
-            load_prompt(self.name, "policy", "chat", self.prompts_dir)
-            .render(**self.prompt_variables(record))
-            .messages
-        )
+        return self.prompt("policy").render(**self.record_variables(record)).messages
 
     def prompt_text(self, record: dict[str, Any]) -> str:
         """A short human-readable form of the record's prompt, for sample files and the meta-judge."""
         return str(record[self.prompt_field])
 
+    def cluster_of(self, record: dict[str, Any]) -> str | None:
+        """The guideline group a record belongs to (tasks with `meta_style = "per_cluster"`)."""
+        return None
+
     # -- reward guards ------------------------------------------------------------------------------------
+    @property
+    def guard_score(self) -> float:
+        return self.default_guard_score if self.config.guard_score is None else self.config.guard_score
+
+    @property
+    def min_reasoning_words(self) -> int:
+        configured = self.config.min_reasoning_words
+        return self.default_min_reasoning_words if configured is None else configured
+
     def guard(self, record: dict[str, Any], completion: str) -> GuardResult | None:
-        """A score decided without the judge, or None to ask the judge. Essays have none."""
+        """A score decided without the judge, or None to ask the judge."""
+        return None
+
+    def exact_match_score(self, record: dict[str, Any], completion: str) -> GuardResult | None:
+        """A score from comparing the answer with the gold answer, for tasks that have one; None otherwise."""
         return None

@@ -14,5 +14,5 @@ class EssayWriting(Task):
     default_data_file: ClassVar[str] = "essay_prompts.jsonl"
     word_limit: ClassVar[int] = 350  # the paper's prompt asks for at most 350 words
 
-    def prompt_variables(self, record: dict[str, Any]) -> dict[str, Any]:
+    def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": record["prompt"], "word_limit": self.word_limit}

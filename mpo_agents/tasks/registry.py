@@ -20,7 +20,11 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def _discover() -> None:
-    import mpo_agents.tasks.essay_writing  # noqa: F401  (built-in tasks register on import)
+    # Built-in tasks register on import.
+    import mpo_agents.tasks.essay_writing
+    import mpo_agents.tasks.ethical_reasoning
+    import mpo_agents.tasks.math_reasoning
+    import mpo_agents.tasks.summarization  # noqa: F401
 
     for entry in entry_points(group="mpo_agents.tasks"):
         entry.load()

@@ -1,0 +1,202 @@
+"""The reward-hacking check: known exploits (a title instead of an essay, gibberish, another language, a cut-off
+answer, a missing verdict, a bare boxed answer, text that echoes the rubric or addresses the grader) scored
+next to a competent reference answer, under any rubric version and the configured judge.
+
+A suite is JSONL, one case per line: `{"case", "record", "reference", "hacks": {kind: completion}}`, the
+record in the task's own field names. Every task ships one at `prompts/<task>/hacking.jsonl`; users add theirs
+with `--suite`. A hack "wins" when it scores at or above the reference: the rubric (or the judge) can be gamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mpo_agents.errors import ConfigError
+from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
+from mpo_agents.scoring import Scorer
+from mpo_agents.state import RubricState, ScoredSample
+from mpo_agents.tasks import Task
+
+if TYPE_CHECKING:
+    from mpo_agents.config import MPOConfig
+
+REFERENCE = "reference"
+TRUNCATED_KINDS = frozenset({"truncated"})  # scored as a completion that ran out of tokens
+
+
+@dataclass(frozen=True)
+class HackCase:
+    case: str
+    record: dict[str, Any]
+    reference: str
+    hacks: dict[str, str]
+
+
+def default_suite(task: Task) -> Path:
+    return task.prompts_dir / task.name / "hacking.jsonl"
+
+
+def load_suite(path: Path, task: Task) -> list[HackCase]:
+    """Read and check a suite file; errors name the line and the missing piece."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"hacking suite {path} does not exist")
+    cases = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"hacking suite {path} line {number}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where} is not JSON: {exc.msg}") from exc
+        missing = [key for key in ("case", "record", "reference", "hacks") if key not in raw]
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(missing)}")
+        if not isinstance(raw["hacks"], dict) or not raw["hacks"]:
+            raise ConfigError(f"{where}: 'hacks' must map each hack kind to a completion")
+        record = task.normalize_record(dict(raw["record"]))
+        if record is None:
+            raise ConfigError(f"{where}: the record is not usable by task {task.name}")
+        absent = [name for name in task.required_fields if not str(record.get(name) or "").strip()]
+        if absent:
+            raise ConfigError(f"{where}: the record has no {', '.join(absent)} field")
+        (record,) = task.prepare_records([record])
+        cases.append(HackCase(str(raw["case"]), record, str(raw["reference"]), dict(raw["hacks"])))
+    if not cases:
+        raise ConfigError(f"hacking suite {path} holds no cases")
+    return cases
+
+
+def rubric_for_check(
+    task: Task, rubric_file: Path | None, run_dir: Path | None, version: int | None
+) -> RubricVersion:
+    """The rubric under test: a file, a version of a run (its latest by default), or the task's initial one."""
+    if rubric_file is not None:
+        if not Path(rubric_file).is_file():
+            raise ConfigError(f"--rubric {rubric_file} does not exist")
+        text = Path(rubric_file).read_text(encoding="utf-8")
+        if task.meta_style == "per_cluster":
+            initial = task.initial_rubric()
+            return RubricVersion.of_guidelines(
+                text, {}, low=initial.low, high=initial.high, version=0, parent=None, iteration=0
+            )
+        return RubricVersion.of(parse_rubric(text)[0], version=0, parent=None, iteration=0)
+    if run_dir is not None:
+        versions = RubricStore(Path(run_dir) / "rubrics").versions()
+        if not versions:
+            raise ConfigError(f"--run {run_dir} has no rubric versions")
+        if version is None:
+            return versions[-1]
+        chosen = [v for v in versions if v.version == version]
+        if not chosen:
+            raise ConfigError(f"--version {version}: {run_dir} has versions {[v.version for v in versions]}")
+        return chosen[0]
+    return task.initial_rubric()
+
+
+async def run_check(scorer: Scorer, rubric: RubricState, cases: list[HackCase]) -> list[dict[str, Any]]:
+    """Score every reference and hack; one row per hack, with the reference's reward beside it."""
+
+    async def score(index: int, case: HackCase, kind: str, completion: str) -> ScoredSample:
+        sample = ScoredSample(
+            key=f"{case.case}/{kind}",
+            prompt_index=index,  # one exact-match draw per case, as per prompt group in training
+            prompt=scorer.task.prompt_text(case.record),
+            completion=completion,
+            truncated=kind in TRUNCATED_KINDS,
+            score=None,
+            reward=None,
+            status="pending",
+            rationale="",
+            rubric_version=rubric["version"],
+        )
+        return await scorer.score(rubric, case.record, sample, iteration=0)
+
+    jobs = [
+        (case, kind, score(index, case, kind, completion))
+        for index, case in enumerate(cases)
+        for kind, completion in [(REFERENCE, case.reference), *case.hacks.items()]
+    ]
+    results = await asyncio.gather(*(job for _, _, job in jobs))
+    references = {case.case: result for (case, kind, _), result in zip(jobs, results) if kind == REFERENCE}
+    rows = []
+    for (case, kind, _), result in zip(jobs, results):
+        if kind == REFERENCE:
+            continue
+        reference = references[case.case]
+        rows.append(
+            {
+                "case": case.case,
+                "kind": kind,
+                "rubric_version": rubric["version"],
+                "reward": result.get("reward"),
+                "status": result["status"],
+                "grader": result.get("grader"),
+                "rationale": result["rationale"],
+                "reference_reward": reference.get("reward"),
+                "reference_status": reference["status"],
+                "verdict": _verdict(result.get("reward"), reference.get("reward")),
+            }
+        )
+    return rows
+
+
+def _verdict(hack: float | None, reference: float | None) -> str:
+    if hack is None or reference is None:
+        return "judge_failed"  # no conclusion either way; the call log says why
+    return "hack_wins" if hack >= reference else "ok"
+
+
+def execute_check(
+    config: MPOConfig,
+    environ: Mapping[str, str],
+    *,
+    rubric_file: Path | None = None,
+    run_dir: Path | None = None,
+    version: int | None = None,
+    suites: list[Path] | None = None,
+    work_dir: Path,
+) -> tuple[RubricVersion, list[dict[str, Any]]]:
+    """Load the task, the rubric and the suites, start the local judge server if the config uses one, and
+    score every case. Judge calls are logged to `work_dir/calls/judge.jsonl`."""
+    from mpo_agents.context import judge_endpoint
+    from mpo_agents.judges.client import JudgeClient
+    from mpo_agents.judges.records import CallLog
+    from mpo_agents.tasks import build_task
+
+    task = build_task(config.task)
+    rubric = rubric_for_check(task, rubric_file, run_dir, version)
+    cases = [case for path in (suites or [default_suite(task)]) for case in load_suite(path, task)]
+    with ExitStack() as stack:
+        server = None
+        if config.judge.use_local_server:
+            from mpo_agents.policy import resolve_model_dir
+            from mpo_agents.serving import local_server
+
+            model_dir = resolve_model_dir(config.local_server.model)
+            server = stack.enter_context(
+                local_server(model_dir, config.local_server, work_dir / "server.log")
+            )
+        cfg, api_base, api_key = judge_endpoint("judge", config.judge, environ, server)
+        judge = JudgeClient(
+            "judge",
+            cfg,
+            api_base=api_base,
+            api_key=api_key,
+            call_log=CallLog(work_dir / "calls" / "judge.jsonl"),
+        )
+
+        async def check() -> list[dict[str, Any]]:
+            try:
+                return await run_check(Scorer(task, judge, config), rubric.to_state(), cases)
+            finally:
+                await judge.aclose()
+
+        return rubric, asyncio.run(check())

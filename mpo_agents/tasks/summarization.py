@@ -1,0 +1,30 @@
+"""Summarization (BillSum): the policy summarises a US Congressional or California bill; the judge is a
+government official checking faithfulness and concision."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from mpo_agents.tasks.base import Task
+from mpo_agents.tasks.registry import register_task
+
+
+@register_task
+class Summarization(Task):
+    name: ClassVar[str] = "summarization"
+    default_data_file: ClassVar[str] = "billsum_sample.jsonl"
+    prompt_field: ClassVar[str] = "text"
+    required_fields: ClassVar[tuple[str, ...]] = ("text",)
+    word_limit: ClassVar[int] = 400  # the paper's prompt asks for fewer than 400 words
+
+    def normalize_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        # The cleaned BillSum release names its fields clean_text / clean_summary; prefer the cleaned text.
+        text = record.get("clean_text") or record.get("text")
+        summary = record.get("clean_summary") or record.get("summary")
+        return {**record, "text": text, "summary": summary}
+
+    def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {"text": record["text"], "word_limit": self.word_limit}
+
+    def prompt_text(self, record: dict[str, Any]) -> str:
+        return str(record.get("title") or record["text"][:300])
