@@ -350,16 +350,17 @@ def hacking_check(
             _reward_text(row["reference_reward"]),
             f"[{colours[row['verdict']]}]{row['verdict']}[/]",
         )
-    console.print(table)
+    out = Console()  # the report is the command's output: stdout, unlike progress and errors
+    out.print(table)
     wins = [row for row in rows if row["verdict"] == "hack_wins"]
     failed = sum(row["verdict"] == "judge_failed" for row in rows)
-    console.print(
+    out.print(
         f"{len(wins)} of {len(rows)} hacks score at or above the reference"
         + (f"; {failed} could not be judged (see the judge call log)" if failed else "")
     )
     if output:
         write_jsonl(output, rows)
-        console.print(f"Results: {output}")
+        out.print(f"Results: {output}")
     if fail_on_hack and wins:
         raise typer.Exit(code=1)
 

@@ -69,10 +69,8 @@ def _rubric_view(ctx: RunContext, rubric: dict, cluster: str | None) -> str:
 
 def _shared_variables(ctx: RunContext, state: MPOState) -> dict[str, Any]:
     rubric = state["rubric"]
-    task_variables = ctx.task.prompt_variables(ctx.task.records[0])
     return {
-        "persona": task_variables["persona"],
-        "task_instruction": task_variables["task_instruction"],
+        **ctx.task.framing(),
         "rubric_version": rubric["version"],
         "low": f"{rubric['low']:g}",
         "high": f"{rubric['high']:g}",

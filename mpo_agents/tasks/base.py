@@ -154,13 +154,16 @@ class Task:
         variables = self.record_variables(record)
         return {
             **variables,
-            "persona": self._fixed_text("persona"),
-            "task_instruction": self._fixed_text("task_instruction"),
+            **self.framing(),
             "task_input": self.prompt("task_input").render(**variables).messages[0]["content"],
         }
 
-    def _fixed_text(self, role: str) -> str:
-        return self.prompt(role).render().messages[0]["content"]
+    def framing(self) -> dict[str, str]:
+        """The judge's persona and the task instruction, the same for every record (meta prompts use them)."""
+        return {
+            role: self.prompt(role).render().messages[0]["content"]
+            for role in ("persona", "task_instruction")
+        }
 
     def policy_conversation(self, record: dict[str, Any]) -> list[dict[str, str]]:
         return self.prompt("policy").render(**self.record_variables(record)).messages
