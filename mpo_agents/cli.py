@@ -252,15 +252,14 @@ def rubrics(
     table = Table(
         "version",
         "parent",
-        "after iteration",
+        "iteration",
         "kind",
         "items",
         "tokens",
-        "words",
-        "score range",
+        "range",
         "origin",
         "evidence",
-        title="Rubric growth",
+        title="Rubric growth (iteration: written after its scoring; tokens: cl100k)",
     )
     for version in versions:
         table.add_row(
@@ -270,8 +269,7 @@ def rubrics(
             version.kind,
             str(version.items),
             str(version.tokens),
-            str(len(version.full_text().split())),
-            f"{version.low:g} to {version.high:g}",
+            f"{version.low:g}..{version.high:g}",
             version.origin,
             version.evidence or "-",
         )

@@ -291,3 +291,38 @@ def test_rubric_version_lineage_round_trips(tmp_path):
     )
     store.save(version)
     assert store.versions() == [version]
+
+
+@pytest.mark.parametrize(
+    ("guideline", "accepted"),
+    [
+        (
+            "Check each algebraic step against the reference and give no credit for an unsupported answer.",
+            True,
+        ),
+        ("The guidelines are\n\n" * 30, False),  # a looping small model: collapses to three words
+        ("", False),
+    ],
+)
+def test_math_rewrites_one_guideline_per_cluster_from_stratified_cases(
+    tmp_path, judge_server, guideline, accepted
+):
+    prompts: list[str] = []
+
+    def reply(prompt: str, request: dict) -> str:
+        prompts.append(prompt)
+        if "Rewrite the grading guidelines" in prompt:
+            return guideline
+        assert "point out scores that are" in prompt and "Reference solution:" in prompt
+        return "The grader accepted answers without checking the work."
+
+    ctx = meta_context(tmp_path, judge_server(reply), **{"task.name": "math_reasoning"})
+    pool = [sample(f"a{i}", float(i % 6), cluster="algebra") for i in range(9)]
+    pool += [sample(f"g{i}", 5.0, cluster="geometry") for i in range(2)]
+    final = run_meta(ctx, pool)
+    assert len(prompts) == 2 * 2 + (2 if not accepted else 0)  # analyze + refine per cluster (+1 retry each)
+    if accepted:
+        assert final["rubric"]["version"] == 1 and final["rubric"]["origin"] == "per_cluster"
+        assert set(final["rubric"]["guidelines"]) == {"algebra", "geometry"}
+    else:
+        assert final["rubric"]["version"] == 0

@@ -36,6 +36,7 @@ from mpo_agents.rubrics import (
 from mpo_agents.rundir import atomic_write_text
 from mpo_agents.state import MetaCase, MetaProgress, MPOState
 
+MIN_GUIDELINE_WORDS = 8  # a shorter "guideline" says nothing a grader could follow
 PRESCREEN_POOL_FACTOR = 4  # prescreen looks at this many times `schedule.meta_samples` samples
 _VERDICT = re.compile(r"\b(flawed|fine)\b", re.IGNORECASE)
 
@@ -191,10 +192,11 @@ async def meta_refine(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     def check(text: str) -> str | None:
         try:
             if guidelines:
-                if not text.strip() or word_count(text) > limits.max_words:
+                text = collapse_repeats(text)  # small models loop on one line until max_tokens
+                if word_count(text) < MIN_GUIDELINE_WORDS or word_count(text) > limits.max_words:
                     return None
                 _check_no_copy(text, sample_texts, limits.copy_run_words)
-                return text.strip()
+                return text
             rubric, _ = parse_rubric(text)
             _check_no_copy(rubric.render(), sample_texts, limits.copy_run_words)
             return rubric.render()
