@@ -93,7 +93,23 @@ def test_hosted_model_without_provider_key_is_reported():
         judge_endpoint("judge", config.judge, {}, None)
 
 
-@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")))
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize(
+    "example", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(EXAMPLES))
+)
 def test_shipped_example_configs_are_valid(example):
+    from mpo_agents.tasks import available_tasks
+
     config = load_config(example)
-    assert config.task.name == "essay_writing"
+    assert config.task.name in available_tasks()
+    if example.parent.name == "baselines":
+        # A fixed-rubric baseline: the meta stage is off and the rubric file exists and parses.
+        from mpo_agents.tasks import build_task
+
+        assert config.schedule.meta_every == 0
+        task = build_task(
+            config.task.model_copy(update={"initial_rubric": EXAMPLES.parent / config.task.initial_rubric})
+        )
+        assert task.initial_rubric().version == 0

@@ -1,9 +1,14 @@
 """Atomic policy checkpoints: weights, optimizer, LR scheduler, step and RNG states, all or nothing.
 
 Layout of `<root>/iter-000007/`:
-  model/                 `save_pretrained` output (safetensors + config + tokenizer), loadable on its own
+  model/                 full fine-tuning: `save_pretrained` output (safetensors + config + tokenizer),
+                         loadable on its own
+  adapter/               LoRA mode (`policy.lora.enabled`) instead of model/: the PEFT adapter only
+                         (`adapter_model.safetensors` + `adapter_config.json`, plus the tokenizer); the base
+                         weights are never written, they come from `policy.model` again on resume
   optimizer.safetensors  optimizer state tensors (`state.<param index>.<name>`) and torch RNG states (`rng.*`)
-  state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states
+  state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states, and `lora`:
+                         the adapter's shape (r, alpha, target modules) or null for a full checkpoint
   COMPLETE               written last; a directory without it is never read
 
 Everything is written into `iter-000007.tmp`, fsynced, marked COMPLETE and renamed into place, so a process
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
 
 COMPLETE_MARKER = "COMPLETE"
 MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
 TENSORS_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
@@ -61,9 +67,11 @@ def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
     from mpo_agents.policy.models import quiet_progress_bars
 
     trainer = policy.trainer
+    weights_dir = staging / (ADAPTER_DIR if policy.is_lora else MODEL_DIR)
     with quiet_progress_bars():
-        policy.model.save_pretrained(staging / MODEL_DIR)
-    policy.tokenizer.save_pretrained(staging / MODEL_DIR)
+        # On a PEFT model this writes only the adapter (safetensors), never the base weights.
+        policy.model.save_pretrained(weights_dir)
+    policy.tokenizer.save_pretrained(weights_dir)
     optimizer_state = trainer.optimizer.state_dict()
     tensors = {
         f"state.{index}.{name}": value.detach().cpu().contiguous()
@@ -74,6 +82,7 @@ def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
     save_file(tensors, str(staging / TENSORS_FILE))
     state = {
         "format_version": FORMAT_VERSION,
+        "lora": _lora_shape(policy),
         "global_step": policy.step,
         "num_input_tokens_seen": int(trainer.state.num_input_tokens_seen),
         "param_groups": optimizer_state["param_groups"],
@@ -105,10 +114,12 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
 
 
 def load_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
-    """Restore weights, optimizer, scheduler, step and RNG states written by `save_checkpoint`.
+    """Restore weights (or the LoRA adapter), optimizer, scheduler, step and RNG states written by
+    `save_checkpoint`.
 
     Load into a policy built from the BASE model (see `TRLGRPOPolicy`), so TRL's KL reference stays the
-    initial policy."""
+    initial policy. A LoRA checkpoint loads only into a LoRA policy with the same adapter shape, a full one
+    only into a full fine-tuning policy (CheckpointError otherwise)."""
     import torch
     from safetensors.torch import load_file
 
@@ -122,7 +133,11 @@ def load_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
         raise CheckpointError(
             f"{directory}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}"
         )
-    _load_weights(policy.model, directory / MODEL_DIR)
+    _check_kind(policy, state.get("lora"), directory)
+    if policy.is_lora:
+        _load_adapter(policy.model, directory / ADAPTER_DIR)
+    else:
+        _load_weights(policy.model, directory / MODEL_DIR)
     tensors = load_file(str(directory / TENSORS_FILE))
     trainer = policy.trainer
     trainer.optimizer.load_state_dict(
@@ -157,6 +172,69 @@ def _load_weights(model: Any, model_dir: Path) -> None:
         raise CheckpointError(
             f"{model_dir} does not match the policy model (missing {missing[:5]}, unexpected {unexpected[:5]}); "
             "was it saved from a different base model?"
+        )
+    with torch.no_grad():
+        for name, value in saved.items():
+            live[name].copy_(value)
+
+
+def _lora_shape(policy: TRLGRPOPolicy) -> dict[str, Any] | None:
+    """What makes an adapter loadable into another: None for full fine-tuning. (Dropout is left out: it does
+    not change the adapter's function, so it may differ on resume.)"""
+    if policy.lora is None:
+        return None
+    target = policy.lora.target_modules
+    return {
+        "r": policy.lora.r,
+        "alpha": policy.lora.alpha,
+        "target_modules": target if isinstance(target, str) else sorted(target),
+    }
+
+
+def _check_kind(policy: TRLGRPOPolicy, saved: dict[str, Any] | None, directory: Path) -> None:
+    """Refuse a LoRA checkpoint in a full fine-tuning config and the reverse (checkpoints written before LoRA
+    existed have no `lora` entry: full), and an adapter of another shape."""
+    saved_lora = saved is not None
+    if saved_lora != policy.is_lora:
+        holds = "a LoRA adapter" if saved_lora else "full model weights"
+        raise CheckpointError(
+            f"{directory} holds {holds} (written with policy.lora.enabled={str(saved_lora).lower()}) but "
+            f"this run has policy.lora.enabled={str(policy.is_lora).lower()}; set policy.lora.enabled to "
+            "match the checkpoint, or start a new run"
+        )
+    current = _lora_shape(policy) or {}
+    if saved_lora and saved != current:
+        changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        raise CheckpointError(
+            f"{directory} holds a LoRA adapter with "
+            + ", ".join(f"{key}={saved.get(key)!r}" for key in changed)
+            + " but this run has "
+            + ", ".join(f"policy.lora.{key}={current.get(key)!r}" for key in changed)
+            + "; set them to match the checkpoint"
+        )
+
+
+def _load_adapter(model: Any, adapter_dir: Path) -> None:
+    """Copy a saved adapter into the live PEFT model in place (the optimizer holds references to its
+    parameters); the base weights are untouched."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{adapter_dir} has no adapter_model.safetensors")
+    saved = load_file(str(weights))
+    # Keys without the adapter name, as `save_pretrained` wrote them; the values share storage with the live
+    # parameters.
+    live = get_peft_model_state_dict(model)
+    mismatched = sorted(name for name in set(saved) & set(live) if saved[name].shape != live[name].shape)
+    unexpected, missing = sorted(set(saved) - set(live)), sorted(set(live) - set(saved))
+    if unexpected or missing or mismatched:
+        raise CheckpointError(
+            f"{adapter_dir} does not match the policy's adapter (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}, other shape {mismatched[:5]}); was it saved from a different base model or "
+            "policy.lora settings?"
         )
     with torch.no_grad():
         for name, value in saved.items():

@@ -5,11 +5,16 @@ The trainer is built once. Each `update()` replays rollouts the graph already sa
 and TRL's own `training_step` computes rewards -> group advantages -> loss -> backward. We then do what the
 HF training loop does after a step: clip, optimizer step, scheduler step, zero grads, `global_step += 1`.
 `tests/test_policy_grpo.py` checks that this equals `GRPOTrainer.train()` on the same inputs.
+
+With `policy.lora.enabled` the trainer gets a PEFT `LoraConfig` and wraps the base model itself: only the
+adapter trains, and TRL computes the KL reference with the adapter disabled, i.e. on the same base weights (no
+second model copy). `tests/test_lora.py` covers that mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -19,8 +24,10 @@ from typing import Any
 
 import torch
 
-from mpo_agents.config import GenerationConfig, PolicyConfig, TrainerConfig
+from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, TrainerConfig
 from mpo_agents.policy.base import Rollout
+
+logger = logging.getLogger(__name__)
 
 # Key of the extra rollout column that carries each row's id from `rollout_func` to the reward function.
 ROLLOUT_KEY_COLUMN = "rollout_key"
@@ -117,16 +124,30 @@ class TRLGRPOPolicy:
         generation_cfg: GenerationConfig,
         device: str,
         output_dir: Path,
+        lora: LoraConfig | None = None,
     ) -> None:
-        """Build the trainer once. `model` must be freshly loaded from the BASE model directory: TRL loads its
-        KL reference model from `model.config._name_or_path`, so the reference stays the initial policy (also
-        after `load()` puts checkpoint weights into the policy)."""
+        """Build the trainer once. `model` must be freshly loaded from the BASE model directory: in full
+        fine-tuning TRL loads its KL reference model from `model.config._name_or_path`, so the reference stays
+        the initial policy (also after `load()` puts checkpoint weights into the policy).
+
+        `lora` (`policy.lora`): when enabled, TRL wraps `model` in a LoRA adapter and only the adapter trains;
+        the reference is then `model` itself with the adapter disabled."""
         self.trainer_cfg = trainer_cfg
         self.generation_cfg = generation_cfg
         self.device = device
+        self.lora = lora if lora is not None and lora.enabled else None
         self._batch = _ReplayBatch()
         self.trainer = _build_trainer(
-            model, tokenizer, self._batch, trainer_cfg, generation_cfg, device, output_dir
+            model, tokenizer, self._batch, trainer_cfg, generation_cfg, device, output_dir, self.lora
+        )
+        self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.total_parameters = sum(p.numel() for p in self.model.parameters())
+        logger.info(
+            "policy: %s, %d of %d parameters trainable (%.2f%%)",
+            f"LoRA r={self.lora.r} alpha={self.lora.alpha}" if self.lora else "full fine-tuning",
+            self.trainable_parameters,
+            self.total_parameters,
+            100.0 * self.trainable_parameters / max(self.total_parameters, 1),
         )
 
     # --- resources checkpoints need -------------------------------------------------------------------------
@@ -142,6 +163,11 @@ class TRLGRPOPolicy:
     def step(self) -> int:
         """Optimizer steps applied so far."""
         return int(self.trainer.state.global_step)
+
+    @property
+    def is_lora(self) -> bool:
+        """True when only a LoRA adapter trains (`policy.lora.enabled`); `model` is then a PEFT model."""
+        return self.lora is not None
 
     # --- rollouts -------------------------------------------------------------------------------------------
     def generate(
@@ -224,13 +250,14 @@ class TRLGRPOPolicy:
             **_drain_trl_metrics(trainer),
             "num_scored": float(scored),
             "num_failed": float(len(rewards) - scored),
+            "trainable_params": float(self.trainable_parameters),
             "step": float(self.step),
             "seconds": time.perf_counter() - started,
         }
 
     # --- checkpoints ----------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Atomic checkpoint (weights, optimizer, scheduler, step, RNG states)."""
+        """Atomic checkpoint (weights, or the adapter alone in LoRA mode; optimizer, scheduler, step, RNGs)."""
         from mpo_agents.policy.checkpoints import save_checkpoint
 
         save_checkpoint(self, directory)
@@ -250,6 +277,7 @@ def _build_trainer(
     generation_cfg: GenerationConfig,
     device: str,
     output_dir: Path,
+    lora: LoraConfig | None = None,
 ) -> Any:
     """GRPOTrainer plus what HF's training loop would set up before its first step."""
     from datasets import Dataset
@@ -270,7 +298,10 @@ def _build_trainer(
             train_dataset=placeholder,
             processing_class=tokenizer,
             rollout_func=batch.rollout_func,
+            peft_config=peft_lora_config(lora) if lora is not None else None,
         )
+    if lora is not None:
+        _check_lora_trainer(trainer, lora)
     # As in Trainer._prepare_for_training: optimizer, accelerate wrapping (autocast / grad scaler), scheduler.
     trainer.create_optimizer()
     trainer.model_wrapped, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
@@ -284,6 +315,45 @@ def _build_trainer(
     if trainer.args.steps_per_generation != 1 or trainer.num_iterations != 1:
         raise RuntimeError("path A needs steps_per_generation=1 and num_iterations=1 (one replay per step)")
     return trainer
+
+
+def peft_lora_config(lora: LoraConfig) -> Any:
+    """`policy.lora` as PEFT's `LoraConfig` (a fresh adapter: A random, B zero, so step 0 equals the base)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    return PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target,
+        bias="none",
+    )
+
+
+def _check_lora_trainer(trainer: Any, lora: LoraConfig) -> None:
+    """Handing TRL a `peft_config` (rather than a ready PEFT model) is what makes its KL reference the base
+    model with the adapter disabled: given a PEFT model and beta > 0, TRL 1.16 would instead add a frozen
+    "ref" copy of the adapter (grpo_trainer.py, `model.add_adapter("ref", ...)`). Fail loudly if a TRL upgrade
+    ever changes that, then put the adapter's dropout back (see below)."""
+    from peft.tuners.lora import LoraLayer
+
+    peft_model = trainer.model
+    if trainer.ref_model is not None or "ref" in getattr(peft_model, "peft_config", {"ref": None}):
+        raise RuntimeError(
+            "TRL built a separate reference model or adapter in LoRA mode; expected the base model with the "
+            "adapter disabled (pin trl==1.16.0)"
+        )
+    # `disable_dropout=True` (needed in full fine-tuning, where dropout would make policy and reference
+    # disagree on identical weights) also zeroed the adapter's own dropout; `policy.lora.dropout` (paper: 0.1)
+    # restores it. It only acts on the adapter branch in train mode, so the reference (adapter off) and
+    # generation (eval mode) stay deterministic, and the first step's KL is still exactly 0 (B = 0).
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for dropout in module.lora_dropout.values():
+                if isinstance(dropout, torch.nn.Dropout):
+                    dropout.p = lora.dropout
 
 
 def _check_batch(rollouts: list[Rollout], rewards: list[float | None], group_size: int) -> None:
@@ -373,4 +443,6 @@ def build_policy(policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir:
     device = resolve_device(policy_cfg)
     dtype = resolve_dtype(policy_cfg, device)
     model, tokenizer = load_policy_model(model_dir, device, dtype)
-    return TRLGRPOPolicy(model, tokenizer, trainer_cfg, policy_cfg.generation, device, Path(work_dir))
+    return TRLGRPOPolicy(
+        model, tokenizer, trainer_cfg, policy_cfg.generation, device, Path(work_dir), lora=policy_cfg.lora
+    )
