@@ -208,14 +208,15 @@ class Scorer:
             {"criterion": n, "score": r.value, "rationale": rationale_of(r.reply or "")}
             for n, r in enumerate(results, start=1)
         ]
+        return self._itemised(sample, rubric, items)
+
+    def _itemised(
+        self, sample: ScoredSample, rubric: RubricState, items: list[dict[str, Any]]
+    ) -> ScoredSample:
+        """A sample scored criterion by criterion: the reward is the sum of the items, as the paper."""
+        total = sum(item["score"] for item in items)
         return self.finish(
-            sample,
-            sum(item["score"] for item in items),
-            rubric,
-            status="scored",
-            grader="judge",
-            items=items,
-            rationale=_joined(items),
+            sample, total, rubric, status="scored", grader="judge", items=items, rationale=_joined(items)
         )
 
     async def _json(self, rubric, criteria, sample, variables, metadata) -> ScoredSample:
@@ -233,15 +234,7 @@ class Scorer:
         if not result.ok:
             return {**sample, "status": _failure_status(result), "rationale": _failure_note(result)}
         items = result.value
-        return self.finish(
-            sample,
-            sum(item["score"] for item in items),
-            rubric,
-            status="scored",
-            grader="judge",
-            items=items,
-            rationale=_joined(items),
-        )
+        return self._itemised(sample, rubric, items)
 
     async def _plan_then_execute(self, rubric, record, sample, variables, metadata) -> ScoredSample:
         """The math judge: a grading plan from the reference solution and the cluster's guidelines, then the
