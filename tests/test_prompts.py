@@ -47,3 +47,20 @@ def test_custom_prompts_dir_and_missing_role(tmp_path):
     ]
     with pytest.raises(ConfigError, match="no prompt file"):
         load_prompt("mytask", "policy", prompts_dir=tmp_path)
+
+
+def test_a_new_task_gets_the_shared_framing_until_it_writes_its_own(tmp_path):
+    from mpo_agents.config import TaskConfig
+    from mpo_agents.tasks.base import Task
+
+    class Poems(Task):
+        name = "poems"
+        default_data_file = "essay_prompts.jsonl"
+
+    (tmp_path / "poems").mkdir()
+    task = Poems(config=TaskConfig(name="poems", prompts_dir=tmp_path, max_prompts=2))
+    variables = task.prompt_variables(task.records[0])
+    assert variables["task_input"] == f"Task: {task.records[0]['prompt']}"
+    assert "impartial grader" in variables["persona"]
+    (tmp_path / "poems" / "persona.md").write_text("You are a poet who grades poems.")
+    assert task.prompt_variables(task.records[0])["persona"] == "You are a poet who grades poems."
