@@ -330,9 +330,14 @@ def test_standalone_server_scores_and_rewrites(tmp_path):
         async def exchange() -> list[JudgeResult[Any]]:
             text = "Grade it.\n<response>An essay about essays: essay, ESSAY.</response>\nScore (0-5):"
             score = await client.complete([{"role": "user", "content": text}], parse=score_0_5)
-            analysis = await client.complete([{"role": "user", "content": "Write a critique of at most 100 words: samples..."}])
+            analysis = await client.complete(
+                [{"role": "user", "content": "Write a critique of at most 100 words: samples..."}]
+            )
             rubrics = [
-                await client.complete([{"role": "user", "content": "Using the critique, write an improved rubric ..."}]) for _ in "ab"
+                await client.complete(
+                    [{"role": "user", "content": "Using the critique, write an improved rubric ..."}]
+                )
+                for _ in "ab"
             ]
             return [score, analysis, *rubrics]
 

@@ -111,7 +111,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
         for line in (run_dir / "calls" / "meta_judge.jsonl").read_text().splitlines()
     ]
     for case in stored_analyses:
-        calls = [m for m in asked if m["node"] == "meta_analyze" and m["iteration"] == 2 and m["case"] == case]
+        calls = [
+            m for m in asked if m["node"] == "meta_analyze" and m["iteration"] == 2 and m["case"] == case
+        ]
         assert len(calls) == 1, (case, calls)
 
 

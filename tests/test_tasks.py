@@ -208,7 +208,10 @@ def test_each_task_runs_end_to_end_with_a_meta_step(tmp_path, tiny_model_dir, ju
     if task == "math_reasoning":
         extra |= {"task.min_reasoning_words": 0, "task.exact_match_fraction": 0.5}
     if task == "summarization":
-        extra |= {"policy.lora.enabled": True, "policy.lora.r": 4}  # the paper's LoRA policy, through the graph
+        extra |= {
+            "policy.lora.enabled": True,
+            "policy.lora.r": 4,
+        }  # the paper's LoRA policy, through the graph
     config = load_config(None, run_overrides(tiny_model_dir, server.url, **extra))
     run_dir = new_run_dir(config, tmp_path / "run")
     outcome = execute(config, run_dir, TEST_ENV, fresh=True)
