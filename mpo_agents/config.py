@@ -253,6 +253,13 @@ class ScoringConfig(_Section):
         description="What the policy update sees: the summed score (`raw`, the paper), or the score mapped "
         "to 0..1 by the rubric's range (`normalized`). Both are recorded for every sample.",
     )
+    injection_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Subtracted from the reward of a completion flagged as addressing the grader (claiming a "
+        "score, claiming the rubric is met, imitating the judge's reply format, echoing the rubric, "
+        "giving instructions); 0 only records the flags, which the meta-judge sees either way.",
+    )
 
 
 class MetaConfig(_Section):

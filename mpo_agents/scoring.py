@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.judges.client import PARSE_FAILURES, JudgeResult
+from mpo_agents.judges.injection import as_judge_data, echoes_rubric, grader_address_flags
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.rubrics import Criterion, RubricVersion
 from mpo_agents.state import RubricState, ScoredSample
@@ -115,6 +116,8 @@ class Scorer:
 
     def finish(self, sample: ScoredSample, score: float, rubric: RubricState, **fields: Any) -> ScoredSample:
         penalty = self.config.task.truncation_penalty if sample["truncated"] else 0.0
+        if sample.get("injection_flags"):
+            penalty += self.config.scoring.injection_penalty
         reward = score - penalty
         return {
             **sample,
@@ -127,7 +130,10 @@ class Scorer:
     async def score(
         self, rubric: RubricState, record: dict[str, Any], sample: ScoredSample, iteration: int
     ) -> ScoredSample:
-        sample = {**sample, "cluster": self.task.cluster_of(record), "items": []}
+        flags = grader_address_flags(sample["completion"])
+        if echoes_rubric(sample["completion"], rubric.get("text", "")):
+            flags.append("rubric_echo")
+        sample = {**sample, "cluster": self.task.cluster_of(record), "items": [], "injection_flags": flags}
         guarded = self.task.guard(record, sample["completion"])
         if guarded is not None:
             return self.finish(
@@ -145,7 +151,8 @@ class Scorer:
             "sample": sample["key"],
             "rubric_version": rubric["version"],
         }
-        variables = {**self.task.prompt_variables(record), "response": sample["completion"]}
+        # The completion is data to the judge: it cannot close its <response> block or fake the judge's tags.
+        variables = {**self.task.prompt_variables(record), "response": as_judge_data(sample["completion"])}
         if rubric.get("kind") == "guidelines":
             return await self._plan_then_execute(rubric, record, sample, variables, metadata)
         criteria = RubricVersion.from_state(rubric).parsed().criteria

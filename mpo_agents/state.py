@@ -42,6 +42,7 @@ class ScoredSample(TypedDict):
     grader: NotRequired[Grader]
     items: NotRequired[list[dict[str, Any]]]  # per-criterion score and rationale (per_item and json modes)
     cluster: NotRequired[str | None]
+    injection_flags: NotRequired[list[str]]  # ways the completion addresses the grader (judges/injection.py)
 
 
 class MetaCase(TypedDict):
