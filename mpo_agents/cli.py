@@ -363,6 +363,83 @@ def hacking_check(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def score(
+    input_path: Annotated[
+        Path,
+        typer.Option("--input", help="JSONL: the task's record fields plus `completion` (and `truncated`)."),
+    ],
+    config_path: Annotated[
+        Path | None, typer.Argument(help="YAML config (task and judge).", metavar="CONFIG")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", help="Where the scored lines go (JSONL).")] = Path(
+        "scores.jsonl"
+    ),
+    rubric: Annotated[
+        Path | None, typer.Option("--rubric", help="Rubric file; default: the task's initial rubric.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field (repeatable).")] = None,
+) -> None:
+    """Score completions against a rubric with the configured judge, exactly as training would (guards, exact
+    match, `scoring.mode`, penalties): the tool for debugging a rubric before training."""
+    _prepare_environment()
+    import os
+    from statistics import fmean
+
+    from mpo_agents.config import load_config
+    from mpo_agents.judging import judge_session, load_pairs, rubric_from_file, score_file
+    from mpo_agents.rundir import write_jsonl
+
+    try:
+        config = load_config(config_path, set_ or [])
+        calls_dir = output.parent / f"{output.stem}.calls"  # the judge's call log, beside the scores
+        with judge_session(config, os.environ, calls_dir) as (task, scorer):
+            version = rubric_from_file(task, rubric) if rubric else task.initial_rubric()
+            pairs = load_pairs(input_path, task)
+            with console.status(f"scoring {len(pairs)} completions"):
+                scored = score_file(scorer, version, pairs)
+    except MPOError as exc:
+        _fail(exc)
+    write_jsonl(output, scored)
+    rewards = [s["reward"] for s in scored if s.get("reward") is not None]
+    statuses = {
+        status: sum(s["status"] == status for s in scored) for status in sorted({s["status"] for s in scored})
+    }
+    out = Console()
+    mean = f"{fmean(rewards):.3g}" if rewards else "n/a"
+    out.print(
+        f"{len(scored)} scored: {statuses}; mean reward {mean}; range {version.low:g}..{version.high:g}"
+    )
+    out.print(f"Scores and rationales: {output}; judge calls: {calls_dir / 'calls' / 'judge.jsonl'}")
+
+
+@app.command()
+def rejudge(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Judge again the samples of a run whose judgment failed (call failed or reply unparseable), under the
+    rubric version that scored them, without re-running the policy. Updates already applied stay as they are;
+    the samples files (which the meta-judge's window and reports read) are rewritten."""
+    _prepare_environment()
+    import os
+
+    from mpo_agents.judging import judge_session, rejudge_run
+    from mpo_agents.runner import saved_config
+
+    try:
+        config = saved_config(run_dir)
+        with (
+            judge_session(config, os.environ, run_dir / "rejudge") as (_, scorer),
+            console.status("judging failed samples again"),
+        ):
+            recovered = rejudge_run(scorer, run_dir)
+    except MPOError as exc:
+        _fail(exc)
+    out = Console()
+    if not recovered:
+        out.print("No failed judgments to redo.")
+    for iteration, (failed, fixed) in recovered.items():
+        out.print(f"iteration {iteration}: {fixed} of {failed} failed judgments recovered")
+
+
 def _reward_text(value: float | None) -> str:
     return "failed" if value is None else f"{value:g}"
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.errors import ConfigError
-from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
+from mpo_agents.rubrics import RubricStore, RubricVersion
 from mpo_agents.scoring import Scorer
 from mpo_agents.state import RubricState, ScoredSample
 from mpo_agents.tasks import Task
@@ -79,15 +78,9 @@ def rubric_for_check(
 ) -> RubricVersion:
     """The rubric under test: a file, a version of a run (its latest by default), or the task's initial one."""
     if rubric_file is not None:
-        if not Path(rubric_file).is_file():
-            raise ConfigError(f"--rubric {rubric_file} does not exist")
-        text = Path(rubric_file).read_text(encoding="utf-8")
-        if task.meta_style == "per_cluster":
-            initial = task.initial_rubric()
-            return RubricVersion.of_guidelines(
-                text, {}, low=initial.low, high=initial.high, version=0, parent=None, iteration=0
-            )
-        return RubricVersion.of(parse_rubric(text)[0], version=0, parent=None, iteration=0)
+        from mpo_agents.judging import rubric_from_file
+
+        return rubric_from_file(task, rubric_file)
     if run_dir is not None:
         versions = RubricStore(Path(run_dir) / "rubrics").versions()
         if not versions:
@@ -105,17 +98,17 @@ async def run_check(scorer: Scorer, rubric: RubricState, cases: list[HackCase]) 
     """Score every reference and hack; one row per hack, with the reference's reward beside it."""
 
     async def score(index: int, case: HackCase, kind: str, completion: str) -> ScoredSample:
-        sample = ScoredSample(
-            key=f"{case.case}/{kind}",
-            prompt_index=index,  # one exact-match draw per case, as per prompt group in training
-            prompt=scorer.task.prompt_text(case.record),
-            completion=completion,
-            truncated=kind in TRUNCATED_KINDS,
-            score=None,
-            reward=None,
-            status="pending",
-            rationale="",
-            rubric_version=rubric["version"],
+        from mpo_agents.judging import pending_sample
+
+        # One exact-match draw per case (its index), as per prompt group in training.
+        sample = pending_sample(
+            f"{case.case}/{kind}",
+            index,
+            scorer.task,
+            case.record,
+            completion,
+            kind in TRUNCATED_KINDS,
+            rubric["version"],
         )
         return await scorer.score(rubric, case.record, sample, iteration=0)
 
@@ -164,39 +157,10 @@ def execute_check(
     suites: list[Path] | None = None,
     work_dir: Path,
 ) -> tuple[RubricVersion, list[dict[str, Any]]]:
-    """Load the task, the rubric and the suites, start the local judge server if the config uses one, and
-    score every case. Judge calls are logged to `work_dir/calls/judge.jsonl`."""
-    from mpo_agents.context import judge_endpoint
-    from mpo_agents.judges.client import JudgeClient
-    from mpo_agents.judges.records import CallLog
-    from mpo_agents.tasks import build_task
+    """Load the rubric and the suites and score every case with the configured judge."""
+    from mpo_agents.judging import judge_session, run_scoring
 
-    task = build_task(config.task)
-    rubric = rubric_for_check(task, rubric_file, run_dir, version)
-    cases = [case for path in (suites or [default_suite(task)]) for case in load_suite(path, task)]
-    with ExitStack() as stack:
-        server = None
-        if config.judge.use_local_server:
-            from mpo_agents.policy import resolve_model_dir
-            from mpo_agents.serving import local_server
-
-            model_dir = resolve_model_dir(config.local_server.model)
-            server = stack.enter_context(
-                local_server(model_dir, config.local_server, work_dir / "server.log")
-            )
-        cfg, api_base, api_key = judge_endpoint("judge", config.judge, environ, server)
-        judge = JudgeClient(
-            "judge",
-            cfg,
-            api_base=api_base,
-            api_key=api_key,
-            call_log=CallLog(work_dir / "calls" / "judge.jsonl"),
-        )
-
-        async def check() -> list[dict[str, Any]]:
-            try:
-                return await run_check(Scorer(task, judge, config), rubric.to_state(), cases)
-            finally:
-                await judge.aclose()
-
-        return rubric, asyncio.run(check())
+    with judge_session(config, environ, work_dir) as (task, scorer):
+        rubric = rubric_for_check(task, rubric_file, run_dir, version)
+        cases = [case for path in (suites or [default_suite(task)]) for case in load_suite(path, task)]
+        return rubric, run_scoring(scorer, lambda: run_check(scorer, rubric.to_state(), cases))

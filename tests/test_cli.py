@@ -26,7 +26,7 @@ def mpo(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
 def test_help_lists_the_commands_without_loading_heavy_libraries():
     result = mpo("--help")
     assert result.returncode == 0
-    for command in ("run", "resume", "rubrics", "config"):
+    for command in ("run", "resume", "rubrics", "config", "score", "rejudge", "hacking-check"):
         assert command in result.stdout
     probe = subprocess.run(
         [

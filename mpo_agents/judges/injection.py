@@ -63,7 +63,9 @@ def grader_address_flags(completion: str) -> list[str]:
     return [name for name, pattern in _FLAGS.items() if pattern.search(completion)]
 
 
-ECHO_RUN_WORDS = 5  # consecutive rubric words that make a restatement (5: no reference answer in the suites trips it)
+ECHO_RUN_WORDS = (
+    5  # consecutive rubric words that make a restatement (5: no reference answer in the suites trips it)
+)
 _WORD = re.compile(r"[a-z0-9']+")
 
 
