@@ -161,6 +161,13 @@ class JudgeConfig(_Section):
         1.0, ge=0, description="First backoff in seconds; doubles per retry (jittered)."
     )
     retry_backoff_max: float = Field(30.0, ge=0, description="Longest single backoff in seconds.")
+    cache: bool = Field(
+        True,
+        description="Keep judgments that parsed in the run's `judge_cache.sqlite`, keyed by model, API, prompt "
+        "(rubric and completion included), temperature, token limit and stop: a repeated judgment (a resumed "
+        "iteration, a re-run) costs no request. With temperature > 0 this returns the first sample again; "
+        "set false for fresh samples.",
+    )
 
     @field_validator("model")
     @classmethod

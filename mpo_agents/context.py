@@ -72,15 +72,22 @@ def _check_provider_key(role: str, model: str, environ: Mapping[str, str]) -> No
 def build_judges(
     config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None
 ) -> tuple[JudgeClient, JudgeClient]:
+    from mpo_agents.judges.cache import CACHE_FILE, JudgmentCache
     from mpo_agents.judges.client import JudgeClient
     from mpo_agents.judges.records import CallLog
 
+    cache = JudgmentCache(run_dir.root / CACHE_FILE)  # one file for both roles: the key names the model
     clients = []
     for role in ("judge", "meta_judge"):
         cfg, api_base, api_key = judge_endpoint(role, getattr(config, role), environ, server)
         clients.append(
             JudgeClient(
-                role, cfg, api_base=api_base, api_key=api_key, call_log=CallLog(run_dir.calls_path(role))
+                role,
+                cfg,
+                api_base=api_base,
+                api_key=api_key,
+                call_log=CallLog(run_dir.calls_path(role)),
+                cache=cache,
             )
         )
     return clients[0], clients[1]

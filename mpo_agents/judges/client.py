@@ -29,6 +29,7 @@ from tenacity import (
 
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
+from mpo_agents.judges.cache import JudgmentCache, cache_key
 from mpo_agents.judges.records import CallLog, CallRecord
 
 logger = logging.getLogger(__name__)
@@ -133,9 +134,11 @@ class JudgeClient:
         api_base: str | None,
         api_key: str | None,
         call_log: CallLog | None,
+        cache: JudgmentCache | None = None,
     ) -> None:
         self.role = role
         self.cfg = cfg
+        self.cache = cache if cfg.cache else None
         self.api_base = api_base
         self._api_key = api_key  # passed to LiteLLM only; never logged, never in a record or an error message
         self.call_log = call_log
@@ -165,6 +168,14 @@ class JudgeClient:
         request = _Request(messages, parse, max_tokens or self.cfg.max_tokens, stop, dict(metadata or {}))
         attempts: list[_Attempt] = []
         started = time.perf_counter()
+        key = None
+        if self.cache is not None:
+            key = cache_key(
+                self.cfg.model, self.cfg.api, messages, self.cfg.temperature, request.max_tokens, stop
+            )
+            hit = self._from_cache(request, key, started)
+            if hit is not None:
+                return hit
 
         async def attempt_once() -> _Attempt:
             warmer = any(a.error in PARSE_FAILURES for a in attempts)
@@ -188,6 +199,8 @@ class JudgeClient:
             self._count_call(ok=False)
             raise
         self._count_call(ok=last.error is None)
+        if key is not None and last.error is None and last.reply is not None:
+            self.cache.put(key, last.reply)  # only judgments that parsed; a failure is asked again next time
         if last.error is not None:
             logger.info("%s call failed after %d attempt(s): %s", self.role, len(attempts), last.error)
         return JudgeResult(
@@ -199,6 +212,47 @@ class JudgeClient:
             latency_s=time.perf_counter() - started,
             prompt_tokens=sum(a.prompt_tokens for a in attempts),
             completion_tokens=sum(a.completion_tokens for a in attempts),
+        )
+
+    def _from_cache(self, request: _Request, key: str, started: float) -> JudgeResult | None:
+        """A stored reply for this exact request, parsed again (the parser may have changed); logged as an
+        attempt with `cached` set and no tokens, so the call log still explains every score."""
+        reply = self.cache.get(key)
+        value = request.parse(reply) if reply is not None else None
+        if value is None:
+            return None
+        chat = self.cfg.api == "chat"
+        self._record(
+            CallRecord(
+                timestamp=datetime.now(UTC).isoformat(),
+                role=self.role,
+                model=self.cfg.model,
+                api=self.cfg.api,
+                attempt=0,
+                temperature=self.cfg.temperature,
+                messages=request.messages if chat else None,
+                prompt=None if chat else _prompt_of(request.messages),
+                reply=reply,
+                finish_reason=None,
+                error=None,
+                error_detail=None,
+                latency_s=0.0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                metadata=request.metadata,
+                cached=True,
+            )
+        )
+        self._count_call(ok=True)
+        return JudgeResult(
+            ok=True,
+            value=value,
+            reply=reply,
+            error=None,
+            attempts=0,
+            latency_s=time.perf_counter() - started,
+            prompt_tokens=0,
+            completion_tokens=0,
         )
 
     def stats(self) -> JudgeStats:

@@ -30,6 +30,7 @@ class CallRecord:
     prompt_tokens: int
     completion_tokens: int
     metadata: dict[str, Any] = field(default_factory=dict)  # whatever the caller passed: iteration, node, ...
+    cached: bool = False  # served from the run's judgment cache: no request was sent
 
 
 class CallLog:

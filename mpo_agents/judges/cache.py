@@ -1,0 +1,74 @@
+"""A persistent judgment cache: a judge reply that parsed, stored in the run directory under a key of
+everything that decides the reply (model, API, the full prompt, which holds the rubric version's text and the
+completion, temperature, token limit, stop sequences). A repeated judgment costs no request, also after
+`mpo resume` or in a later process.
+
+Why not LiteLLM's cache: `litellm.cache` is one process-wide setting that caches every response, failures and
+unparseable replies included; this one belongs to one run directory and keeps only judgments we could use.
+SQLite (standard library) gives atomic, crash-safe writes shared by both judge roles; the default rollback
+journal keeps every committed judgment in the one file (no WAL side file to lose when a run dir is copied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+CACHE_FILE = "judge_cache.sqlite"
+
+
+def cache_key(
+    model: str, api: str, messages: list[dict[str, str]], temperature: float, max_tokens: int, stop: Any
+) -> str:
+    material = json.dumps(
+        {
+            "model": model,
+            "api": api,
+            "messages": messages,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "stop": stop,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+class JudgmentCache:
+    """key -> reply text. Safe to share between threads and asyncio tasks (each operation is one short
+    statement under a lock; an LLM call is thousands of times slower)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM judgments WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            return row[0]
+
+    def put(self, key: str, reply: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO judgments (key, reply) VALUES (?, ?)", (key, reply))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM judgments").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
