@@ -80,6 +80,8 @@ class _ProgressView:
         )
         self.task = self.progress.add_task("rollout", total=total, completed=len(done), stats="")
         self.failures = _judge_failures(done)  # a resumed run keeps counting
+        self.tokens = sum((m.get("judge_tokens") or 0) + (m.get("meta_judge_tokens") or 0) for m in done)
+        self.cost = sum((m.get("judge_cost_usd") or 0) + (m.get("meta_judge_cost_usd") or 0) for m in done)
 
     def on_event(self, node: str, update: dict[str, Any]) -> None:
         if node == "__stop_requested__":
@@ -112,7 +114,12 @@ class _ProgressView:
             self.failures += metrics.get("judge_failures", 0) or 0
             reward = metrics.get("reward_mean")
             shown = "n/a" if reward is None else f"{reward:.2f}"
-            stats = f"reward {shown} | judge failures {self.failures} | rubric v{metrics.get('rubric_version', 0)}"
+            self.tokens += (metrics.get("judge_tokens") or 0) + (metrics.get("meta_judge_tokens") or 0)
+            self.cost += (metrics.get("judge_cost_usd") or 0) + (metrics.get("meta_judge_cost_usd") or 0)
+            stats = (
+                f"reward {shown} | judge failures {self.failures} | rubric v{metrics.get('rubric_version', 0)} "
+                f"| judge tokens {self.tokens / 1000:.1f}k ${self.cost:.4f}"
+            )
             self.progress.update(self.task, advance=1, stats=stats)
 
 

@@ -88,7 +88,22 @@ class JudgeStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0  # summed over attempts (time on the wire, not waiting for a slot)
+    cost_usd: float = 0.0  # LiteLLM's price of the tokens; 0 for models without a price (local ones)
+    cached: int = 0  # calls answered from the judgment cache
     errors: dict[str, int] = field(default_factory=dict)  # attempts that failed, by kind
+
+
+@dataclass
+class Usage:
+    """What the calls of one (iteration, node) cost: what a run reports per role, node and iteration."""
+
+    calls: int = 0
+    attempts: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
 
 
 @dataclass
@@ -143,6 +158,7 @@ class JudgeClient:
         self._api_key = api_key  # passed to LiteLLM only; never logged, never in a record or an error message
         self.call_log = call_log
         self._stats = JudgeStats()
+        self._usage: dict[tuple[int | None, str], Usage] = {}
         self._lock = threading.Lock()
         self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = (
             weakref.WeakKeyDictionary()
@@ -272,6 +288,7 @@ class JudgeClient:
         resources = self._resources()
         value = reply = finish_reason = error = detail = None
         prompt_tokens = completion_tokens = 0
+        cost = 0.0
         failure: Exception | None = None
         async with resources.semaphore:
             timestamp = datetime.now(UTC).isoformat()
@@ -290,6 +307,7 @@ class JudgeClient:
                 failure, detail = exc, self._redact(" ".join(str(exc).split()) or type(exc).__name__)[:500]
             else:
                 reply, finish_reason, prompt_tokens, completion_tokens = _read(response, self.cfg.api)
+                cost = _cost_of(response)
                 if not reply.strip():
                     error = EMPTY
                 else:
@@ -317,6 +335,7 @@ class JudgeClient:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 metadata=request.metadata,
+                cost_usd=cost,
             )
         )
         if error in FATAL:
@@ -391,9 +410,30 @@ class JudgeClient:
             self._stats.calls += 1
             self._stats.failures += not ok
 
+    def usage(self, iteration: int) -> dict[str, Usage]:
+        """This process's calls of one iteration, by node (from each call's metadata)."""
+        with self._lock:
+            return {
+                node: dataclasses.replace(usage)
+                for (it, node), usage in self._usage.items()
+                if it == iteration
+            }
+
     def _record(self, record: CallRecord) -> None:
         with self._lock:
-            self._stats.attempts += 1
+            usage = self._usage.setdefault(
+                (record.metadata.get("iteration"), str(record.metadata.get("node", "other"))), Usage()
+            )
+            usage.attempts += not record.cached
+            usage.cached += record.cached
+            usage.calls += record.attempt <= 1  # a call's first attempt, or its cache hit (attempt 0)
+            usage.prompt_tokens += record.prompt_tokens
+            usage.completion_tokens += record.completion_tokens
+            usage.latency_s += record.latency_s
+            usage.cost_usd += record.cost_usd
+            self._stats.cost_usd += record.cost_usd
+            self._stats.cached += record.cached
+            self._stats.attempts += not record.cached
             self._stats.prompt_tokens += record.prompt_tokens
             self._stats.completion_tokens += record.completion_tokens
             self._stats.latency_s += record.latency_s
@@ -454,6 +494,17 @@ def _read(response: Any, api: str) -> tuple[str, str | None, int, int]:
         int(getattr(usage, "prompt_tokens", 0) or 0),
         int(getattr(usage, "completion_tokens", 0) or 0),
     )
+
+
+def _cost_of(response: Any) -> float:
+    """LiteLLM's price of a response in USD from its cost map; 0 for models it has no price for (local and
+    self-hosted ones), never an error."""
+    try:
+        import litellm
+
+        return float(litellm.completion_cost(completion_response=response) or 0.0)
+    except Exception:  # noqa: BLE001 - unpriced models raise; a price must never fail a judgment
+        return 0.0
 
 
 def _classify(exc: BaseException) -> str | None:

@@ -51,5 +51,30 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         **state.get("metrics", {}),
         **{f"update_{key}" if not key.startswith("update") else key: value for key, value in stats.items()},
     }
+    metrics.update(judge_usage_metrics(ctx, iteration))
     ctx.run_dir.record_metrics(metrics)
     return {"iteration": iteration + 1, "policy_step": ctx.policy.step, "metrics": metrics, "batch": []}
+
+
+def judge_usage_metrics(ctx: RunContext, iteration: int) -> dict[str, float]:
+    """Tokens, latency, cost and cache hits of this iteration's judge calls, per role and per node:
+    `judge_tokens`, `judge_cost_usd`, ..., and `judge_score_tokens`, `meta_judge_meta_analyze_cost_usd`, ...
+    (what this process sent; a cache hit costs nothing)."""
+    metrics: dict[str, float] = {}
+    for role, client in (("judge", ctx.judge), ("meta_judge", ctx.meta_judge)):
+        by_node = client.usage(iteration)
+        totals = {"calls": 0, "cached": 0, "tokens": 0, "latency_s": 0.0, "cost_usd": 0.0}
+        for node, usage in by_node.items():
+            tokens = usage.prompt_tokens + usage.completion_tokens
+            metrics[f"{role}_{node}_tokens"] = tokens
+            metrics[f"{role}_{node}_cost_usd"] = round(usage.cost_usd, 6)
+            for key, value in (
+                ("calls", usage.calls),
+                ("cached", usage.cached),
+                ("tokens", tokens),
+                ("latency_s", usage.latency_s),
+                ("cost_usd", usage.cost_usd),
+            ):
+                totals[key] += value
+        metrics.update({f"{role}_{key}": round(value, 6) for key, value in totals.items()})
+    return metrics
