@@ -84,6 +84,12 @@ class _ProgressView:
         self.cost = sum((m.get("judge_cost_usd") or 0) + (m.get("meta_judge_cost_usd") or 0) for m in done)
 
     def on_event(self, node: str, update: dict[str, Any]) -> None:
+        if node == "__over_budget__":
+            self.progress.console.print(
+                f"[yellow]Judge budget reached[/]: ${update['spent_usd']:.4f} of ${update['budget_usd']:.4f} "
+                "(schedule.budget_usd); stopping at this checkpoint."
+            )
+            return
         if node == "__stop_requested__":
             self.progress.console.print(
                 "[yellow]Stopping after the current node (Ctrl-C again to abort now)…"
@@ -153,7 +159,9 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
         f"({rejected} rewrite(s) rejected), {outcome.policy_step} optimizer steps, {failures} judge failures. "
         f"Run directory: {outcome.run_dir}"
     )
-    if outcome.status != "finished":
+    if outcome.status == "over_budget":
+        console.print(f"Continue with a larger budget: mpo resume {outcome.run_dir} --budget-usd AMOUNT")
+    elif outcome.status != "finished":
         console.print(f"Continue with: mpo resume {outcome.run_dir}")
 
 
@@ -202,14 +210,24 @@ def _interrupted(run_dir: Path | None) -> None:
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `mpo run`.")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `mpo run`.")],
+    budget_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-usd", help="A new judge budget in USD for the whole run (schedule.budget_usd)."
+        ),
+    ] = None,
+) -> None:
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
     _prepare_environment()
     from mpo_agents.rundir import RunDirectory
-    from mpo_agents.runner import saved_config
+    from mpo_agents.runner import saved_config, update_saved_config
 
     try:
         config = saved_config(run_dir)
+        if budget_usd is not None:
+            config = update_saved_config(run_dir, config, schedule={"budget_usd": budget_usd})
         if not (run_dir / "checkpoints.sqlite").exists():
             raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
         _run(config, RunDirectory(run_dir), fresh=False)

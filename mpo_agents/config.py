@@ -233,6 +233,13 @@ class ScheduleConfig(_Section):
         description="Run the meta-reward pipeline every k iterations; 0 never does (a fixed-rubric baseline).",
     )
     meta_samples: int = Field(4, ge=1, description="Scored samples the meta-judge reads per meta step.")
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Stop the run cleanly at the next node boundary (checkpointed, resumable) once the judges' "
+        "spending (LiteLLM prices; unpriced local models cost 0) reaches this many USD; None: no budget. "
+        "`mpo resume RUN --budget-usd X` continues with a new budget.",
+    )
 
 
 class RubricConfig(_Section):

@@ -19,7 +19,7 @@ import yaml
 from mpo_agents.config import MPOConfig, redacted_dump
 from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.rubrics import RubricStore
-from mpo_agents.rundir import RunDirectory
+from mpo_agents.rundir import RunDirectory, atomic_write_text
 
 if TYPE_CHECKING:
     from mpo_agents.tasks import Task
@@ -32,7 +32,7 @@ GRAPH_RECURSION_LIMIT = 1_000_000  # a run is a long loop; LangGraph's default o
 @dataclass
 class RunOutcome:
     run_dir: Path
-    status: str  # "finished" | "stopped"
+    status: str  # "finished" | "stopped" | "over_budget"
     iteration: int  # the next iteration to run
     rubric_version: int
     policy_step: int
@@ -65,6 +65,21 @@ def saved_config(run_dir: Path) -> MPOConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
     return MPOConfig(**yaml.safe_load(path.read_text()))
+
+
+def update_saved_config(run_dir: Path, config: MPOConfig, **sections: dict[str, Any]) -> MPOConfig:
+    """The run's config with some fields changed, validated and written back (a resume that changes the
+    budget must be remembered by the next resume)."""
+    data = config.model_dump()
+    for section, values in sections.items():
+        data[section] = {**data[section], **values}
+    try:
+        updated = MPOConfig(**data)
+    except ValueError as exc:
+        raise ConfigError(f"invalid change to the run's config: {exc}") from exc
+    path = Path(run_dir) / "config.yaml"
+    atomic_write_text(path, yaml.safe_dump(redacted_dump(updated), sort_keys=False))
+    return updated
 
 
 def initial_state(config: MPOConfig, task: Task, store: RubricStore) -> dict[str, Any]:
@@ -140,6 +155,11 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
             # Streaming a finished graph simply yields nothing.
             # subgraphs=True streams the meta stages one by one (for timings, progress and Ctrl-C between
             # stages); the `meta` node's own update then closes the subgraph and is not timed twice.
+            budget = Budget(ctx)
+            if budget.exhausted():
+                on_event("__over_budget__", budget.report())
+                snapshot = await app.aget_state(run_config)
+                return _outcome(ctx, snapshot.values, "over_budget")
             async for namespace, chunk in app.astream(
                 inputs, run_config, context=ctx, stream_mode="updates", durability="sync", subgraphs=True
             ):
@@ -147,16 +167,48 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
                     if not (node == "meta" and not namespace):
                         timings.record(node, update or {})
                     on_event(node, update or {})
+                if budget.exhausted():
+                    on_event("__over_budget__", budget.report())
+                    break
                 if stop.is_set():
                     break
             snapshot = await app.aget_state(run_config)
-            return _outcome(
-                ctx, snapshot.values, "stopped" if snapshot.next or snapshot.tasks else "finished"
-            )
+            status = "stopped" if snapshot.next or snapshot.tasks else "finished"
+            if status == "stopped" and budget.exhausted():
+                status = "over_budget"
+            return _outcome(ctx, snapshot.values, status)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         for client in (ctx.judge, ctx.meta_judge):
             await client.aclose()
+
+
+class Budget:
+    """The run's judge spending against `schedule.budget_usd`: every attempt earlier processes logged (the call
+    logs hold each attempt's price, so a run killed mid-iteration still counts what it spent) plus what this
+    process's judges have spent since it started."""
+
+    def __init__(self, ctx: Any) -> None:
+        from mpo_agents.judges.records import CallLog
+
+        self.ctx = ctx
+        self.limit = ctx.config.schedule.budget_usd
+        self.before = 0.0
+        if self.limit is not None:
+            for role in ("judge", "meta_judge"):
+                path = ctx.run_dir.calls_path(role)
+                if path.exists():
+                    self.before += sum(record.get("cost_usd") or 0.0 for record in CallLog.read(path))
+
+    def spent(self) -> float:
+        live = self.ctx.judge.stats().cost_usd + self.ctx.meta_judge.stats().cost_usd
+        return self.before + live
+
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent() >= self.limit
+
+    def report(self) -> dict[str, float]:
+        return {"spent_usd": self.spent(), "budget_usd": self.limit or 0.0}
 
 
 class NodeTimings:

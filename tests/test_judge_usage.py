@@ -49,3 +49,40 @@ def test_usage_and_cost_per_role_node_and_iteration(tmp_path, tiny_model_dir, ju
         assert all(m["judge_cost_usd"] > 0 for m in metrics) and metrics[1]["meta_judge_cost_usd"] > 0
     else:
         assert all(m["judge_cost_usd"] == 0 for m in metrics)
+
+
+def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
+    tmp_path, tiny_model_dir, judge_server
+):
+    from test_cli import mpo
+
+    server = judge_server()
+    sets = run_overrides(
+        tiny_model_dir,
+        server.url,
+        **{
+            "schedule.iterations": 2,
+            "schedule.meta_every": 0,
+            "judge.model": "openai/gpt-4o-mini",  # priced: every judgment costs a little
+            "schedule.budget_usd": 1e-7,
+        },
+    )
+    config = load_config(None, sets)
+    run_dir = new_run_dir(config, tmp_path / "run")
+    events: list[str] = []
+    outcome = execute(
+        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
+    )
+    assert outcome.status == "over_budget" and "__over_budget__" in events
+    assert events.index("__over_budget__") == events.index("score") + 1  # stopped right after spending
+    assert not run_dir.metrics_path.exists()  # no update was trained past the budget
+
+    again = mpo("resume", str(run_dir.root), env=TEST_ENV)  # the same budget: refused at once, nothing spent
+    assert again.returncode == 0 and "budget-usd" in " ".join(again.stderr.split())
+    assert server.counts["requests"] == 8
+
+    finished = mpo("resume", str(run_dir.root), "--budget-usd", "10", env=TEST_ENV)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "Run finished" in " ".join(finished.stderr.split())
+    assert [m["iteration"] for m in read_jsonl(run_dir.metrics_path)] == [1, 2]
+    assert "budget_usd: 10.0" in (run_dir.root / "config.yaml").read_text()
