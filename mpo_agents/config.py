@@ -267,6 +267,14 @@ class ScoringConfig(_Section):
         description="What the policy update sees: the summed score (`raw`, the paper), or the score mapped "
         "to 0..1 by the rubric's range (`normalized`). Both are recorded for every sample.",
     )
+    max_failure_rate: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Pause the run (before the policy update, resumable) when more than this share of a "
+        "batch's judgments fail after retries (endpoint errors, unparseable replies); None never pauses. "
+        "Set it for hosted judges, e.g. 0.2.",
+    )
     injection_penalty: float = Field(
         0.0,
         ge=0,

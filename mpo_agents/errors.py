@@ -24,3 +24,9 @@ class ServerError(MPOError):
 
 class CheckpointError(MPOError):
     """A run directory or policy checkpoint is missing or inconsistent."""
+
+
+class JudgeOutage(MPOError):
+    """Too many judgments of one batch failed (`scoring.max_failure_rate`): training on what is left would
+    train on noise. The run stops before the batch is committed; `mpo resume` judges it again (judgments that
+    succeeded come from the cache, so only the failed ones are sent)."""

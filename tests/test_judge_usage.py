@@ -86,3 +86,34 @@ def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
     assert "Run finished" in " ".join(finished.stderr.split())
     assert [m["iteration"] for m in read_jsonl(run_dir.metrics_path)] == [1, 2]
     assert "budget_usd: 10.0" in (run_dir.root / "config.yaml").read_text()
+
+
+def test_a_judge_outage_pauses_the_run_and_resume_sends_only_the_failed_judgments(
+    tmp_path, tiny_model_dir, judge_server
+):
+    from mpo_agents.errors import JudgeOutage
+
+    server = judge_server()
+    server.inject(*["500"] * 5)  # 5 of the 8 judgments of iteration 1 fail (no retries)
+    sets = run_overrides(
+        tiny_model_dir,
+        server.url,
+        **{
+            "schedule.iterations": 1,
+            "schedule.meta_every": 0,
+            "judge.retries": 0,
+            "scoring.max_failure_rate": 0.5,
+        },
+    )
+    config = load_config(None, sets)
+    run_dir = new_run_dir(config, tmp_path / "run")
+    with pytest.raises(JudgeOutage, match=r"5 of 8 judgments of iteration 1 failed.*mpo resume"):
+        execute(config, run_dir, TEST_ENV, fresh=True)
+    assert not run_dir.metrics_path.exists() and not run_dir.samples_path(1).exists()
+    assert server.counts["requests"] == 8
+
+    outcome = execute(config, run_dir, TEST_ENV, fresh=False)  # the endpoint is healthy again
+    assert outcome.status == "finished"
+    assert server.counts["requests"] == 8 + 5  # the three that succeeded came from the cache
+    samples = read_jsonl(run_dir.samples_path(1))
+    assert all(s["status"] == "scored" for s in samples)

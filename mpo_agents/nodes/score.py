@@ -8,6 +8,7 @@ from statistics import fmean
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
+from mpo_agents.errors import JudgeOutage
 from mpo_agents.rundir import write_jsonl
 from mpo_agents.scoring import Scorer
 from mpo_agents.state import MPOState
@@ -21,6 +22,16 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     scored = await asyncio.gather(
         *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in state["batch"])
     )
+    failed = sum(s["status"] in ("judge_failed", "unparseable") for s in scored)
+    limit = ctx.config.scoring.max_failure_rate
+    if limit is not None and scored and failed / len(scored) > limit:
+        # Raised inside the node, so LangGraph commits nothing: a resume scores this batch again.
+        raise JudgeOutage(
+            f"{failed} of {len(scored)} judgments of iteration {iteration} failed after retries, more than "
+            f"scoring.max_failure_rate={limit:g} (see calls/judge.jsonl for the errors). The run is paused "
+            f"before this batch trains anything; fix the judge endpoint, then `mpo resume {ctx.run_dir.root}`: "
+            "judgments that succeeded come from the cache, only the failed ones are sent again."
+        )
     path = ctx.run_dir.samples_path(iteration)
     write_jsonl(path, scored)
     rewards = [s["reward"] for s in scored if s.get("reward") is not None]
@@ -31,7 +42,7 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         "judged": len(rewards),
         "guarded": sum(s["status"] == "guarded" for s in scored),
         "exact_match_graded": sum(s.get("grader") == "exact_match" for s in scored),
-        "judge_failures": sum(s["status"] in ("judge_failed", "unparseable") for s in scored),
+        "judge_failures": failed,
         "unparseable": sum(s["status"] == "unparseable" for s in scored),
         "truncated": sum(s["truncated"] for s in scored),
     }
