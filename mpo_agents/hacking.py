@@ -63,7 +63,7 @@ def load_suite(path: Path, task: Task) -> list[HackCase]:
         record = task.normalize_record(dict(raw["record"]))
         if record is None:
             raise ConfigError(f"{where}: the record is not usable by task {task.name}")
-        absent = [name for name in task.required_fields if not str(record.get(name) or "").strip()]
+        absent = task.missing_fields(record)
         if absent:
             raise ConfigError(f"{where}: the record has no {', '.join(absent)} field")
         (record,) = task.prepare_records([record])

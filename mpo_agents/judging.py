@@ -115,7 +115,7 @@ def load_pairs(path: Path, task: Task) -> list[tuple[dict[str, Any], str, bool]]
         if "completion" not in raw:
             raise ConfigError(f"--input {path} line {number} has no 'completion' field")
         record = task.normalize_record({k: v for k, v in raw.items() if k not in ("completion", "truncated")})
-        missing = [f for f in task.required_fields if not record or not str(record.get(f) or "").strip()]
+        missing = task.missing_fields(record)
         if missing:
             raise ConfigError(
                 f"--input {path} line {number} has no {', '.join(repr(m) for m in missing)} field "

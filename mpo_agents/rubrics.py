@@ -171,6 +171,14 @@ def validate_rewrite(
         raise RubricRejected("the rewrite is identical to the current rubric")
     if rubric.high <= rubric.low:
         raise RubricRejected(f"the score range {rubric.low:g}..{rubric.high:g} is empty")
+    check_no_copy(rubric.render(), samples, copy_run_words)
+    return rubric, notes
+
+
+def check_no_copy(text: str, samples: list[str], copy_run_words: int) -> None:
+    """Raise `RubricRejected` if `text` repeats `copy_run_words` consecutive words of a graded sample: a rubric
+    or guideline must describe qualities, not quote answers (nor carry text a completion smuggled in)."""
+    words = _WORD.findall(text.lower())
     for sample in samples:
         run = _longest_shared_run(words, _WORD.findall(sample.lower()))
         if run >= copy_run_words:
@@ -178,7 +186,6 @@ def validate_rewrite(
                 f"the rewrite copies {run} consecutive words of a graded sample (limit rubric.copy_run_words="
                 f"{copy_run_words}); a rubric must describe qualities, not quote answers"
             )
-    return rubric, notes
 
 
 @dataclass(frozen=True)

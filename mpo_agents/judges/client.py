@@ -237,17 +237,12 @@ class JudgeClient:
         value = request.parse(reply) if reply is not None else None
         if value is None:
             return None
-        chat = self.cfg.api == "chat"
         self._record(
-            CallRecord(
+            self._call_record(
+                request,
                 timestamp=datetime.now(UTC).isoformat(),
-                role=self.role,
-                model=self.cfg.model,
-                api=self.cfg.api,
                 attempt=0,
                 temperature=self.cfg.temperature,
-                messages=request.messages if chat else None,
-                prompt=None if chat else _prompt_of(request.messages),
                 reply=reply,
                 finish_reason=None,
                 error=None,
@@ -255,7 +250,6 @@ class JudgeClient:
                 latency_s=0.0,
                 prompt_tokens=0,
                 completion_tokens=0,
-                metadata=request.metadata,
                 cached=True,
             )
         )
@@ -316,17 +310,12 @@ class JudgeClient:
                         error = TRUNCATED if finish_reason == "length" else UNPARSEABLE
             latency = time.perf_counter() - started
 
-        chat = self.cfg.api == "chat"
         self._record(
-            CallRecord(
+            self._call_record(
+                request,
                 timestamp=timestamp,
-                role=self.role,
-                model=self.cfg.model,
-                api=self.cfg.api,
                 attempt=number,
                 temperature=temperature,
-                messages=request.messages if chat else None,
-                prompt=None if chat else _prompt_of(request.messages),
                 reply=reply,
                 finish_reason=finish_reason,
                 error=error,
@@ -334,7 +323,6 @@ class JudgeClient:
                 latency_s=round(latency, 4),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                metadata=request.metadata,
                 cost_usd=cost,
             )
         )
@@ -409,6 +397,20 @@ class JudgeClient:
         with self._lock:
             self._stats.calls += 1
             self._stats.failures += not ok
+
+    def _call_record(self, request: _Request, **attempt: Any) -> CallRecord:
+        """A log record of one attempt (or cache hit) of `request`: the role's and the request's fields plus
+        what happened in this attempt."""
+        chat = self.cfg.api == "chat"
+        return CallRecord(
+            role=self.role,
+            model=self.cfg.model,
+            api=self.cfg.api,
+            messages=request.messages if chat else None,
+            prompt=None if chat else _prompt_of(request.messages),
+            metadata=request.metadata,
+            **attempt,
+        )
 
     def usage(self, iteration: int) -> dict[str, Usage]:
         """This process's calls of one iteration, by node (from each call's metadata)."""

@@ -27,6 +27,7 @@ from mpo_agents.meta.text import collapse_repeats
 from mpo_agents.rubrics import (
     Rubric,
     RubricVersion,
+    check_no_copy,
     join_under_word_limit,
     merge_in_order,
     parse_rubric,
@@ -61,7 +62,7 @@ async def _each_case(
     return dict(await asyncio.gather(*(one(case) for case in cases)))
 
 
-def _rubric_view(ctx: RunContext, rubric: dict, cluster: str | None) -> str:
+def _rubric_view(rubric: dict, cluster: str | None) -> str:
     """The rubric text the meta-judge reviews: the criteria, or the cluster's guideline."""
     if rubric.get("kind") == "guidelines":
         return rubric.get("guidelines", {}).get(cluster or "", rubric["text"])
@@ -131,7 +132,7 @@ async def _prescreen(
     async def screen(case: dict) -> str | None:
         sample = case["sample"]
         prompt = template.render(
-            **shared, rubric=_rubric_view(ctx, state["rubric"], sample.get("cluster")), sample=sample
+            **shared, rubric=_rubric_view(state["rubric"], sample.get("cluster")), sample=sample
         )
         result = await ctx.meta_judge.complete(
             prompt.messages,
@@ -157,7 +158,7 @@ async def meta_analyze(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     async def analyze(case: MetaCase) -> str | None:
         prompt = template.render(
             **shared,
-            rubric=_rubric_view(ctx, state["rubric"], case["cluster"]),
+            rubric=_rubric_view(state["rubric"], case["cluster"]),
             cluster=case["cluster"],
             samples=case["samples"],
             max_words=ctx.config.meta.analysis_max_words,
@@ -195,10 +196,10 @@ async def meta_refine(state: MPOState, runtime: Runtime[RunContext]) -> dict:
                 text = collapse_repeats(text)  # small models loop on one line until max_tokens
                 if word_count(text) < MIN_GUIDELINE_WORDS or word_count(text) > limits.max_words:
                     return None
-                _check_no_copy(text, sample_texts, limits.copy_run_words)
+                check_no_copy(text, sample_texts, limits.copy_run_words)
                 return text
             rubric, _ = parse_rubric(text)
-            _check_no_copy(rubric.render(), sample_texts, limits.copy_run_words)
+            check_no_copy(rubric.render(), sample_texts, limits.copy_run_words)
             return rubric.render()
         except RubricRejected:
             return None
@@ -209,7 +210,7 @@ async def meta_refine(state: MPOState, runtime: Runtime[RunContext]) -> dict:
             return None
         prompt = template.render(
             **shared,
-            rubric=_rubric_view(ctx, state["rubric"], case["cluster"]),
+            rubric=_rubric_view(state["rubric"], case["cluster"]),
             cluster=case["cluster"],
             samples=case["samples"],
             analysis=analysis,
@@ -232,33 +233,6 @@ async def meta_refine(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         "meta_candidates_ok": sum(c is not None for c in candidates.values()),
     }
     return {"meta": {**progress, "candidates": candidates}, "metrics": metrics}
-
-
-def _check_no_copy(text: str, samples: list[str], limit: int) -> None:
-    # validate_rewrite holds the copy rule; reuse it with limits that nothing else can trip.
-    validate_rewrite(
-        _as_criteria(text),
-        previous=Rubric(()),
-        samples=samples,
-        max_words=10**9,
-        max_items=10**9,
-        copy_run_words=limit,
-    )
-
-
-def _as_criteria(text: str) -> str:
-    """Prose guidelines wrapped as one criterion, so the rubric checks can read them."""
-    if parse_safe(text):
-        return text
-    return f"Criterion 1: {' '.join(text.split())} (0-1 points)"
-
-
-def parse_safe(text: str) -> bool:
-    try:
-        parse_rubric(text)
-        return True
-    except RubricRejected:
-        return False
 
 
 # -- stage 4: merge ----------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ class Task:
             record = self.normalize_record(raw)
             if record is None:
                 continue
-            missing = [name for name in self.required_fields if not str(record.get(name) or "").strip()]
+            missing = self.missing_fields(record)
             if missing:
                 raise ConfigError(
                     f"task.data_path: {path} record {number} has no {', '.join(repr(m) for m in missing)} "
@@ -105,6 +105,12 @@ class Task:
     def normalize_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Map a row in the dataset's own field names to what the task reads; None skips the row."""
         return record
+
+    def missing_fields(self, record: dict[str, Any] | None) -> list[str]:
+        """The required fields a normalised record lacks (all of them for a row the task skips)."""
+        if record is None:
+            return list(self.required_fields)
+        return [name for name in self.required_fields if not str(record.get(name) or "").strip()]
 
     def prepare_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Whatever the task derives from the whole set of records (math: clusters). Records come normalised."""
