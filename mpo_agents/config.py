@@ -128,6 +128,77 @@ class PolicyConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 
+def _provider_prefixed(value: str) -> str:
+    if "/" not in value:
+        raise ValueError(
+            f"'{value}' has no provider prefix; write it as LiteLLM expects, e.g. 'openai/{value}' or "
+            f"'hosted_vllm/{value}'"
+        )
+    return value
+
+
+class EndpointConfig(_Section):
+    """One more place a judge model is served: a load-balanced deployment or a fallback of a judge role."""
+
+    model: str = Field(
+        ..., description="LiteLLM model string of this deployment (same forms as `judge.model`)."
+    )
+    api_base: str | None = Field(None, description="Endpoint URL for a self-hosted model.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding this deployment's API key (never the key itself)."
+    )
+    use_local_server: bool = Field(
+        False, description="Serve this deployment from the CLI's local model server."
+    )
+    rpm: int | None = Field(
+        None, ge=1, description="Requests per minute this deployment takes (see `routing`)."
+    )
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute this deployment takes (see `routing`)."
+    )
+
+    _model_prefixed = field_validator("model")(classmethod(lambda cls, value: _provider_prefixed(value)))
+
+
+class RoutingConfig(_Section):
+    strategy: Literal["simple-shuffle", "least-busy", "latency-based-routing", "usage-based-routing-v2"] = (
+        Field(
+            "simple-shuffle",
+            description="How LiteLLM's Router spreads a role's calls over its deployments: `simple-shuffle` "
+            "(random, weighted by rpm/tpm where set; a failed call is re-sent to another deployment before any "
+            "fallback), `least-busy`, `latency-based-routing`, or `usage-based-routing-v2` (enforces rpm/tpm: a "
+            "call over every deployment's limit is refused as rate-limited and retried after a backoff).",
+        )
+    )
+    allowed_fails: int = Field(
+        3, ge=0, description="Failed calls per minute a deployment may have before it cools down."
+    )
+    cooldown_s: float = Field(
+        30.0, ge=0, description="Seconds a failing deployment gets no calls; 0 turns cooldown off."
+    )
+
+
+class EnsembleConfig(_Section):
+    members: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Other judges that score every judgment beside this role's own model, each a mapping of "
+        "judge settings that differ from the role's (e.g. `{model: ..., api_base: ...}`); the role's other "
+        "settings (prompts API, timeout, retries, ...) apply to them too.",
+    )
+    aggregate: Literal["mean", "median", "majority"] = Field(
+        "mean",
+        description="How members' scores combine, per criterion in `per_item` and `json` scoring (then summed) "
+        "or on the one score otherwise: `mean`, `median`, or `majority` (the most common score; a tie goes to "
+        "the tied score nearest the median, the lower one if two are equally near).",
+    )
+    quorum: int | None = Field(
+        None,
+        ge=1,
+        description="Members (this role's model counts as one) that must return a valid score for a judgment "
+        "to count; None asks for a majority. Below it the judgment fails and is left out of the update.",
+    )
+
+
 class JudgeConfig(_Section):
     model: str = Field(
         "openai/gpt-4o-mini",
@@ -169,15 +240,63 @@ class JudgeConfig(_Section):
         "set false for fresh samples.",
     )
 
-    @field_validator("model")
-    @classmethod
-    def _provider_prefixed(cls, value: str) -> str:
-        if "/" not in value:
+    rpm: int | None = Field(
+        None, ge=1, description="Requests per minute `model` takes, for routing (see `routing.strategy`)."
+    )
+    tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute `model` takes, for routing (see `routing.strategy`)."
+    )
+    deployments: list[EndpointConfig] = Field(
+        default_factory=list,
+        description="More endpoints serving this role beside `model`/`api_base` (e.g. a second local server); "
+        "calls are load-balanced over all of them by LiteLLM's Router, and a failing one cools down.",
+    )
+    fallbacks: list[EndpointConfig] = Field(
+        default_factory=list,
+        description="Endpoints tried in this order when a call fails on every deployment (e.g. a hosted "
+        "model behind local servers).",
+    )
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+
+    _model_prefixed = field_validator("model")(classmethod(lambda cls, value: _provider_prefixed(value)))
+
+    @property
+    def routed(self) -> bool:
+        """Whether calls go through LiteLLM's Router (several deployments, fallbacks or rate limits)."""
+        return bool(self.deployments or self.fallbacks or self.rpm or self.tpm)
+
+    def member_configs(self) -> list[JudgeConfig]:
+        """This role's model followed by its ensemble members, each a complete judge config of its own."""
+        base = self.model_dump(exclude={"ensemble"})
+        return [self.model_copy(update={"ensemble": EnsembleConfig()})] + [
+            JudgeConfig.model_validate({**base, **member}) for member in self.ensemble.members
+        ]
+
+    @property
+    def quorum(self) -> int:
+        size = 1 + len(self.ensemble.members)
+        return self.ensemble.quorum or size // 2 + 1
+
+    @model_validator(mode="after")
+    def _valid_members(self) -> JudgeConfig:
+        for number, member in enumerate(self.ensemble.members):
+            if "ensemble" in member:
+                raise ValueError(f"ensemble.members[{number}] cannot hold an ensemble of its own")
+            try:
+                JudgeConfig.model_validate({**self.model_dump(exclude={"ensemble"}), **member})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(part) for part in first["loc"]) or "(member)"
+                message = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"ensemble.members[{number}].{where}: {message}") from None
+        size = 1 + len(self.ensemble.members)
+        if self.ensemble.quorum is not None and self.ensemble.quorum > size:
             raise ValueError(
-                f"'{value}' has no provider prefix; write it as LiteLLM expects, e.g. 'openai/{value}' or "
-                f"'hosted_vllm/{value}'"
+                f"ensemble.quorum is {self.ensemble.quorum} but the ensemble has {size} member(s) (the role's "
+                "own model and ensemble.members); lower it or add members"
             )
-        return value
+        return self
 
 
 class LocalServerConfig(_Section):
@@ -333,14 +452,26 @@ class MPOConfig(BaseSettings):
     meta: MetaConfig = Field(default_factory=MetaConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
+    def uses_local_server(self, role: str) -> bool:
+        """Whether any endpoint of a judge role (deployments, fallbacks, ensemble members) is the local server."""
+        cfg: JudgeConfig = getattr(self, role)
+        members = cfg.member_configs()
+        endpoints = [e for member in members for e in (member, *member.deployments, *member.fallbacks)]
+        return any(endpoint.use_local_server for endpoint in endpoints)
+
     @model_validator(mode="after")
     def _local_server_needed(self) -> MPOConfig:
         for role in ("judge", "meta_judge"):
-            if getattr(self, role).use_local_server and not self.local_server.enabled:
+            if self.uses_local_server(role) and not self.local_server.enabled:
                 raise ValueError(
-                    f"{role}.use_local_server is true but local_server.enabled is false; enable the server or "
-                    f"point {role}.api_base at a running endpoint"
+                    f"{role} (or one of its deployments, fallbacks or ensemble members) sets use_local_server "
+                    f"but local_server.enabled is false; enable the server or point it at a running endpoint"
                 )
+        if self.meta_judge.ensemble.members:
+            raise ValueError(
+                "meta_judge.ensemble.members must be empty: the meta-judge writes rubrics, which cannot be "
+                "averaged; give it deployments or fallbacks instead"
+            )
         return self
 
     @classmethod

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mpo_agents.config import JudgeConfig, MPOConfig
+from mpo_agents.config import EndpointConfig, JudgeConfig, MPOConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.prompts import PromptTemplate, load_prompt
 from mpo_agents.rubrics import RubricStore
@@ -15,7 +15,11 @@ from mpo_agents.rundir import RunDirectory
 from mpo_agents.tasks import Task, build_task
 
 if TYPE_CHECKING:
+    from mpo_agents.judges.cache import JudgmentCache
     from mpo_agents.judges.client import JudgeClient
+    from mpo_agents.judges.ensemble import JudgePanel
+    from mpo_agents.judges.records import CallLog
+    from mpo_agents.judges.routing import Deployment
     from mpo_agents.policy.base import PolicyBackend
     from mpo_agents.serving import LocalServer
 
@@ -28,7 +32,7 @@ class RunContext:
     run_dir: RunDirectory
     task: Task
     policy: PolicyBackend
-    judge: JudgeClient
+    judge: JudgePanel  # one client, or an ensemble's members
     meta_judge: JudgeClient
     rubrics: RubricStore
 
@@ -36,24 +40,90 @@ class RunContext:
         return load_prompt(self.task.name, role, api, self.task.prompts_dir)
 
 
-def judge_endpoint(
-    role: str, cfg: JudgeConfig, environ: Mapping[str, str], server: LocalServer | None
-) -> tuple[JudgeConfig, str | None, str | None]:
-    """Resolve (config, api_base, api_key) for a judge role. Keys come from the environment only."""
-    if cfg.use_local_server:
+def resolve_endpoint(
+    where: str,
+    endpoint: JudgeConfig | EndpointConfig,
+    environ: Mapping[str, str],
+    server: LocalServer | None,
+) -> Deployment:
+    """Where one endpoint of a judge role is served (`where` names it in errors, e.g. `judge.fallbacks[0]`).
+    Keys come from the environment only."""
+    from mpo_agents.judges.routing import Deployment
+
+    if endpoint.use_local_server:
         if server is None:
-            raise ConfigError(f"{role}.use_local_server is set but no local server is running")
-        return cfg.model_copy(update={"model": server.litellm_model}), server.url, LOCAL_SERVER_KEY
+            raise ConfigError(f"{where}.use_local_server is set but no local server is running")
+        return Deployment(server.litellm_model, server.url, LOCAL_SERVER_KEY, endpoint.rpm, endpoint.tpm)
     api_key = None
-    if cfg.api_key_env:
-        api_key = environ.get(cfg.api_key_env)
+    if endpoint.api_key_env:
+        api_key = environ.get(endpoint.api_key_env)
         if not api_key:
             raise ConfigError(
-                f"{role}.api_key_env names ${cfg.api_key_env}, which is not set; export it or add it to .env"
+                f"{where}.api_key_env names ${endpoint.api_key_env}, which is not set; export it or add it to .env"
             )
-    elif cfg.api_base is None:
-        _check_provider_key(role, cfg.model, environ)
-    return cfg, cfg.api_base, api_key
+    elif endpoint.api_base is None:
+        _check_provider_key(where, endpoint.model, environ)
+    return Deployment(endpoint.model, endpoint.api_base, api_key, endpoint.rpm, endpoint.tpm)
+
+
+def judge_client(
+    role: str,
+    cfg: JudgeConfig,
+    environ: Mapping[str, str],
+    server: LocalServer | None,
+    *,
+    call_log: CallLog | None,
+    cache: JudgmentCache | None,
+    where: str | None = None,
+) -> JudgeClient:
+    """The client of one judge model with its deployments and fallbacks resolved."""
+    from mpo_agents.judges.client import JudgeClient
+
+    where = where or role
+    primary = resolve_endpoint(where, cfg, environ, server)
+    return JudgeClient(
+        role,
+        cfg.model_copy(update={"model": primary.model}),
+        api_base=primary.api_base,
+        api_key=primary.api_key,
+        call_log=call_log,
+        cache=cache,
+        deployments=[
+            resolve_endpoint(f"{where}.deployments[{n}]", d, environ, server)
+            for n, d in enumerate(cfg.deployments)
+        ],
+        fallbacks=[
+            resolve_endpoint(f"{where}.fallbacks[{n}]", f, environ, server)
+            for n, f in enumerate(cfg.fallbacks)
+        ],
+    )
+
+
+def judge_panel(
+    config: MPOConfig,
+    environ: Mapping[str, str],
+    server: LocalServer | None,
+    *,
+    call_log: CallLog | None,
+    cache: JudgmentCache | None,
+) -> JudgePanel:
+    """The judge role's clients: its own model, then each ensemble member (sharing the role's log and cache)."""
+    from mpo_agents.judges.ensemble import JudgePanel
+
+    cfg = config.judge
+    members = tuple(
+        judge_client(
+            "judge",
+            member,
+            environ,
+            server,
+            call_log=call_log,
+            cache=cache,
+            where="judge" if number == 0 else f"judge.ensemble.members[{number - 1}]",
+        )
+        for number, member in enumerate(cfg.member_configs())
+    )
+    return JudgePanel(members, aggregate=cfg.ensemble.aggregate, quorum=cfg.quorum)
 
 
 def _check_provider_key(role: str, model: str, environ: Mapping[str, str]) -> None:
@@ -71,26 +141,21 @@ def _check_provider_key(role: str, model: str, environ: Mapping[str, str]) -> No
 
 def build_judges(
     config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None
-) -> tuple[JudgeClient, JudgeClient]:
+) -> tuple[JudgePanel, JudgeClient]:
     from mpo_agents.judges.cache import CACHE_FILE, JudgmentCache
-    from mpo_agents.judges.client import JudgeClient
     from mpo_agents.judges.records import CallLog
 
     cache = JudgmentCache(run_dir.root / CACHE_FILE)  # one file for both roles: the key names the model
-    clients = []
-    for role in ("judge", "meta_judge"):
-        cfg, api_base, api_key = judge_endpoint(role, getattr(config, role), environ, server)
-        clients.append(
-            JudgeClient(
-                role,
-                cfg,
-                api_base=api_base,
-                api_key=api_key,
-                call_log=CallLog(run_dir.calls_path(role)),
-                cache=cache,
-            )
-        )
-    return clients[0], clients[1]
+    judge = judge_panel(config, environ, server, call_log=CallLog(run_dir.calls_path("judge")), cache=cache)
+    meta_judge = judge_client(
+        "meta_judge",
+        config.meta_judge,
+        environ,
+        server,
+        call_log=CallLog(run_dir.calls_path("meta_judge")),
+        cache=cache,
+    )
+    return judge, meta_judge
 
 
 def build_context(

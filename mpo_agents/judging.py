@@ -30,15 +30,14 @@ def judge_session(
 ) -> Iterator[tuple[Task, Scorer]]:
     """The task and a scorer on the configured judge (starting the local judge server if the config uses one);
     calls are logged to `work_dir/calls/judge.jsonl`."""
-    from mpo_agents.context import judge_endpoint
-    from mpo_agents.judges.client import JudgeClient
+    from mpo_agents.context import judge_panel
     from mpo_agents.judges.records import CallLog
     from mpo_agents.tasks import build_task
 
     task = build_task(config.task)
     with ExitStack() as stack:
         server = None
-        if config.judge.use_local_server:
+        if config.uses_local_server("judge"):
             from mpo_agents.policy import resolve_model_dir
             from mpo_agents.serving import local_server
 
@@ -46,13 +45,8 @@ def judge_session(
             server = stack.enter_context(
                 local_server(model_dir, config.local_server, work_dir / "server.log")
             )
-        cfg, api_base, api_key = judge_endpoint("judge", config.judge, environ, server)
-        judge = JudgeClient(
-            "judge",
-            cfg,
-            api_base=api_base,
-            api_key=api_key,
-            call_log=CallLog(work_dir / "calls" / "judge.jsonl"),
+        judge = judge_panel(
+            config, environ, server, call_log=CallLog(work_dir / "calls" / "judge.jsonl"), cache=None
         )
         yield task, Scorer(task, judge, config)
 

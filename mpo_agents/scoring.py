@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.judges.client import PARSE_FAILURES, JudgeResult
+from mpo_agents.judges.ensemble import JudgePanel, agreement, combine
 from mpo_agents.judges.injection import as_judge_data, echoes_rubric, grader_address_flags
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.rubrics import Criterion, RubricVersion
@@ -92,11 +93,19 @@ def _failure_note(result: JudgeResult) -> str:
 
 @dataclass
 class Scorer:
-    """Turns (rubric version, record, completion) into a scored sample."""
+    """Turns (rubric version, record, completion) into a scored sample.
+
+    `judge` is one client or a panel of them (an ensemble): each member judges on its own and the scores are
+    combined per criterion, with the members' scores and their agreement kept on the sample.
+    """
 
     task: Task
-    judge: JudgeClient
+    judge: JudgeClient | JudgePanel | None
     config: MPOConfig
+
+    def __post_init__(self) -> None:
+        if self.judge is not None and not isinstance(self.judge, JudgePanel):
+            self.judge = JudgePanel((self.judge,))
 
     @property
     def mode(self) -> str:
@@ -153,20 +162,82 @@ class Scorer:
         }
         # The completion is data to the judge: it cannot close its <response> block or fake the judge's tags.
         variables = {**self.task.prompt_variables(record), "response": as_judge_data(sample["completion"])}
+        members = self.judge.members
+        if len(members) == 1:
+            return await self._judged(members[0], rubric, record, sample, variables, metadata)
+        verdicts = await asyncio.gather(
+            *(
+                self._judged(member, rubric, record, sample, variables, {**metadata, "member": number})
+                for number, member in enumerate(members)
+            )
+        )
+        return self._combined(sample, rubric, verdicts)
+
+    async def _judged(self, judge, rubric, record, sample, variables, metadata) -> ScoredSample:
+        """`sample` scored by one judge model in the configured mode."""
         if rubric.get("kind") == "guidelines":
-            return await self._plan_then_execute(rubric, record, sample, variables, metadata)
+            return await self._plan_then_execute(judge, rubric, record, sample, variables, metadata)
         criteria = RubricVersion.from_state(rubric).parsed().criteria
         if self.mode == "per_item" and len(criteria) > 0:
-            return await self._per_item(rubric, criteria, sample, variables, metadata)
+            return await self._per_item(judge, rubric, criteria, sample, variables, metadata)
         if self.mode == "json":
-            return await self._json(rubric, criteria, sample, variables, metadata)
-        return await self._holistic(rubric, sample, variables, metadata)
+            return await self._json(judge, rubric, criteria, sample, variables, metadata)
+        return await self._holistic(judge, rubric, sample, variables, metadata)
 
-    async def _holistic(self, rubric, sample, variables, metadata) -> ScoredSample:
+    def _combined(
+        self, sample: ScoredSample, rubric: RubricState, verdicts: list[ScoredSample]
+    ) -> ScoredSample:
+        """The ensemble's judgment from its members' verdicts: scores combined per criterion where every
+        member scored criteria, else on the one score; the rationale of the member nearest the result."""
+        panel = self.judge
+        members = [
+            {
+                "model": client.cfg.model,
+                "status": verdict["status"],
+                "score": verdict.get("score"),
+                **({"items": [item["score"] for item in verdict["items"]]} if verdict.get("items") else {}),
+            }
+            for client, verdict in zip(panel.members, verdicts, strict=True)
+        ]
+        scored = [verdict for verdict in verdicts if verdict["status"] == "scored"]
+        if len(scored) < panel.quorum:
+            failed = next(verdict for verdict in verdicts if verdict["status"] != "scored")
+            note = f"{len(scored)} of {len(verdicts)} ensemble members scored (quorum {panel.quorum}); "
+            return {
+                **sample,
+                "status": failed["status"],
+                "rationale": note + failed["rationale"],
+                "members": members,
+            }
+        how = panel.aggregate
+        if all(verdict.get("items") for verdict in scored):
+            columns = [[item["score"] for item in column] for column in zip(*(v["items"] for v in scored))]
+            items = []
+            for number, column in enumerate(columns, start=1):
+                value = combine(column, how)
+                nearest = min(range(len(column)), key=lambda k: abs(column[k] - value))
+                items.append(
+                    {
+                        "criterion": number,
+                        "score": value,
+                        "rationale": scored[nearest]["items"][number - 1]["rationale"],
+                    }
+                )
+            result = self._itemised(sample, rubric, items)
+        else:
+            columns = [[verdict["score"] for verdict in scored]]
+            value = combine(columns[0], how)
+            nearest = min(scored, key=lambda verdict: abs(verdict["score"] - value))
+            result = self.finish(
+                sample, value, rubric, status="scored", grader="judge", rationale=nearest["rationale"]
+            )
+        return {**result, "members": members, "agreement": agreement(columns)}
+
+    async def _holistic(self, judge, rubric, sample, variables, metadata) -> ScoredSample:
         prompt = self._prompt("judge").render(
             **variables, rubric=rubric["text"], low=f"{rubric['low']:g}", high=f"{rubric['high']:g}"
         )
-        result = await self.judge.complete(
+        result = await judge.complete(
             prompt.messages,
             parse=lambda reply: parse_score(reply, rubric["low"], rubric["high"]),
             metadata=metadata,
@@ -182,7 +253,7 @@ class Scorer:
             rationale=rationale_of(result.reply or ""),
         )
 
-    async def _per_item(self, rubric, criteria, sample, variables, metadata) -> ScoredSample:
+    async def _per_item(self, judge, rubric, criteria, sample, variables, metadata) -> ScoredSample:
         template = self._prompt("judge_item")
 
         async def judge_item(number: int, criterion: Criterion) -> JudgeResult:
@@ -195,7 +266,7 @@ class Scorer:
                 item_low=f"{criterion.low:g}",
                 item_high=f"{criterion.high:g}",
             )
-            return await self.judge.complete(
+            return await judge.complete(
                 prompt.messages,
                 parse=lambda reply: parse_score(reply, criterion.low, criterion.high),
                 metadata={**metadata, "criterion": number},
@@ -226,7 +297,7 @@ class Scorer:
             sample, total, rubric, status="scored", grader="judge", items=items, rationale=_joined(items)
         )
 
-    async def _json(self, rubric, criteria, sample, variables, metadata) -> ScoredSample:
+    async def _json(self, judge, rubric, criteria, sample, variables, metadata) -> ScoredSample:
         prompt = self._prompt("judge_json").render(
             **variables,
             rubric=rubric["text"],
@@ -235,7 +306,7 @@ class Scorer:
                 for n, c in enumerate(criteria, start=1)
             ],
         )
-        result = await self.judge.complete(
+        result = await judge.complete(
             prompt.messages, parse=lambda reply: parse_item_scores(reply, criteria), metadata=metadata
         )
         if not result.ok:
@@ -243,7 +314,7 @@ class Scorer:
         items = result.value
         return self._itemised(sample, rubric, items)
 
-    async def _plan_then_execute(self, rubric, record, sample, variables, metadata) -> ScoredSample:
+    async def _plan_then_execute(self, judge, rubric, record, sample, variables, metadata) -> ScoredSample:
         """The math judge: a grading plan from the reference solution and the cluster's guidelines, then the
         plan carried out on the response, ending in one score on the fixed scale."""
         guidelines = rubric.get("guidelines", {}).get(sample.get("cluster") or "", rubric["text"])
@@ -255,14 +326,14 @@ class Scorer:
             "high": f"{rubric['high']:g}",
         }
         plan_prompt = self._prompt("judge_plan").render(**shared)
-        plan = await self.judge.complete(
+        plan = await judge.complete(
             plan_prompt.messages, parse=_nonblank, metadata={**metadata, "step": "plan"}
         )
         if not plan.ok:
             return {**sample, "status": _failure_status(plan), "rationale": f"plan: {_failure_note(plan)}"}
         plan_text = plan_prompt.full_reply(plan.value).strip()
         execute_prompt = self._prompt("judge_execute").render(**shared, plan=plan_text)
-        result = await self.judge.complete(
+        result = await judge.complete(
             execute_prompt.messages,
             parse=lambda reply: parse_score(reply, rubric["low"], rubric["high"]),
             metadata={**metadata, "step": "execute"},

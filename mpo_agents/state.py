@@ -43,6 +43,10 @@ class ScoredSample(TypedDict):
     items: NotRequired[list[dict[str, Any]]]  # per-criterion score and rationale (per_item and json modes)
     cluster: NotRequired[str | None]
     injection_flags: NotRequired[list[str]]  # ways the completion addresses the grader (judges/injection.py)
+    members: NotRequired[
+        list[dict[str, Any]]
+    ]  # an ensemble's per-member model, status, score and item scores
+    agreement: NotRequired[float | None]  # share of ensemble member pairs that gave equal scores
 
 
 class MetaCase(TypedDict):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mpo_agents.config import load_config
-from mpo_agents.context import judge_endpoint
+from mpo_agents.context import resolve_endpoint
 from mpo_agents.errors import ConfigError
 
 
@@ -82,15 +82,14 @@ def test_bad_set_syntax_and_missing_file(tmp_path):
 def test_missing_api_key_variable_is_reported_before_the_run():
     config = load_config(None, ["judge.api_key_env=MY_JUDGE_KEY"])
     with pytest.raises(ConfigError, match=r"\$MY_JUDGE_KEY"):
-        judge_endpoint("judge", config.judge, {}, None)
-    _, _, key = judge_endpoint("judge", config.judge, {"MY_JUDGE_KEY": "sk-123"}, None)
-    assert key == "sk-123"
+        resolve_endpoint("judge", config.judge, {}, None)
+    assert resolve_endpoint("judge", config.judge, {"MY_JUDGE_KEY": "sk-123"}, None).api_key == "sk-123"
 
 
 def test_hosted_model_without_provider_key_is_reported():
     config = load_config(None, ["judge.model=openai/gpt-4o-mini"])
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        judge_endpoint("judge", config.judge, {}, None)
+        resolve_endpoint("judge", config.judge, {}, None)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

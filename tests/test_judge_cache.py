@@ -18,7 +18,6 @@ from mpo_agents.judges.records import CallLog
 from mpo_agents.rundir import read_jsonl
 from mpo_agents.runner import execute, new_run_dir
 
-
 GRADED = "Grade from 0 to 5.\n<response>A good essay, good structure, good ending.</response>"  # scores 3
 
 

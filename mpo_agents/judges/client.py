@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -31,6 +31,7 @@ from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
 from mpo_agents.judges.cache import JudgmentCache, cache_key
 from mpo_agents.judges.records import CallLog, CallRecord
+from mpo_agents.judges.routing import Deployment, attempt_budget, build_router
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +133,11 @@ class _Request:
 
 @dataclass
 class _LoopResources:
-    """What must belong to one event loop: the concurrency gate and any pooled HTTP client."""
+    """What must belong to one event loop: the concurrency gate and the pooled HTTP clients."""
 
     semaphore: asyncio.Semaphore
     text_client: Any = None  # openai.AsyncOpenAI for the completion API, see `_make_text_client`
+    router: Any = None  # litellm.Router of a routed role (it pools a client per deployment)
 
 
 class JudgeClient:
@@ -150,12 +152,22 @@ class JudgeClient:
         api_key: str | None,
         call_log: CallLog | None,
         cache: JudgmentCache | None = None,
+        deployments: Sequence[Deployment] = (),
+        fallbacks: Sequence[Deployment] = (),
     ) -> None:
+        """`api_base`/`api_key` serve `cfg.model`; `deployments` are more endpoints load-balanced with it and
+        `fallbacks` endpoints tried in order when a call fails on all of them (both through LiteLLM's Router)."""
         self.role = role
         self.cfg = cfg
         self.cache = cache if cfg.cache else None
         self.api_base = api_base
         self._api_key = api_key  # passed to LiteLLM only; never logged, never in a record or an error message
+        self._primary = [Deployment(cfg.model, api_base, api_key, cfg.rpm, cfg.tpm), *deployments]
+        self._fallbacks = list(fallbacks)
+        self.routed = len(self._primary) > 1 or bool(self._fallbacks) or bool(cfg.rpm or cfg.tpm)
+        # A routed attempt may chain a failover and each fallback, each with its own timeout.
+        chained = attempt_budget(cfg, len(self._primary), len(self._fallbacks)) if self.routed else 1
+        self._stall_limit = chained * cfg.timeout + min(5.0, 0.5 + 0.1 * cfg.timeout)
         self.call_log = call_log
         self._stats = JudgeStats()
         self._usage: dict[tuple[int | None, str], Usage] = {}
@@ -275,12 +287,14 @@ class JudgeClient:
         resources = self._per_loop.pop(asyncio.get_running_loop(), None)
         if resources is not None and resources.text_client is not None:
             await resources.text_client.close()
+        if resources is not None and resources.router is not None:
+            resources.router.discard()  # drops its cached clients and background tasks
 
     # -- one attempt ----------------------------------------------------------------------------------------
     async def _attempt(self, request: _Request, number: int, temperature: float) -> _Attempt:
         _litellm()  # the first import takes seconds: keep it out of the timed call
         resources = self._resources()
-        value = reply = finish_reason = error = detail = None
+        value = reply = finish_reason = error = detail = served_by = None
         prompt_tokens = completion_tokens = 0
         cost = 0.0
         failure: Exception | None = None
@@ -291,8 +305,7 @@ class JudgeClient:
                 # LiteLLM enforces cfg.timeout on the HTTP exchange; this outer limit also covers a server
                 # that trickles bytes (every read succeeds, so no read timeout fires) and any other stall.
                 response = await asyncio.wait_for(
-                    self._call(request, temperature, resources),
-                    timeout=self.cfg.timeout + min(5.0, 0.5 + 0.1 * self.cfg.timeout),
+                    self._call(request, temperature, resources), timeout=self._stall_limit
                 )
             except Exception as exc:
                 error = _classify(exc)
@@ -302,6 +315,7 @@ class JudgeClient:
             else:
                 reply, finish_reason, prompt_tokens, completion_tokens = _read(response, self.cfg.api)
                 cost = _cost_of(response)
+                served_by = _served_by(response) if self.routed else None
                 if not reply.strip():
                     error = EMPTY
                 else:
@@ -324,6 +338,7 @@ class JudgeClient:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 cost_usd=cost,
+                served_by=served_by,
             )
         )
         if error in FATAL:
@@ -334,19 +349,26 @@ class JudgeClient:
 
     async def _call(self, request: _Request, temperature: float, resources: _LoopResources) -> Any:
         litellm = _litellm()
-        params: dict[str, Any] = {
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": request.max_tokens}
+        if request.stop:
+            params["stop"] = request.stop
+        if resources.router is not None:  # the Router holds each deployment's model, endpoint and key
+            if self.cfg.api == "chat":
+                return await resources.router.acompletion(
+                    model=self.role, messages=request.messages, **params
+                )
+            return await resources.router.atext_completion(
+                model=self.role, prompt=_prompt_of(request.messages), **params
+            )
+        params |= {
             "model": self.cfg.model,
             "api_base": self.api_base,
             "api_key": self._api_key,
-            "temperature": temperature,
-            "max_tokens": request.max_tokens,
             "timeout": self.cfg.timeout,
             # Ours is the only retry layer: LiteLLM's and the OpenAI SDK's would multiply and hide attempts.
             "max_retries": 0,
             "num_retries": 0,
         }
-        if request.stop:
-            params["stop"] = request.stop
         if self.cfg.api == "chat":
             return await litellm.acompletion(messages=request.messages, **params)
         if resources.text_client is not None:
@@ -361,9 +383,11 @@ class JudgeClient:
         with self._lock:
             resources = self._per_loop.get(loop)
             if resources is None:
-                resources = _LoopResources(
-                    asyncio.Semaphore(self.cfg.max_concurrency), self._make_text_client()
-                )
+                resources = _LoopResources(asyncio.Semaphore(self.cfg.max_concurrency))
+                if self.routed:
+                    resources.router = build_router(self.role, self.cfg, self._primary, self._fallbacks)
+                else:
+                    resources.text_client = self._make_text_client()
                 self._per_loop[loop] = resources
             return resources
 
@@ -498,6 +522,14 @@ def _read(response: Any, api: str) -> tuple[str, str | None, int, int]:
     )
 
 
+def _served_by(response: Any) -> str | None:
+    """Which deployment answered a routed call: its model and endpoint, as the Router reports them."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    model = hidden.get("litellm_model_name") or getattr(response, "model", None)
+    base = hidden.get("api_base")
+    return f"{model} at {base}" if base else model
+
+
 def _cost_of(response: Any) -> float:
     """LiteLLM's price of a response in USD from its cost map; 0 for models it has no price for (local and
     self-hosted ones), never an error."""
@@ -515,7 +547,10 @@ def _classify(exc: BaseException) -> str | None:
         return TIMEOUT
     import litellm
     import openai
+    from litellm.types.router import RouterRateLimitError
 
+    if isinstance(exc, RouterRateLimitError):  # every deployment is cooling down or at its rpm/tpm limit
+        return RATE_LIMITED
     if isinstance(exc, litellm.ContextWindowExceededError):
         return CONTEXT_WINDOW
     if isinstance(exc, litellm.ContentPolicyViolationError):

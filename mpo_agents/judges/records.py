@@ -32,6 +32,7 @@ class CallRecord:
     metadata: dict[str, Any] = field(default_factory=dict)  # whatever the caller passed: iteration, node, ...
     cached: bool = False  # served from the run's judgment cache: no request was sent
     cost_usd: float = 0.0  # LiteLLM's price of this attempt; 0 for unpriced (local) models
+    served_by: str | None = None  # a routed role's answering deployment (model at endpoint); None otherwise
 
 
 class CallLog:

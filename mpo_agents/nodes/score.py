@@ -46,4 +46,7 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         "unparseable": sum(s["status"] == "unparseable" for s in scored),
         "truncated": sum(s["truncated"] for s in scored),
     }
+    agreements = [s["agreement"] for s in scored if s.get("agreement") is not None]
+    if agreements:  # an ensemble judge: how often its members gave the same score
+        metrics["judge_agreement"] = round(fmean(agreements), 4)
     return {"batch": scored, "window": [*state.get("window", []), str(path)], "metrics": metrics}
