@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
+from judge_bench import API_KEY, bench_config, essay_batch  # sets up the environment and tests/ on sys.path
 from judge_server import JudgeServer
 
-from mpo_agents.config import MPOConfig
 from mpo_agents.judges.cache import JudgmentCache
 from mpo_agents.judges.client import JudgeClient
 from mpo_agents.judges.records import CallLog
@@ -38,37 +33,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
 
-    config = MPOConfig.model_validate(
-        {
-            "judge": {"model": "openai/bench-judge", "max_concurrency": args.concurrency, "retries": 1},
-            "scoring": {"mode": "holistic"},
-        }
-    )
-    task = build_task(config.task)
-    rubric = task.initial_rubric().to_state()
-    records = task.records[: args.judgments]
-    samples = [
-        {
-            "key": f"s{i}",
-            "prompt_index": i,
-            "prompt": task.prompt_text(r),
-            "truncated": False,
-            "completion": f"A good essay number {i} about {r['prompt'][:40]}",
-            "score": None,
-            "reward": None,
-            "status": "pending",
-            "rationale": "",
-            "rubric_version": 0,
-        }
-        for i, r in enumerate(records)
-    ]
     with tempfile.TemporaryDirectory() as scratch, JudgeServer(latency=0.2) as server:
+        config = bench_config(server.url, args.concurrency, retries=1)
+        task = build_task(config.task)
+        rubric = task.initial_rubric().to_state()
+        records, samples = essay_batch(task, args.judgments)
         cache = JudgmentCache(Path(scratch) / "judge_cache.sqlite")
         judge = JudgeClient(
             "judge",
             config.judge,
             api_base=server.url,
-            api_key="sk-bench",
+            api_key=API_KEY,
             call_log=CallLog(Path(scratch) / "calls.jsonl"),
             cache=cache,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
 import threading
 import time
@@ -159,6 +160,7 @@ class JudgeServer:
     seconds), "trickle" (send the body one space every 0.1 s for `timeout_sleep` seconds: a stall that
     read timeouts do not catch), "garbage" (a reply with no score), "empty" (empty content), "truncated"
     (cut mid-sentence, finish_reason "length"), or an HTTP status such as "500", "429", "401".
+    `fail_randomly(rate, kinds)` makes each request without a queued fault fail with probability `rate`.
     With `api_key` set, requests without that bearer token get 401.
     """
 
@@ -180,6 +182,7 @@ class JudgeServer:
         self.max_in_flight = 0
         self._requests: list[dict[str, Any]] = []
         self._faults: deque[str] = deque()
+        self._random_faults: tuple[float, tuple[str, ...], random.Random] | None = None
         self._lock = threading.Lock()
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -200,15 +203,22 @@ class JudgeServer:
 
     def inject(self, *faults: str) -> None:
         for fault in faults:
-            if fault not in FAULTS and not (fault.isdigit() and len(fault) == 3):
-                raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS} or an HTTP status like '500'")
+            _check_fault(fault)
         with self._lock:
             self._faults.extend(faults)
+
+    def fail_randomly(self, rate: float, kinds: tuple[str, ...], seed: int = 0) -> None:
+        """From now on a request without a queued fault gets one of `kinds` with probability `rate` (0 stops)."""
+        for kind in kinds:
+            _check_fault(kind)
+        with self._lock:
+            self._random_faults = (rate, tuple(kinds), random.Random(seed)) if rate > 0 else None
 
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._random_faults = None
             self.counts.clear()
             self.max_in_flight = self.in_flight
 
@@ -276,6 +286,9 @@ class JudgeServer:
             self.counts["requests"] += 1
             self.counts["chat" if chat else "completion"] += 1
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and self._random_faults is not None:
+                rate, kinds, draw = self._random_faults
+                fault = draw.choice(kinds) if draw.random() < rate else None
             if fault:
                 self.counts[fault] += 1
             self.in_flight += 1
@@ -318,6 +331,11 @@ class JudgeServer:
         yield json.dumps(_response_body(body, "late", "stop", chat=chat)).encode()
 
 
+def _check_fault(fault: str) -> None:
+    if fault not in FAULTS and not (fault.isdigit() and len(fault) == 3):
+        raise ValueError(f"unknown fault {fault!r}; use one of {FAULTS} or an HTTP status like '500'")
+
+
 def _response_body(
     request_json: dict[str, Any], text: str, finish_reason: str, *, chat: bool
 ) -> dict[str, Any]:
@@ -347,11 +365,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rule", default="keyword:good", help="keyword:WORD (the only rule so far)")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
+    parser.add_argument(
+        "--faults", default="500,429,timeout,garbage,empty,truncated", help="kinds, comma-separated"
+    )
+    parser.add_argument("--timeout-sleep", type=float, default=30.0, help="how long a 'timeout' fault holds")
     args = parser.parse_args()
     kind, _, word = args.rule.partition(":")
     if kind != "keyword" or not word:
         parser.error(f"--rule must be keyword:WORD, got {args.rule!r}")
-    server = JudgeServer(KeywordRule(word), latency=args.latency, port=args.port)
+    server = JudgeServer(
+        KeywordRule(word), latency=args.latency, port=args.port, timeout_sleep=args.timeout_sleep
+    )
+    if args.fault_rate:
+        server.fail_randomly(args.fault_rate, tuple(args.faults.split(",")))
     uvicorn.run(
         server.app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1
     )

@@ -288,12 +288,13 @@ class JudgeClient:
         if resources is not None and resources.text_client is not None:
             await resources.text_client.close()
         if resources is not None and resources.router is not None:
-            resources.router.discard()  # drops its cached clients and background tasks
+            resources.router.discard()  # unhooks its callbacks from LiteLLM's process-wide lists
+        if self.cache is not None:
+            self.cache.checkpoint()
 
     # -- one attempt ----------------------------------------------------------------------------------------
     async def _attempt(self, request: _Request, number: int, temperature: float) -> _Attempt:
-        _litellm()  # the first import takes seconds: keep it out of the timed call
-        resources = self._resources()
+        resources = self._resources()  # the first one imports LiteLLM (seconds): kept out of the timed call
         value = reply = finish_reason = error = detail = served_by = None
         prompt_tokens = completion_tokens = 0
         cost = 0.0
@@ -383,6 +384,7 @@ class JudgeClient:
         with self._lock:
             resources = self._per_loop.get(loop)
             if resources is None:
+                price_unknown_models_at_zero([d.model for d in self._primary + self._fallbacks], self.cfg.api)
                 resources = _LoopResources(asyncio.Semaphore(self.cfg.max_concurrency))
                 if self.routed:
                     resources.router = build_router(self.role, self.cfg, self._primary, self._fallbacks)
@@ -531,14 +533,66 @@ def _served_by(response: Any) -> str | None:
 
 
 def _cost_of(response: Any) -> float:
-    """LiteLLM's price of a response in USD from its cost map; 0 for models it has no price for (local and
-    self-hosted ones), never an error."""
+    """LiteLLM's price of a response in USD from its cost map, as LiteLLM already computed it for the
+    response; 0 for models it has no price for (local and self-hosted ones), never an error."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    if hidden.get("response_cost") is not None:
+        return float(hidden["response_cost"])
     try:
         import litellm
 
         return float(litellm.completion_cost(completion_response=response) or 0.0)
     except Exception:  # noqa: BLE001 - unpriced models raise; a price must never fail a judgment
         return 0.0
+
+
+def _known_to_litellm(litellm: Any, model: str) -> bool:
+    try:
+        litellm.get_model_info(model)
+    except Exception:  # noqa: BLE001 - LiteLLM raises a bare Exception for an unmapped model
+        return False
+    return True
+
+
+_PRICED: set[str] = set()
+_PRICED_LOCK = threading.Lock()
+
+
+def price_unknown_models_at_zero(models: Sequence[str], api: str) -> None:
+    """Enter models LiteLLM's cost map does not know (local and self-hosted ones) at zero cost.
+
+    Their tokens then count at $0 as they should, and LiteLLM's per-response cost lookup stops searching its
+    whole map (and raising) for every reply: on a 2-core machine that search was a large part of a call's CPU.
+    Known models keep their price. Process-wide, as LiteLLM's cost map is.
+    """
+    litellm = _litellm()
+    with _PRICED_LOCK:
+        for model in models:
+            if model in _PRICED:
+                continue
+            _PRICED.add(model)
+            if _known_to_litellm(litellm, model):
+                continue  # priced already
+            try:
+                provider = litellm.get_llm_provider(model)[1]
+            except litellm.BadRequestError:  # an unknown provider: the call itself reports it, with the fix
+                continue
+            quiet = logging.getLogger("LiteLLM")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # it warns that a custom price has no cache-token prices
+            try:
+                litellm.register_model(
+                    {
+                        model: {
+                            "input_cost_per_token": 0.0,
+                            "output_cost_per_token": 0.0,
+                            "litellm_provider": provider,
+                            "mode": "chat" if api == "chat" else "completion",
+                        }
+                    }
+                )
+            finally:
+                quiet.setLevel(level)
 
 
 def _classify(exc: BaseException) -> str | None:

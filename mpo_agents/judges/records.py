@@ -7,7 +7,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,35 @@ class CallRecord:
 class CallLog:
     """Appends records to a JSONL file; safe to share between threads and asyncio tasks.
 
-    Each line is written whole under a lock, in a file opened in append mode just for it (no handle to leak or
-    close; the cost is tiny next to an LLM call), so a killed run leaves whole lines only.
+    Each line is written whole and flushed under a lock, so another process (or a crash) sees whole lines only;
+    `read` skips a last line cut short by a kill mid-write. The file stays open between writes (opening it per
+    record cost more than the rest of our layer's work per judge call) and is closed by `close` or with the log.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._file: TextIO | None = None
 
     def write(self, record: CallRecord | dict[str, Any]) -> None:
         data = dataclasses.asdict(record) if isinstance(record, CallRecord) else record
         line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as file:
-                file.write(line)
+            if self._file is None or self._file.closed:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
