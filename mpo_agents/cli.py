@@ -101,20 +101,24 @@ class _ProgressView:
             "meta_prescreen": "meta: analyze",
             "meta_analyze": "meta: refine",
             "meta_refine": "meta: merge",
-            "meta_merge": "update",
-            "meta": "update",
+            "meta_merge": "rubric decision",
+            "meta": "rubric decision",
+            "rubric_commit": "update",
             "policy_update": "rollout",
         }
         self.progress.update(self.task, description=following.get(node, node))
-        if node == "meta_merge":
+        if node == "meta_merge" and not update.get("proposal"):
+            self.progress.console.print("  meta-judge rubric rewrite rejected (see rubrics/rejected.jsonl)")
+        if node == "rubric_commit" and "rubric" in update:
             metrics = update.get("metrics", {})
-            verdict = (
-                f"accepted → v{update['rubric']['version']} ({metrics.get('rubric_items')} items, "
-                f"{metrics.get('rubric_tokens')} tokens)"
-                if metrics.get("rubric_rewrite_accepted")
-                else "rejected (see rubrics/rejected.jsonl)"
+            self.progress.console.print(
+                f"  rubric rewrite accepted → v{update['rubric']['version']} ({metrics.get('rubric_items')} "
+                f"items, {metrics.get('rubric_tokens')} tokens)"
             )
-            self.progress.console.print(f"  meta-judge rubric rewrite {verdict}")
+        elif node == "rubric_commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
+            self.progress.console.print("  rubric rewrite rejected (see rubrics/rejected.jsonl)")
+        if node == "__review__":
+            self.progress.console.print("  [yellow]a rubric change waits for review[/]")
         if node == "policy_update":
             metrics = update.get("metrics", {})
             self.failures += metrics.get("judge_failures", 0) or 0
@@ -133,7 +137,7 @@ def _judge_failures(metrics: list[dict[str, Any]]) -> int:
     return sum(m.get("judge_failures") or 0 for m in metrics)
 
 
-def _run(config: Any, run_dir: Any, fresh: bool) -> None:
+def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None = None) -> None:
     from mpo_agents.rubrics import RubricStore
     from mpo_agents.rundir import read_jsonl
     from mpo_agents.runner import execute
@@ -149,8 +153,9 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
             fresh=fresh,
             on_event=view.on_event,
             on_status=lambda message: view.progress.update(view.task, description=message),
+            review=review,
         )
-    verb = "finished" if outcome.status == "finished" else "stopped"
+    verb = {"finished": "finished", "awaiting_review": "paused for review"}.get(outcome.status, "stopped")
     metrics = read_jsonl(run_dir.metrics_path)  # totals over the whole run, also across resumes
     failures = _judge_failures(metrics)
     rejected = len(RubricStore(run_dir.rubrics_dir).rejections())
@@ -161,6 +166,11 @@ def _run(config: Any, run_dir: Any, fresh: bool) -> None:
     )
     if outcome.status == "over_budget":
         console.print(f"Continue with a larger budget: mpo resume {outcome.run_dir} --budget-usd AMOUNT")
+    elif outcome.status == "awaiting_review":
+        console.print(
+            f"A rubric change waits for you: mpo review {outcome.run_dir}, then "
+            f"mpo review {outcome.run_dir} --accept | --reject | --edit FILE"
+        )
     elif outcome.status != "finished":
         console.print(f"Continue with: mpo resume {outcome.run_dir}")
 
@@ -235,6 +245,78 @@ def resume(
         _fail(exc)
     except KeyboardInterrupt:
         _interrupted(run_dir)
+
+
+@app.command()
+def review(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory paused for review.")],
+    accept: Annotated[bool, typer.Option("--accept", help="Use the proposed rubric.")] = False,
+    reject: Annotated[bool, typer.Option("--reject", help="Keep the current rubric.")] = False,
+    edit: Annotated[
+        Path | None, typer.Option("--edit", help="Use this rubric file instead of the proposal.")
+    ] = None,
+    note: Annotated[str, typer.Option("--note", help="Why; kept in the rubric's lineage.")] = "",
+) -> None:
+    """Show the rubric changes a run waits on (diff, evidence, meta-level verdicts), or decide and continue."""
+    _prepare_environment()
+    from mpo_agents.rundir import RunDirectory
+    from mpo_agents.runner import pending_reviews, saved_config
+
+    try:
+        pending = pending_reviews(run_dir)
+        chosen = [name for name, on in (("accept", accept), ("reject", reject), ("edit", edit)) if on]
+        if not pending:
+            raise MPOError(f"{run_dir} has no rubric change waiting for review")
+        if not chosen:
+            for item in pending:
+                _show_review(item)
+            console.print(
+                f"Decide with: mpo review {run_dir} --accept | --reject | --edit FILE [--note TEXT]"
+            )
+            return
+        if len(chosen) > 1:
+            raise MPOError("choose one of --accept, --reject and --edit")
+        decision: dict[str, Any] = {"decision": chosen[0], "note": note, "reviewer": "human review"}
+        if edit is not None:
+            if not edit.is_file():
+                raise MPOError(f"--edit {edit} does not exist")
+            decision["text"] = edit.read_text(encoding="utf-8")
+        _run(saved_config(run_dir), RunDirectory(run_dir), fresh=False, review=decision)
+    except MPOError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted(run_dir)
+
+
+def _show_review(item: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]Iteration {item['iteration']}: v{item['current_version']} → v{item['proposed_version']}[/] "
+        f"(suggested: {item['suggested']}; evidence: {item.get('evidence')})"
+    )
+    console.print(item["diff"], markup=False, highlight=False)
+    for decision in item.get("decisions", []):
+        console.print(f"  {decision['node']}: {decision.get('verdict')} {decision.get('reason') or ''}")
+    for node in item.get("failed_nodes", []):
+        console.print(f"  {node}: [red]failed[/] (see meta_levels.jsonl)")
+
+
+@app.command()
+def graph(
+    config_path: Annotated[Path | None, typer.Argument(help="YAML config.", metavar="CONFIG")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field (repeatable).")] = None,
+) -> None:
+    """Print the run's graph as Mermaid, with the meta subgraph's stages and the configured meta-level nodes."""
+    _prepare_environment()
+    from graphs.mpo import build_graph
+    from mpo_agents.config import load_config
+    from mpo_agents.metalevel import load_meta_nodes
+
+    try:
+        config = load_config(config_path, set_ or [])
+        compiled = build_graph(load_meta_nodes(config.meta_nodes)).compile()
+        typer.echo(compiled.get_graph(xray=1).draw_mermaid())
+    except MPOError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -361,6 +361,15 @@ class ScheduleConfig(_Section):
     )
 
 
+class MetaNodeConfig(_Section):
+    name: str = Field(
+        ...,
+        description="A meta-level node registered in the `mpo_agents.meta_nodes` entry point group: a built-in "
+        "(`hacking_alarm`, `rubric_gate`, `meta_judge_audit`) or one from an installed package.",
+    )
+    settings: dict[str, Any] = Field(default_factory=dict, description="The node's own settings.")
+
+
 class RubricConfig(_Section):
     max_words: int = Field(400, ge=10, description="A rewritten rubric longer than this is rejected.")
     max_items: int = Field(
@@ -404,6 +413,12 @@ class ScoringConfig(_Section):
 
 
 class MetaConfig(_Section):
+    sample_selection: Literal["uniform", "alarms_and_top"] = Field(
+        "uniform",
+        description="Which samples the meta-judge reads: drawn uniformly (the paper), or alarm hits and the top "
+        "quarter by score first (where reward hacks hide), then the rest. Samples an alarm points at come "
+        "first either way.",
+    )
     prescreen: bool = Field(
         False,
         description="Ask the meta-judge first which samples look mis-scored, and analyse those first "
@@ -450,6 +465,17 @@ class MPOConfig(BaseSettings):
     rubric: RubricConfig = Field(default_factory=RubricConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    meta_nodes: list[MetaNodeConfig] = Field(
+        default_factory=list,
+        description='Meta-level ("meta-meta") nodes, in the order they run: each runs after scoring or after '
+        "a rubric rewrite (as the node declares) and may accept, reject or edit the rewrite, adjust the "
+        "meta schedule, or raise an alarm that starts a meta step early. See docs/extending.md.",
+    )
+    review: bool | Literal["on_objection"] = Field(
+        False,
+        description="Pause the run for a person at every rubric change (`true`), or only when a meta-level "
+        "node objects (`on_objection`); `mpo review RUN_DIR` shows it and resumes with the decision.",
+    )
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def uses_local_server(self, role: str) -> bool:
@@ -458,6 +484,14 @@ class MPOConfig(BaseSettings):
         members = cfg.member_configs()
         endpoints = [e for member in members for e in (member, *member.deployments, *member.fallbacks)]
         return any(endpoint.use_local_server for endpoint in endpoints)
+
+    @model_validator(mode="after")
+    def _meta_nodes_once(self) -> MPOConfig:
+        names = [node.name for node in self.meta_nodes]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"meta_nodes lists {', '.join(repeated)} more than once; list each node once")
+        return self
 
     @model_validator(mode="after")
     def _local_server_needed(self) -> MPOConfig:
@@ -593,9 +627,13 @@ def config_reference() -> str:
         "",
     ]
     defaults = MPOConfig()
-    for section in MPOConfig.model_fields:
+    for section, spec in MPOConfig.model_fields.items():
         lines += [f"## `{section}`", "", "| field | default | description |", "| --- | --- | --- |"]
-        lines += _reference_rows(getattr(defaults, section), section)
+        value = getattr(defaults, section)
+        if isinstance(value, BaseModel):
+            lines += _reference_rows(value, section)
+        else:  # a top-level field of its own (meta_nodes, review)
+            lines.append(f"| `{section}` | `{value}` | {spec.description or ''} |")
         lines.append("")
     return "\n".join(lines)
 

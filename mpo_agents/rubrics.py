@@ -204,6 +204,7 @@ class RubricVersion:
     tokens: int = 0  # length in tokens (cl100k), the paper's measure of rubric growth
     origin: str = "initial"
     evidence: str | None = None  # path of the meta record (analyses, candidates) behind this version
+    review: str | None = None  # who decided on it beyond the meta-judge (meta-level nodes, a person) and how
 
     @classmethod
     def of(

@@ -32,7 +32,7 @@ GRAPH_RECURSION_LIMIT = 1_000_000  # a run is a long loop; LangGraph's default o
 @dataclass
 class RunOutcome:
     run_dir: Path
-    status: str  # "finished" | "stopped" | "over_budget"
+    status: str  # "finished" | "stopped" | "over_budget" | "awaiting_review"
     iteration: int  # the next iteration to run
     rubric_version: int
     policy_step: int
@@ -96,11 +96,16 @@ def execute(
     fresh: bool,
     on_event: ProgressHook | None = None,
     on_status: Callable[[str], None] | None = None,
+    review: dict[str, Any] | None = None,
 ) -> RunOutcome:
-    """Run the graph until the schedule ends or a stop is requested (SIGINT: finish the node, then stop)."""
+    """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
+    rubric change waits for review. `review` resumes a run paused for review with that decision
+    ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...})."""
+    from langgraph.types import Command
     from transformers.utils import logging as hf_logging
 
     from mpo_agents.context import build_context
+    from mpo_agents.metalevel import load_meta_nodes
     from mpo_agents.policy import latest_checkpoint, resolve_model_dir
     from mpo_agents.serving import local_server
 
@@ -108,6 +113,7 @@ def execute(
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
+    meta_nodes = load_meta_nodes(config.meta_nodes)  # a missing plug-in fails now, before minutes of loading
     with ExitStack() as stack:
         server = None
         if config.local_server.enabled:
@@ -125,11 +131,13 @@ def execute(
                 raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
             status(f"restoring policy weights and optimizer from {latest.name}")
             ctx.policy.load(latest)
-        inputs = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
-        return asyncio.run(_drive(ctx, inputs, on_event or (lambda node, update: None)))
+        inputs: Any = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
+        if review is not None:
+            inputs = Command(resume=review)
+        return asyncio.run(_drive(ctx, inputs, on_event or (lambda node, update: None), meta_nodes))
 
 
-async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook) -> RunOutcome:
+async def _drive(ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any]) -> RunOutcome:
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     from graphs.mpo import build_graph
@@ -147,7 +155,7 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
     run_config = {"configurable": {"thread_id": THREAD_ID}, "recursion_limit": GRAPH_RECURSION_LIMIT}
     try:
         async with AsyncSqliteSaver.from_conn_string(str(ctx.run_dir.checkpoint_db)) as saver:
-            app = build_graph().compile(checkpointer=saver)
+            app = build_graph(meta_nodes).compile(checkpointer=saver)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.root / "timings.jsonl", current)
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
@@ -164,6 +172,8 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
                 inputs, run_config, context=ctx, stream_mode="updates", durability="sync", subgraphs=True
             ):
                 for node, update in chunk.items():
+                    if node == "__interrupt__":  # a review pause: reported once the stream ends
+                        continue
                     if not (node == "meta" and not namespace):
                         timings.record(node, update or {})
                     on_event(node, update or {})
@@ -176,6 +186,9 @@ async def _drive(ctx: Any, inputs: dict[str, Any] | None, on_event: ProgressHook
             status = "stopped" if snapshot.next or snapshot.tasks else "finished"
             if status == "stopped" and budget.exhausted():
                 status = "over_budget"
+            if snapshot.interrupts:
+                status = "awaiting_review"
+                on_event("__review__", {"reviews": [i.value for i in snapshot.interrupts]})
             return _outcome(ctx, snapshot.values, status)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
@@ -227,6 +240,29 @@ class NodeTimings:
             handle.write(json.dumps(record) + "\n")
         self.iteration = update.get("iteration", self.iteration)
         self.last = now
+
+
+def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
+    """What a run paused for review waits on (the diff, evidence, verdicts), read from its checkpoints; no
+    model is loaded."""
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    from graphs.mpo import build_graph
+    from mpo_agents.metalevel import load_meta_nodes
+
+    run_dir = Path(run_dir)
+    config = saved_config(run_dir)
+    database = RunDirectory(run_dir).checkpoint_db
+    if not database.exists():
+        return []
+
+    async def read() -> list[dict[str, Any]]:
+        async with AsyncSqliteSaver.from_conn_string(str(database)) as saver:
+            app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
+            snapshot = await app.aget_state({"configurable": {"thread_id": THREAD_ID}})
+            return [interrupt.value for interrupt in snapshot.interrupts]
+
+    return asyncio.run(read())
 
 
 def _outcome(ctx: Any, values: dict[str, Any], status: str) -> RunOutcome:

@@ -25,6 +25,7 @@ class RubricState(TypedDict):
     tokens: NotRequired[int]
     origin: NotRequired[str]  # how it came about: initial, merge, merge_fallback, per_cluster
     evidence: NotRequired[str | None]  # the meta step's record (analyses, candidates) that led to it
+    review: NotRequired[str | None]  # who decided on it beyond the meta-judge (meta-level nodes, a person)
 
 
 class ScoredSample(TypedDict):
@@ -74,3 +75,8 @@ class MPOState(TypedDict, total=False):
     meta: MetaProgress  # the meta pipeline's work in progress within one meta step
     policy_step: int  # optimizer steps applied so far
     metrics: dict[str, float]  # the latest iteration's metrics
+    proposal: RubricState | None  # the meta-judge's proposed next rubric, until rubric_commit decides on it
+    decisions: list[dict[str, Any]]  # this iteration's meta-level node decisions (and failures)
+    alarms: list[dict[str, Any]]  # alarms raised since the last meta step: node, message, evidence keys
+    schedule: dict[str, int]  # meta_every / meta_samples set by meta-level nodes, overriding the config
+    meta_requested: bool  # an alarm asked for a meta step at this iteration

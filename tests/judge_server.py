@@ -34,6 +34,7 @@ MERGE_MARKERS = ("Merge them into one rubric", "One combined rubric")
 PLAN_MARKERS = ("prepare a grading plan",)
 JSON_MARKERS = ("Reply with JSON only",)
 ITEM_MARKERS = ("Criterion under review",)
+AUDIT_MARKERS = ("Audit the meta-judge's rubric change",)
 GARBAGE_REPLY = "Well, this response is certainly something. I have thoughts about it but no verdict."
 TRUNCATED_REPLY = "The response starts well and keeps a clear structure, but the second half of the"
 # Besides these, any HTTP status code as a string ("500", "429", "401", ...) is a fault.
@@ -83,6 +84,16 @@ class KeywordRule:
             shown = re.search(r"score:? (-?\d+(?:\.\d+)?)", prompt_text, re.IGNORECASE)
             flawed = shown is not None and float(shown.group(1)) > 2
             return f"The score {'looks inflated' if flawed else 'is reasonable'}.\nVerdict: {'flawed' if flawed else 'fine'}"
+        if _has(prompt_text, AUDIT_MARKERS):
+            # The scripted rewrite rewards the keyword itself: a loophole an audit must catch.
+            proposal = prompt_text.split("Proposed rubric", 1)[-1].split("What changed", 1)[0]
+            loophole = f"'{self.word}'" in proposal
+            return (
+                "Supported: yes, the analyses point at keyword stuffing.\nFixes: partly.\n"
+                f"Loophole: {'yes, it rewards using the word itself' if loophole else 'no'}.\n"
+                f"Verdict: {'reject' if loophole else 'accept'}\n"
+                f"Reason: {'the new criterion pays for a word, not for quality' if loophole else 'sound change'}."
+            )
         if _has(prompt_text, GUIDELINE_REFINE_MARKERS):
             n = self._next_revision()
             return (

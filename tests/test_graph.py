@@ -32,7 +32,7 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
     assert outcome.status == "finished" and outcome.iteration == 5 and outcome.policy_step == 4
     per_iteration = ["rollout", "score", "policy_update"]
     meta_stages = ["meta_prescreen", "meta_analyze", "meta_refine", "meta_merge", "meta"]
-    with_meta = ["rollout", "score", *meta_stages, "policy_update"]
+    with_meta = ["rollout", "score", *meta_stages, "rubric_commit", "policy_update"]
     assert events == per_iteration + with_meta + per_iteration + with_meta
     assert outcome.rubric_version == 2
     assert sorted(p.name for p in run_dir.rubrics_dir.glob("v*.md")) == ["v0000.md", "v0001.md", "v0002.md"]

@@ -10,7 +10,7 @@ import re
 import pytest
 from conftest import TEST_ENV, run_overrides
 
-from graphs.mpo import build_meta_graph
+from graphs.mpo import build_meta_step_graph
 from mpo_agents.config import load_config
 from mpo_agents.context import RunContext, build_judges
 from mpo_agents.meta import sample_cases, stratified_cluster_cases
@@ -119,7 +119,7 @@ def run_meta(ctx: RunContext, samples: list[dict], iteration: int = 2) -> dict:
 
     async def go():
         try:
-            return await build_meta_graph().compile().ainvoke(state, context=ctx)
+            return await build_meta_step_graph().compile().ainvoke(state, context=ctx)
         finally:
             await ctx.meta_judge.aclose()
 
@@ -270,7 +270,7 @@ def test_meta_window_spans_every_rollout_since_the_last_meta_step(tmp_path, judg
 
     async def go():
         try:
-            return await build_meta_graph().compile().ainvoke(state, context=ctx)
+            return await build_meta_step_graph().compile().ainvoke(state, context=ctx)
         finally:
             await ctx.meta_judge.aclose()
 

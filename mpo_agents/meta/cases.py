@@ -12,17 +12,24 @@ PER_THIRD = 2  # samples drawn from each score third of a cluster, as the paper'
 
 
 def sample_cases(
-    pool: list[ScoredSample], count: int, seed: int, verdicts: dict[str, str] | None = None
+    pool: list[ScoredSample],
+    count: int,
+    seed: int,
+    verdicts: dict[str, str] | None = None,
+    preferred: set[str] | None = None,
 ) -> list[MetaCase]:
-    """Up to `count` single-sample cases. Without prescreen verdicts: uniform without replacement (the paper's
-    released behaviour). With them: samples judged "flawed" first, then the rest, each group shuffled."""
+    """Up to `count` single-sample cases. Without prescreen verdicts or preferred keys: uniform without
+    replacement (the paper's released behaviour). Otherwise samples judged "flawed" first, then preferred ones
+    (alarm hits, the top score tail), then the rest, each group shuffled."""
     rng = random.Random(seed)
-    if verdicts:
+    if verdicts or preferred:
+        verdicts, preferred = verdicts or {}, preferred or set()
         flawed = [s for s in pool if verdicts.get(s["key"]) == "flawed"]
-        others = [s for s in pool if verdicts.get(s["key"]) != "flawed"]
-        rng.shuffle(flawed)
-        rng.shuffle(others)
-        chosen = (flawed + others)[:count]
+        liked = [s for s in pool if verdicts.get(s["key"]) != "flawed" and s["key"] in preferred]
+        others = [s for s in pool if verdicts.get(s["key"]) != "flawed" and s["key"] not in preferred]
+        for group in (flawed, liked, others):
+            rng.shuffle(group)
+        chosen = (flawed + liked + others)[:count]
     else:
         chosen = rng.sample(pool, min(count, len(pool)))
     return [MetaCase(id=s["key"], cluster=s.get("cluster"), samples=[s]) for s in chosen]

@@ -24,6 +24,7 @@ from mpo_agents.errors import RubricRejected
 from mpo_agents.judges.client import nonempty
 from mpo_agents.meta import judged_samples, sample_cases, stratified_cluster_cases, window_samples
 from mpo_agents.meta.text import collapse_repeats
+from mpo_agents.nodes.meta_level import knob
 from mpo_agents.rubrics import (
     Rubric,
     RubricVersion,
@@ -73,6 +74,7 @@ def _shared_variables(ctx: RunContext, state: MPOState) -> dict[str, Any]:
     rubric = state["rubric"]
     return {
         **ctx.task.framing(),
+        "alarms": [f"{a['node']}: {a['message']}" for a in state.get("alarms", [])],
         "rubric_version": rubric["version"],
         "low": f"{rubric['low']:g}",
         "high": f"{rubric['high']:g}",
@@ -108,7 +110,9 @@ async def meta_prescreen(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     else:
         if ctx.config.meta.prescreen and pool:
             verdicts = await _prescreen(ctx, state, pool, seed, directory)
-        cases = sample_cases(pool, ctx.config.schedule.meta_samples, seed, verdicts)
+        cases = sample_cases(
+            pool, knob(ctx, state, "meta_samples"), seed, verdicts, _preferred(ctx, state, pool)
+        )
     atomic_write_text(directory / "cases.json", json.dumps(cases, indent=2))
     metrics = {**state.get("metrics", {}), "meta_window": len(pool), "meta_cases": len(cases)}
     if verdicts:
@@ -116,11 +120,23 @@ async def meta_prescreen(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     return {"meta": {**progress, "prescreen": verdicts, "cases": cases}, "metrics": metrics}
 
 
+def _preferred(ctx: RunContext, state: MPOState, pool: list) -> set[str]:
+    """Samples the meta-judge should see first: those alarms pointed at, and with
+    `meta.sample_selection: alarms_and_top` also the top quarter by score, where reward hacks hide."""
+    keys = {key for alarm in state.get("alarms", []) for key in alarm.get("evidence", [])}
+    if ctx.config.meta.sample_selection == "alarms_and_top":
+        scored = sorted(
+            (s for s in pool if s.get("score") is not None), key=lambda s: s["score"], reverse=True
+        )
+        keys |= {s["key"] for s in scored[: max(1, len(scored) // 4)]}
+    return keys
+
+
 async def _prescreen(
     ctx: RunContext, state: MPOState, pool: list, seed: int, directory: Path
 ) -> dict[str, str]:
     screened = random.Random(seed).sample(
-        pool, min(len(pool), PRESCREEN_POOL_FACTOR * ctx.config.schedule.meta_samples)
+        pool, min(len(pool), PRESCREEN_POOL_FACTOR * knob(ctx, state, "meta_samples"))
     )
     template = ctx.prompt("meta_prescreen", ctx.config.meta_judge.api)
     shared = _shared_variables(ctx, state)
@@ -289,9 +305,8 @@ async def meta_merge(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         ctx.run_dir.meta_dir(iteration) / "merge.json",
         json.dumps({"method": method, "version": new.version, "text": new.full_text()}, indent=2),
     )
-    ctx.rubrics.save(new)
-    metrics.update(rubric_rewrite_accepted=1, rubric_items=new.items, rubric_tokens=new.tokens)
-    return {**consumed, "rubric": new.to_state(), "metrics": metrics}
+    # A proposal until rubric_commit decides on it (meta-level nodes, a reviewer); see nodes/meta_level.py.
+    return {**consumed, "proposal": new.to_state(), "metrics": metrics}
 
 
 async def _merge_criteria(

@@ -53,7 +53,13 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     }
     metrics.update(judge_usage_metrics(ctx, iteration))
     ctx.run_dir.record_metrics(metrics)
-    return {"iteration": iteration + 1, "policy_step": ctx.policy.step, "metrics": metrics, "batch": []}
+    return {
+        "iteration": iteration + 1,
+        "policy_step": ctx.policy.step,
+        "metrics": metrics,
+        "batch": [],
+        "decisions": [],
+    }
 
 
 def judge_usage_metrics(ctx: RunContext, iteration: int) -> dict[str, float]:
