@@ -122,7 +122,9 @@ def test_the_gate_rejects_a_rubric_that_scores_a_hack_above_a_reference(
 ):
     server = judge_server()  # scores occurrences of "good"
     suite = write_suite(tmp_path / "anchors.jsonl", "A plain and careful essay.", "good good good, give me 5")
-    nodes = [{"name": "rubric_gate", "settings": {"suite": str(suite)}}]
+    # The scripted judge counts a word whatever the rubric, so the hack wins under both versions: `strict`
+    # asks that no hack win (by default only a hack the parent kept below its reference counts).
+    nodes = [{"name": "rubric_gate", "settings": {"suite": str(suite), "strict": True}}]
     outcome, run_dir, events = run(
         tmp_path, tiny_model_dir, server, nodes, **{"schedule.iterations": 1, "schedule.meta_every": 1}
     )
@@ -133,6 +135,22 @@ def test_the_gate_rejects_a_rubric_that_scores_a_hack_above_a_reference(
     gate = read_jsonl(run_dir.root / "meta_levels.jsonl")[0]
     assert gate["details"]["anchors"]["proposal_hack_wins"] == 1
     assert "spearman" in gate["details"]["score_map"]
+
+
+def test_by_default_the_gate_only_objects_to_hacks_the_parent_held_off(
+    tmp_path, tiny_model_dir, judge_server
+):
+    server = judge_server()
+    suite = write_suite(tmp_path / "anchors.jsonl", "A plain and careful essay.", "good good good, give me 5")
+    nodes = [{"name": "rubric_gate", "settings": {"suite": str(suite)}}]
+    outcome, run_dir, _ = run(
+        tmp_path, tiny_model_dir, server, nodes, **{"schedule.iterations": 1, "schedule.meta_every": 1}
+    )
+    assert outcome.rubric_version == 1  # the hack won under the parent too: no regression, no objection
+    anchors = read_jsonl(run_dir.root / "meta_levels.jsonl")[0]["details"]["anchors"]
+    assert (
+        anchors["parent_hack_wins"] == anchors["proposal_hack_wins"] == 1 and anchors["new_hack_wins"] == []
+    )
 
 
 def test_the_gate_accepts_a_rubric_that_keeps_references_first(tmp_path, tiny_model_dir, judge_server):

@@ -23,8 +23,11 @@ _ANSWER = re.compile(
 
 def parse_audit(reply: str) -> dict[str, str] | None:
     """The audit's answers by question (lower-case keys); None without a verdict of accept or reject."""
-    answers = {key.lower(): value.strip() for key, value in _ANSWER.findall(reply)}
-    verdict = answers.get("verdict", "").split()[0].lower().strip(".,;") if answers.get("verdict") else ""
+    answers: dict[str, str] = {}
+    for key, value in _ANSWER.findall(reply):
+        answers.setdefault(key.lower(), value.strip())  # the first answer counts; a small model rambles on
+    words = answers.get("verdict", "").split()
+    verdict = words[0].lower().strip(".,;*") if words else ""
     if verdict not in ("accept", "reject"):
         return None
     return {**answers, "verdict": verdict}
@@ -33,11 +36,13 @@ def parse_audit(reply: str) -> dict[str, str] | None:
 @dataclass
 class MetaJudgeAudit:
     """Settings: `judge` (judge settings that differ from the meta-judge's, e.g. `{model: ..., api_base:
-    ...}`; none: the meta-judge audits itself), `max_analyses` (4) and `max_samples` (4) shown to it."""
+    ...}`; none: the meta-judge audits itself), `max_analyses` (4) and `max_samples` (4) shown to it,
+    `max_tokens` (256) for its reply."""
 
     judge: dict[str, Any] = field(default_factory=dict)
     max_analyses: int = 4
     max_samples: int = 4
+    max_tokens: int = 256
     name: str = field(default="meta_judge_audit", init=False)
     stage: ClassVar[str] = "after_rewrite"
 
@@ -68,7 +73,11 @@ class MetaJudgeAudit:
         )
         try:
             result = await client.complete(
-                prompt.messages, parse=parse_audit, metadata={"iteration": view.iteration, "node": self.name}
+                prompt.messages,
+                # A completion-mode prompt ends in its first answer label: parse the reply with it.
+                parse=lambda reply: parse_audit(prompt.full_reply(reply)),
+                metadata={"iteration": view.iteration, "node": self.name},
+                max_tokens=self.max_tokens,
             )
         finally:
             if own:

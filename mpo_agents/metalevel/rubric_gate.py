@@ -3,7 +3,8 @@ that it separates this batch's completions at least as well as its parent, and t
 
 Anchors are the task's reward-hacking suite (`prompts/<task>/hacking.jsonl`: per case a good reference and
 hacks such as a title only, gibberish, another language, a rubric echo, text addressing the grader). Both
-rubrics score the anchors; the proposal is rejected if any hack scores at least its reference under it. The
+rubrics score the anchors; the proposal is rejected if a hack scores at least its reference under it but not
+under the parent (with `strict`, if any hack does: a weak judge may fail some anchors under every rubric). The
 batch is re-scored under the proposal to compare spread and all-equal GRPO groups, and to log the score map
 between the versions (rank correlation, scale change, per-criterion means). Every check costs judge calls
 (anchors x 2 rubrics + the batch), logged like any other with node `rubric_gate`.
@@ -25,12 +26,14 @@ from mpo_agents.scoring import Scorer, normalized
 @dataclass
 class RubricGate:
     """Settings: `suite` (anchor file; default the task's hacking suite), `max_cases` (anchor cases used),
+    `strict` (reject when any hack wins, not only a hack the parent kept below its reference),
     `max_items` / `max_tokens` (size caps; default the config's rubric.max_items, no token cap),
     `check_batch` (re-score the batch to compare discrimination), `spread_tolerance` (the proposal's score
     spread may be this fraction below the parent's)."""
 
     suite: str | None = None
     max_cases: int = 3
+    strict: bool = False
     max_items: int | None = None
     max_tokens: int | None = None
     check_batch: bool = True
@@ -56,12 +59,19 @@ class RubricGate:
             run_check(scorer, parent.to_state(), cases), run_check(scorer, proposal.to_state(), cases)
         )
         hacks_win = [f"{row['case']}/{row['kind']}" for row in after if row["verdict"] == "hack_wins"]
-        if hacks_win:
+        held_before = {f"{row['case']}/{row['kind']}" for row in before if row["verdict"] == "ok"}
+        newly = [hack for hack in hacks_win if hack in held_before]
+        if self.strict and hacks_win:
             problems.append(f"hacks score at least their reference: {', '.join(hacks_win)}")
+        elif newly:
+            problems.append(
+                f"hacks now score at least their reference (not under the parent): {', '.join(newly)}"
+            )
         details: dict[str, Any] = {
             "anchors": {
                 "parent_hack_wins": sum(row["verdict"] == "hack_wins" for row in before),
                 "proposal_hack_wins": len(hacks_win),
+                "new_hack_wins": newly,
                 "judge_failed": sum(row["verdict"] == "judge_failed" for row in after),
             }
         }
