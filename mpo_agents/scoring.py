@@ -11,7 +11,7 @@ import asyncio
 import json
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.judges.client import PARSE_FAILURES, JudgeResult
@@ -102,6 +102,9 @@ class Scorer:
     task: Task
     judge: JudgeClient | JudgePanel | None
     config: MPOConfig
+    # Overrides of the call-log metadata, e.g. a meta-level node that re-scores: {"node": ..., "iteration": ...}
+    # so that its judge calls are counted as its own in the iteration's usage metrics.
+    call_metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.judge is not None and not isinstance(self.judge, JudgePanel):
@@ -159,6 +162,7 @@ class Scorer:
             "node": "score",
             "sample": sample["key"],
             "rubric_version": rubric["version"],
+            **self.call_metadata,
         }
         # The completion is data to the judge: it cannot close its <response> block or fake the judge's tags.
         variables = {**self.task.prompt_variables(record), "response": as_judge_data(sample["completion"])}

@@ -165,6 +165,7 @@ def test_the_gate_accepts_a_rubric_that_keeps_references_first(tmp_path, tiny_mo
     assert latest.review.startswith("accepted by rubric_gate")
     metrics = read_jsonl(run_dir.metrics_path)[0]
     assert metrics["rubric_gate_proposal_hack_wins"] == 0
+    assert metrics["judge_rubric_gate_tokens"] > 0  # its re-scoring is counted as its own
 
 
 def sample(key: str, text: str, index: int = 0) -> dict:

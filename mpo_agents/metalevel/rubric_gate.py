@@ -51,7 +51,9 @@ class RubricGate:
             problems.append(f"{proposal.items} items, over the cap of {cap}")
         if self.max_tokens is not None and proposal.tokens > self.max_tokens:
             problems.append(f"{proposal.tokens} tokens, over the cap of {self.max_tokens}")
-        scorer = Scorer(ctx.task, ctx.judge, ctx.config)
+        scorer = Scorer(
+            ctx.task, ctx.judge, ctx.config, call_metadata={"node": self.name, "iteration": view.iteration}
+        )
         cases = load_suite(Path(self.suite) if self.suite else default_suite(ctx.task), ctx.task)[
             : self.max_cases
         ]
