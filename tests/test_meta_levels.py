@@ -368,6 +368,11 @@ def test_audit_replies_are_parsed_or_refused():
     }
     assert parse_audit("I think it is fine overall.") is None
     assert parse_audit("Verdict: maybe") is None
+    assert (
+        parse_audit("Loophole: yes, it pays for the word itself. And then some rambling")["verdict"]
+        == "reject"
+    )
+    assert parse_audit("Loophole: No.\nSupported: yes")["verdict"] == "accept"
 
 
 def test_mpo_graph_and_the_studio_entry_show_the_configured_nodes(tmp_path, monkeypatch):

@@ -22,15 +22,23 @@ _ANSWER = re.compile(
 
 
 def parse_audit(reply: str) -> dict[str, str] | None:
-    """The audit's answers by question (lower-case keys); None without a verdict of accept or reject."""
+    """The audit's answers by question (lower-case keys). The verdict is its "Verdict:" line, or without one
+    the "Loophole:" answer (yes: reject, no: accept), which is all a small local model reliably writes.
+    None when neither says."""
     answers: dict[str, str] = {}
     for key, value in _ANSWER.findall(reply):
         answers.setdefault(key.lower(), value.strip())  # the first answer counts; a small model rambles on
-    words = answers.get("verdict", "").split()
-    verdict = words[0].lower().strip(".,;*") if words else ""
+    verdict = _first_word(answers.get("verdict", ""))
     if verdict not in ("accept", "reject"):
+        verdict = {"yes": "reject", "no": "accept"}.get(_first_word(answers.get("loophole", "")), "")
+    if not verdict:
         return None
     return {**answers, "verdict": verdict}
+
+
+def _first_word(text: str) -> str:
+    words = text.split()
+    return words[0].lower().strip(".,;:*") if words else ""
 
 
 @dataclass
