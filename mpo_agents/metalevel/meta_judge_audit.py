@@ -90,9 +90,9 @@ class MetaJudgeAudit:
         finally:
             if own:
                 await client.aclose()
-        if not result.ok:  # no verdict: the audit abstains, and says so in the log
+        if not result.ok:  # no verdict: the audit abstains (metric `meta_judge_audit_abstained`) and says why
             return Decision(
-                reason=f"the audit got no usable verdict ({result.error})", metrics={"failed": 1.0}
+                reason=f"the audit got no usable verdict ({result.error})", metrics={"abstained": 1.0}
             )
         answers = result.value
         return Decision(
