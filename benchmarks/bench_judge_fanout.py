@@ -88,30 +88,21 @@ def main() -> None:
                 await asyncio.gather(*(one(body) for body in payloads))
                 return time.perf_counter() - started
 
-        async def payloads() -> list[bytes]:
-            """The exact JSON bodies our layer sends, recorded once through an httpx event hook on the server."""
+        def payloads() -> list[bytes]:
+            """The exact requests our layer sent in the warm-up round, as its call log recorded them."""
             import json
 
-            from mpo_agents.prompts import load_prompt
-
-            template = load_prompt(task.name, "judge", "chat", task.prompts_dir)
-            out = []
-            for record, sample in zip(records, samples):
-                variables = {**task.prompt_variables(record), "response": sample["completion"]}
-                prompt = template.render(
-                    **variables, rubric=rubric["text"], low=f"{rubric['low']:g}", high=f"{rubric['high']:g}"
-                )
-                out.append(
-                    json.dumps(
-                        {
-                            "model": "bench-judge",
-                            "messages": prompt.messages,
-                            "temperature": config.judge.temperature,
-                            "max_tokens": config.judge.max_tokens,
-                        }
-                    ).encode()
-                )
-            return out
+            return [
+                json.dumps(
+                    {
+                        "model": "bench-judge",
+                        "messages": record["messages"],
+                        "temperature": record["temperature"],
+                        "max_tokens": config.judge.max_tokens,
+                    }
+                ).encode()
+                for record in CallLog.read(Path(scratch) / "calls-0.jsonl")
+            ]
 
         async def bare(payloads: list[bytes]) -> float:
             """The same requests through `litellm.acompletion` alone: what LiteLLM itself costs here."""
@@ -138,8 +129,9 @@ def main() -> None:
             return time.perf_counter() - started
 
         async def run() -> tuple[list[float], list[float], list[float]]:
-            bodies_ = await payloads()
-            await ours(0)  # warm-up: imports, connection pools
+            await ours(0)  # warm-up: imports, connection pools; its call log gives the baselines' requests
+            bodies_ = payloads()
+            assert len(bodies_) == args.judgments, "the warm-up round did not send one request per judgment"
             await raw(bodies_)
             await bare(bodies_)
             our_times, raw_times, bare_times = [], [], []

@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import TEST_ENV, run_overrides
+from test_cli import mpo
+from test_score_cli import as_options
 
 from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
@@ -81,16 +83,7 @@ def test_a_node_from_the_example_package_is_installed_discovered_and_run(
     server = judge_server()
     sets = run_overrides(tiny_model_dir, server.url, **{"schedule.iterations": 1, "schedule.meta_every": 1})
     sets.append("meta_nodes=[{name: rubric_size_watch, settings: {max_growth: 0.0}}]")
-    args = [x for s in sets for x in ("--set", s)]
-    result = subprocess.run(
-        [sys.executable, "-m", "mpo_agents", "run", *args, "--run-dir", str(tmp_path / "run")],
-        check=False,
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = mpo("run", *as_options(sets), "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     log = read_jsonl(tmp_path / "run" / "meta_levels.jsonl")
     assert [entry["node"] for entry in log] == ["rubric_size_watch"]
@@ -274,17 +267,8 @@ def test_a_failing_or_garbage_node_is_named_and_the_run_goes_on(
 
 
 def mpo_cli(*args: str, cwd: Path) -> SimpleNamespace:
-    """`mpo ARGS` in a new process; `.output` is what it printed (stdout and stderr)."""
-    env = {**os.environ, **TEST_ENV, "COLUMNS": "200"}
-    result = subprocess.run(
-        [sys.executable, "-m", "mpo_agents", *args],
-        check=False,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """`mpo ARGS` in a new process, wide enough that rich does not wrap; `.output` is stdout and stderr."""
+    result = mpo(*args, cwd=cwd, env={**TEST_ENV, "COLUMNS": "200"})
     return SimpleNamespace(returncode=result.returncode, output=result.stdout + result.stderr)
 
 
@@ -295,7 +279,7 @@ def test_a_review_pause_survives_restarts_and_resumes_with_accept_edit_and_rejec
     sets = run_overrides(
         tiny_model_dir, server.url, **{"schedule.iterations": 3, "schedule.meta_every": 1, "review": "true"}
     )
-    started = mpo_cli("run", *[x for s in sets for x in ("--set", s)], "--run-dir", "run", cwd=tmp_path)
+    started = mpo_cli("run", *as_options(sets), "--run-dir", "run", cwd=tmp_path)
     assert started.returncode == 0, started.output
     assert "paused for review" in started.output
     run_dir = tmp_path / "run"
