@@ -278,9 +278,20 @@ class JudgeClient:
         )
 
     def stats(self) -> JudgeStats:
-        """A snapshot of this client's totals."""
+        """A snapshot of this client's totals: calls, failures and errors as counted, the rest summed over the
+        per-(iteration, node) usage that every attempt and cache hit is recorded in."""
         with self._lock:
-            return dataclasses.replace(self._stats, errors=dict(self._stats.errors))
+            usages = list(self._usage.values())
+            return dataclasses.replace(
+                self._stats,
+                errors=dict(self._stats.errors),
+                attempts=sum(u.attempts for u in usages),
+                cached=sum(u.cached for u in usages),
+                prompt_tokens=sum(u.prompt_tokens for u in usages),
+                completion_tokens=sum(u.completion_tokens for u in usages),
+                latency_s=sum(u.latency_s for u in usages),
+                cost_usd=sum(u.cost_usd for u in usages),
+            )
 
     async def aclose(self) -> None:
         """Close pooled connections opened on the running event loop."""
@@ -459,12 +470,6 @@ class JudgeClient:
             usage.completion_tokens += record.completion_tokens
             usage.latency_s += record.latency_s
             usage.cost_usd += record.cost_usd
-            self._stats.cost_usd += record.cost_usd
-            self._stats.cached += record.cached
-            self._stats.attempts += not record.cached
-            self._stats.prompt_tokens += record.prompt_tokens
-            self._stats.completion_tokens += record.completion_tokens
-            self._stats.latency_s += record.latency_s
             if record.error is not None:
                 self._stats.errors[record.error] = self._stats.errors.get(record.error, 0) + 1
         if self.call_log is not None:
