@@ -342,6 +342,12 @@ class TrainerConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     seed: int = Field(42, description="Seed of the trainer and of every iteration's rollout sampling.")
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(
+        default_factory=list,
+        description="Training dashboards that also receive each iteration's metrics, through TRL's "
+        "`report_to` (off by default; each needs its package installed: tensorboard or tensorboardX, "
+        "wandb, trackio). TensorBoard logs go to `<run dir>/tensorboard`.",
+    )
 
 
 class ScheduleConfig(_Section):
@@ -442,6 +448,61 @@ class OutputConfig(_Section):
     )
 
 
+class EvalGenerationConfig(_Section):
+    split: str = Field(
+        "test", description="Records whose `split` field equals this (all, if they have none)."
+    )
+    data_path: Path | None = Field(
+        None, description="Data file to generate for; default: the task's `data_path` (or its sample)."
+    )
+    skip: int = Field(
+        0,
+        ge=0,
+        description="Leave out the first N records (e.g. the prompts a run trained on: with "
+        "`task.max_prompts: N` training reads the first N records of the same file).",
+    )
+    limit: int | None = Field(None, ge=1, description="Then only the first N records, in file order.")
+    max_new_tokens: int = Field(400, ge=1, description="Response length limit (the paper's evaluation: 400).")
+    temperature: float = Field(
+        0.0, ge=0, description="0 decodes greedily (the paper samples at 0.01, which is near-greedy)."
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts generated together; each batch is saved at once.")
+    seed: int = Field(0, description="Sampling seed when temperature > 0.")
+
+
+class EloConfig(_Section):
+    judge: JudgeConfig = Field(
+        default_factory=lambda: JudgeConfig(model="openai/gpt-4o", max_tokens=64),
+        description="The pairwise judge (the paper: GPT-4o at temperature 0); any LiteLLM model.",
+    )
+    both_orders: bool = Field(
+        True, description="Judge each pair in both orders (doubles the calls; measures position bias)."
+    )
+    max_prompts: int | None = Field(
+        None, ge=1, description="Judge only the first N prompts the systems share (in id order)."
+    )
+    k: float = Field(4.0, gt=0, description="Elo K factor (the paper: 4).")
+    initial_rating: float = Field(1000.0, description="Every system's starting Elo (the paper: 1000).")
+    runs: int = Field(
+        5, ge=1, description="Independent Elo runs, each over the matches in a new random order."
+    )
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples for the Bradley-Terry confidence intervals; 0 skips them.",
+    )
+    seed: int = Field(0, description="Seed of the match orders and the bootstrap.")
+
+
+class EvaluationConfig(_Section):
+    generation: EvalGenerationConfig = Field(default_factory=EvalGenerationConfig)
+    elo: EloConfig = Field(default_factory=EloConfig)
+
+
+# Every place in the config that holds a judge's settings.
+JUDGE_ROLES = ("judge", "meta_judge", "evaluation.elo.judge")
+
+
 class MPOConfig(BaseSettings):
     """Everything one MPO run needs. Loaded by `load_config`; see docs/config.md for every field."""
 
@@ -477,10 +538,21 @@ class MPOConfig(BaseSettings):
         "node objects (`on_objection`); `mpo review RUN_DIR` shows it and resumes with the decision.",
     )
     output: OutputConfig = Field(default_factory=OutputConfig)
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig,
+        description="`mpo generate` and `mpo eval`: decoding of test generations and the Elo tournament.",
+    )
+
+    def judge_config(self, role: str) -> JudgeConfig:
+        """A judge role's settings by its dotted place in the config (`judge`, `evaluation.elo.judge`)."""
+        cfg: Any = self
+        for part in role.split("."):
+            cfg = getattr(cfg, part)
+        return cfg
 
     def uses_local_server(self, role: str) -> bool:
         """Whether any endpoint of a judge role (deployments, fallbacks, ensemble members) is the local server."""
-        cfg: JudgeConfig = getattr(self, role)
+        cfg = self.judge_config(role)
         members = cfg.member_configs()
         endpoints = [e for member in members for e in (member, *member.deployments, *member.fallbacks)]
         return any(endpoint.use_local_server for endpoint in endpoints)
@@ -495,7 +567,7 @@ class MPOConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _local_server_needed(self) -> MPOConfig:
-        for role in ("judge", "meta_judge"):
+        for role in JUDGE_ROLES:
             if self.uses_local_server(role) and not self.local_server.enabled:
                 raise ValueError(
                     f"{role} (or one of its deployments, fallbacks or ensemble members) sets use_local_server "

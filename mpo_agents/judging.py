@@ -18,6 +18,7 @@ from mpo_agents.state import ScoredSample
 
 if TYPE_CHECKING:
     from mpo_agents.config import MPOConfig
+    from mpo_agents.serving import LocalServer
     from mpo_agents.tasks import Task
 
 T = TypeVar("T")
@@ -35,9 +36,20 @@ def judge_session(
     from mpo_agents.tasks import build_task
 
     task = build_task(config.task)
+    with local_server_for(config, "judge", work_dir) as server:
+        judge = judge_panel(
+            config, environ, server, call_log=CallLog(work_dir / "calls" / "judge.jsonl"), cache=None
+        )
+        yield task, Scorer(task, judge, config)
+
+
+@contextmanager
+def local_server_for(config: MPOConfig, role: str, work_dir: Path) -> Iterator[LocalServer | None]:
+    """The local model server while the block runs, when the judge role uses it (else None); its log goes to
+    `work_dir/server.log`."""
     with ExitStack() as stack:
         server = None
-        if config.uses_local_server("judge"):
+        if config.uses_local_server(role):
             from mpo_agents.policy import resolve_model_dir
             from mpo_agents.serving import local_server
 
@@ -45,10 +57,7 @@ def judge_session(
             server = stack.enter_context(
                 local_server(model_dir, config.local_server, work_dir / "server.log")
             )
-        judge = judge_panel(
-            config, environ, server, call_log=CallLog(work_dir / "calls" / "judge.jsonl"), cache=None
-        )
-        yield task, Scorer(task, judge, config)
+        yield server
 
 
 def run_scoring(scorer: Scorer, work: Callable[[], Awaitable[T]]) -> T:

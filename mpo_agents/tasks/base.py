@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -73,7 +73,12 @@ class Task:
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+    # False builds the task's prompts and rules without reading its data (what `mpo eval` needs).
+    load_data: InitVar[bool] = True
+
+    def __post_init__(self, load_data: bool) -> None:
+        if not load_data:
+            return
         self.records = self.prepare_records(self.load_records())
         random.Random(self.config.shuffle_seed).shuffle(self.records)
 
@@ -148,6 +153,10 @@ class Task:
 
     def reference_of(self, record: dict[str, Any]) -> str | None:
         """A reference answer the meta-judge may compare with (math: the worked solution); None if none."""
+        return None
+
+    def evaluation_reference(self, record: dict[str, Any]) -> str | None:
+        """What `mpo eval` compares a test response with (summary, gold verdict, gold answer); None if nothing."""
         return None
 
     def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:

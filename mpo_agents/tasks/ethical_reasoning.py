@@ -41,6 +41,9 @@ class EthicalReasoning(Task):
             return None
         return {**record, "action": description, "gold_verdict": label}
 
+    def evaluation_reference(self, record: dict[str, Any]) -> str | None:
+        return record["gold_verdict"]
+
     def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
         return {
             "title": record["title"],

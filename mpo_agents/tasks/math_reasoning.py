@@ -59,6 +59,9 @@ class MathReasoning(Task):
     def reference_of(self, record: dict[str, Any]) -> str | None:
         return record.get("solution")
 
+    def evaluation_reference(self, record: dict[str, Any]) -> str | None:
+        return record.get("answer") or None
+
     def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
         return {"problem": record["problem"]}
 

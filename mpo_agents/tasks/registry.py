@@ -35,8 +35,9 @@ def available_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def build_task(config: TaskConfig) -> Task:
+def build_task(config: TaskConfig, load_data: bool = True) -> Task:
+    """The configured task; `load_data=False` skips reading (and preparing) its records."""
     _discover()
     if config.name not in _TASKS:
         raise ConfigError(f"task.name: unknown task '{config.name}'. Available: {', '.join(sorted(_TASKS))}")
-    return _TASKS[config.name](config=config)
+    return _TASKS[config.name](config=config, load_data=load_data)

@@ -23,6 +23,9 @@ class Summarization(Task):
         summary = record.get("clean_summary") or record.get("summary")
         return {**record, "text": text, "summary": summary}
 
+    def evaluation_reference(self, record: dict[str, Any]) -> str | None:
+        return record.get("summary") or None
+
     def record_variables(self, record: dict[str, Any]) -> dict[str, Any]:
         return {"text": record["text"], "word_limit": self.word_limit}
 
