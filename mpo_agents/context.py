@@ -170,7 +170,7 @@ def build_context(
         torch.set_num_threads(config.policy.cpu_threads)
     task = build_task(config.task)
     judge, meta_judge = build_judges(config, run_dir, environ, server)
-    policy = build_policy(config.policy, config.trainer, run_dir.root / "trainer")
+    policy = build_policy(config.policy, config.trainer, run_dir.root / "trainer", run_dir.tensorboard_dir)
     return RunContext(
         config=config,
         run_dir=run_dir,

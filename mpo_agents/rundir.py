@@ -87,13 +87,19 @@ class RunDirectory:
     def calls_path(self, role: str) -> Path:
         return self.root / "calls" / f"{role}.jsonl"
 
-    def record_metrics(self, metrics: dict[str, Any]) -> None:
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files, when `trainer.report_to` names tensorboard (not created otherwise)."""
+        return self.root / "tensorboard"
+
+    def record_metrics(self, metrics: dict[str, Any]) -> bool:
         """Append one iteration's metrics unless that iteration is already recorded (a re-run node after a
-        crash must not duplicate the line)."""
+        crash must not duplicate the line). True when the line was written now."""
         done = {record.get("iteration") for record in read_jsonl(self.metrics_path)}
         if metrics["iteration"] in done:
-            return
+            return False
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(metrics) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        return True

@@ -125,6 +125,7 @@ def execute(
             )
         status("loading the policy and building the TRL trainer")
         ctx = build_context(config, run_dir, environ, server)
+        stack.callback(ctx.policy.close)  # complete the dashboards' files however the run ends
         latest = latest_checkpoint(run_dir.policy_dir)
         if latest is not None:
             if fresh:

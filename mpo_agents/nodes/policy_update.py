@@ -52,7 +52,9 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         **{f"update_{key}" if not key.startswith("update") else key: value for key, value in stats.items()},
     }
     metrics.update(judge_usage_metrics(ctx, iteration))
-    ctx.run_dir.record_metrics(metrics)
+    if ctx.run_dir.record_metrics(metrics):
+        # Only a newly written line: a node re-run after a crash must not put an iteration on a dashboard twice.
+        ctx.policy.log_metrics(metrics, iteration)
     return {
         "iteration": iteration + 1,
         "policy_step": ctx.policy.step,

@@ -71,3 +71,11 @@ class PolicyBackend(Protocol):
     def load(self, directory: Path) -> None:
         """Restore weights, optimizer, scheduler, step and RNG states from a checkpoint."""
         ...
+
+    def log_metrics(self, metrics: dict[str, Any], iteration: int) -> None:
+        """Send one iteration's metrics to the training dashboards (`trainer.report_to`), if any."""
+        ...
+
+    def close(self) -> None:
+        """Flush and close the dashboards at the end of a run."""
+        ...

@@ -25,12 +25,19 @@ from typing import Any
 import torch
 
 from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, TrainerConfig
+from mpo_agents.errors import ConfigError
 from mpo_agents.policy.base import Rollout
 
 logger = logging.getLogger(__name__)
 
 # Key of the extra rollout column that carries each row's id from `rollout_func` to the reward function.
 ROLLOUT_KEY_COLUMN = "rollout_key"
+# `trainer.report_to` integration -> the modules transformers accepts for it (any one will do) and the fix.
+DASHBOARD_PACKAGES = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+    "wandb": (("wandb",), "pip install wandb"),
+    "trackio": (("trackio",), "pip install trackio"),
+}
 
 
 class _ReplayBatch:
@@ -100,7 +107,7 @@ def grpo_config(
         # TRL's default (None) means bf16=True, which CPU-fp32 runs must not get.
         "bf16": dtype == torch.bfloat16,
         "fp16": dtype == torch.float16,
-        "report_to": "none",
+        "report_to": list(dict.fromkeys(trainer_cfg.report_to)) or "none",
         "save_strategy": "no",
         "logging_steps": 1,
         # TRL defaults to checkpointing on: only slower for our models (`gradient_checkpointing` is the old name).
@@ -125,20 +132,30 @@ class TRLGRPOPolicy:
         device: str,
         output_dir: Path,
         lora: LoraConfig | None = None,
+        tensorboard_dir: Path | None = None,
     ) -> None:
         """Build the trainer once. `model` must be freshly loaded from the BASE model directory: in full
         fine-tuning TRL loads its KL reference model from `model.config._name_or_path`, so the reference stays
         the initial policy (also after `load()` puts checkpoint weights into the policy).
 
         `lora` (`policy.lora`): when enabled, TRL wraps `model` in a LoRA adapter and only the adapter trains;
-        the reference is then `model` itself with the adapter disabled."""
+        the reference is then `model` itself with the adapter disabled. `tensorboard_dir`: where TensorBoard
+        event files go when `trainer.report_to` names it (default `<output_dir>/tensorboard`)."""
         self.trainer_cfg = trainer_cfg
         self.generation_cfg = generation_cfg
         self.device = device
         self.lora = lora if lora is not None and lora.enabled else None
         self._batch = _ReplayBatch()
         self.trainer = _build_trainer(
-            model, tokenizer, self._batch, trainer_cfg, generation_cfg, device, output_dir, self.lora
+            model,
+            tokenizer,
+            self._batch,
+            trainer_cfg,
+            generation_cfg,
+            device,
+            output_dir,
+            self.lora,
+            tensorboard_dir or output_dir / "tensorboard",
         )
         self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_parameters = sum(p.numel() for p in self.model.parameters())
@@ -255,6 +272,40 @@ class TRLGRPOPolicy:
             "seconds": time.perf_counter() - started,
         }
 
+    # --- dashboards (`trainer.report_to`) ---------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, Any], iteration: int) -> None:
+        """Send one iteration's final metrics to the dashboards through `trainer.log`, at step `iteration`.
+
+        Path A never runs `trainer.train()`, so TRL's integration callbacks (TensorBoard, wandb, trackio) only
+        hear of training through this call; each creates its writer or run on its first `on_log`. The step is
+        the MPO iteration, as in metrics.jsonl (it differs from the optimizer step once an update was skipped).
+        Only finite numbers are sent. `GRPOTrainer.log` also merges TRL's own metric buffer, but `update()`
+        has already drained it, so nothing is counted twice. A no-op without `report_to` and off the main
+        process."""
+        trainer = self.trainer
+        if not trainer.args.report_to or not trainer.accelerator.is_main_process:
+            return
+        numeric = {
+            key: float(value)
+            for key, value in metrics.items()
+            if key != "iteration" and isinstance(value, int | float) and math.isfinite(value)
+        }
+        steps = trainer.state.global_step
+        trainer.state.global_step = iteration  # the callbacks read the step from the trainer state
+        try:
+            trainer.log(numeric)
+        finally:
+            trainer.state.global_step = steps
+
+    def close(self) -> None:
+        """Flush and close the dashboards (TensorBoard event files, the trackio run), as the end of
+        `trainer.train()` would. Safe to call more than once."""
+        trainer = self.trainer
+        if trainer.args.report_to and trainer.accelerator.is_main_process:
+            trainer.control = trainer.callback_handler.on_train_end(
+                trainer.args, trainer.state, trainer.control
+            )
+
     # --- checkpoints ----------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Atomic checkpoint (weights, or the adapter alone in LoRA mode; optimizer, scheduler, step, RNGs)."""
@@ -277,10 +328,12 @@ def _build_trainer(
     generation_cfg: GenerationConfig,
     device: str,
     output_dir: Path,
-    lora: LoraConfig | None = None,
+    lora: LoraConfig | None,
+    tensorboard_dir: Path,
 ) -> Any:
     """GRPOTrainer plus what HF's training loop would set up before its first step."""
     from datasets import Dataset
+    from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOTrainer
 
     from mpo_agents.policy.models import quiet_progress_bars
@@ -290,7 +343,11 @@ def _build_trainer(
     args = grpo_config(trainer_cfg, generation_cfg, device, model.dtype, output_dir)
     # TRL insists on a train dataset; we never iterate it (the graph supplies each batch).
     placeholder = Dataset.from_dict({"prompt": [""] * trainer_cfg.prompts_per_iteration})
-    with quiet_progress_bars():  # TRL loads the reference model here
+    # transformers 5 has no `logging_dir` argument: its TensorBoardCallback reads TENSORBOARD_LOGGING_DIR once,
+    # when the trainer builds it (without it, the writer `on_log` opens lazily writes to ./runs of the cwd).
+    tensorboard = str(tensorboard_dir) if "tensorboard" in trainer_cfg.report_to else None
+    # TRL loads the reference model here.
+    with quiet_progress_bars(), _environ("TENSORBOARD_LOGGING_DIR", tensorboard):
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=[batch.judge_score],
@@ -308,6 +365,12 @@ def _build_trainer(
     trainer.create_scheduler(num_training_steps=1_000_000)  # constant schedule: the horizon is irrelevant
     # Normally set per step inside HF's loop; TRL's loss divides by it (AttributeError if missing).
     trainer.current_gradient_accumulation_steps = 1
+    # The loop's console output (a tqdm bar, or a `print` of every log) belongs to `trainer.train()`, which path A
+    # never runs: left in, `log_metrics` would print to the terminal and `close` would close a bar never opened.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    # The train dataset is never iterated: no epoch (`trainer.log` would report a constant epoch 0).
+    trainer.state.epoch = None
     # TRL loads the reference model with `use_cache=True`; its scoring forward then builds a KV cache it never
     # uses. Measured on SmolLM2-135M (8 x ~165 tokens): the update takes 17.5 s without it vs 23 s with it.
     if trainer.ref_model is not None:
@@ -408,6 +471,37 @@ def _cut_after_eos(rows: list[list[int]], eos_ids: set[int]) -> list[tuple[list[
     return cut
 
 
+def check_report_to(report_to: list[str]) -> None:
+    """Fail before any model loads when a dashboard of `trainer.report_to` lacks its package (transformers would
+    only raise while building the trainer, with a message that names neither the field nor our fix)."""
+    import importlib.util
+
+    for name in report_to:
+        modules, fix = DASHBOARD_PACKAGES[name]
+        if not any(importlib.util.find_spec(module) is not None for module in modules):
+            raise ConfigError(
+                f"trainer.report_to includes '{name}', but the {' or '.join(modules)} package is not installed; "
+                f"`{fix}`, or remove '{name}' from trainer.report_to"
+            )
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str | None) -> Iterator[None]:
+    """Set one environment variable for the block and restore it after; `None` leaves it as it is."""
+    if value is None:
+        yield
+        return
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, device: str) -> Iterator[None]:
     """Seed sampling without disturbing the global RNG stream the trainer uses (forked and restored)."""
@@ -432,17 +526,29 @@ def _eval_then_train(model: Any) -> Iterator[None]:
         model.train()
 
 
-def build_policy(policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir: Path) -> TRLGRPOPolicy:
+def build_policy(
+    policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir: Path, tensorboard_dir: Path | None = None
+) -> TRLGRPOPolicy:
     """Resolve the model directory, device and dtype, load the base model and build its trainer.
 
     `work_dir` becomes TRL's `output_dir`: created, but nothing is written there (`save_strategy="no"`);
-    checkpoints go wherever `save()` is pointed."""
+    checkpoints go wherever `save()` is pointed. `tensorboard_dir`: where TensorBoard event files go when
+    `trainer.report_to` names it (default `<work_dir>/tensorboard`). A dashboard whose package is missing
+    raises ConfigError before the model loads."""
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
 
+    check_report_to(trainer_cfg.report_to)
     model_dir = resolve_model_dir(policy_cfg.model)
     device = resolve_device(policy_cfg)
     dtype = resolve_dtype(policy_cfg, device)
     model, tokenizer = load_policy_model(model_dir, device, dtype)
     return TRLGRPOPolicy(
-        model, tokenizer, trainer_cfg, policy_cfg.generation, device, Path(work_dir), lora=policy_cfg.lora
+        model,
+        tokenizer,
+        trainer_cfg,
+        policy_cfg.generation,
+        device,
+        Path(work_dir),
+        lora=policy_cfg.lora,
+        tensorboard_dir=tensorboard_dir,
     )
