@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,35 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_checked_jsonl(
+    path: Path, required: Sequence[str], what: str, *, torn_tail_ok: bool = False
+) -> list[dict[str, Any]]:
+    """Rows of a JSONL file that a person may have written or edited: errors name the file, the line and the
+    missing fields (`what` says what the file should be). With `torn_tail_ok`, an unreadable *last* line (a kill
+    mid-append) is skipped instead of refused."""
+    from mpo_agents.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist ({what})")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if torn_tail_ok and number == len(lines):
+                break
+            raise ConfigError(f"{path} line {number} is not JSON: {exc.msg}") from exc
+        missing = [name for name in required if name not in row]
+        if missing:
+            raise ConfigError(f"{path} line {number} has no {', '.join(missing)} field ({what})")
+        rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True)

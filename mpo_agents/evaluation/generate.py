@@ -170,17 +170,11 @@ def _resume_state(output: Path, expected: dict[str, Any]) -> set[str]:
                 f"{output} was generated with other settings ({', '.join(changed)} differ); "
                 f"write to a new --output or delete it to start again"
             )
-        lines = output.read_text(encoding="utf-8").splitlines()
-        rows = []
-        for line in lines:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        if len(rows) != len(lines):
-            from mpo_agents.rundir import write_jsonl
+        from mpo_agents.rundir import read_checked_jsonl, write_jsonl
 
-            write_jsonl(output, rows)
+        rows = read_checked_jsonl(output, ("id",), "generations", torn_tail_ok=True)
+        if len(rows) != sum(bool(line.strip()) for line in output.read_text(encoding="utf-8").splitlines()):
+            write_jsonl(output, rows)  # drop the torn line, so the next append starts on a line of its own
         return {row["id"] for row in rows}
     if output.exists() and output.stat().st_size:
         raise ConfigError(f"{output} exists but was not written by `mpo generate`; choose another --output")
@@ -256,21 +250,9 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def read_generations(path: Path) -> list[dict[str, Any]]:
     """Rows of a generations file, checked: each needs `id` and `response`, ids unique."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist (write it with `mpo generate`)")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} line {number} is not JSON: {exc.msg}") from exc
-        missing = [name for name in ("id", "response") if name not in row]
-        if missing:
-            raise ConfigError(f"{path} line {number} has no {', '.join(missing)} field")
-        rows.append(row)
+    from mpo_agents.rundir import read_checked_jsonl
+
+    rows = read_checked_jsonl(path, ("id", "response"), "a generations file written by `mpo generate`")
     ids = [str(row["id"]) for row in rows]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: ids repeat")

@@ -99,23 +99,14 @@ def schedule(
 
 def read_verdicts(path: Path) -> list[dict[str, Any]]:
     """Verdicts of a tournament file; a torn last line (a kill mid-write) is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist (a verdicts.jsonl written by `mpo eval elo`)")
-    verdicts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            verdict = json.loads(line)
-        except json.JSONDecodeError:
-            logger.warning("%s line %d is cut short; skipped", path, number)
-            continue
-        missing = [name for name in ("prompt_id", "first", "second", "winner") if name not in verdict]
-        if missing:
-            raise ConfigError(f"{path} line {number} is not a verdict: no {', '.join(missing)} field")
-        verdicts.append(verdict)
-    return verdicts
+    from mpo_agents.rundir import read_checked_jsonl
+
+    return read_checked_jsonl(
+        path,
+        ("prompt_id", "first", "second", "winner"),
+        "verdicts written by `mpo eval elo`",
+        torn_tail_ok=True,
+    )
 
 
 class Tournament:
