@@ -673,6 +673,13 @@ def eval_elo(
         _fail(exc)
     _show_elo(summary)
     Console().print(f"Ratings: {where}; verdicts: {summary['verdicts']}")
+    if summary["matches"] == 0:
+        console.print(
+            "[red]No usable verdict[/]: every judgment failed, so these ratings mean nothing. The judge's replies "
+            f"are in {Path(summary['verdicts']).parent / 'calls' / 'elo_judge.jsonl'}; run the command again to "
+            "retry them (a small model often does better with evaluation.elo.judge.api=completion)."
+        )
+        raise typer.Exit(code=1)
 
 
 def _show_elo(summary: dict[str, Any]) -> None:
@@ -703,8 +710,9 @@ def _show_elo(summary: dict[str, Any]) -> None:
     judge = summary.get("judge")
     if judge:
         out.print(
-            f"Judge {judge['model']}: {judge['calls']} calls ({judge['cached']} cached, {judge['failed']} failed), "
-            f"{judge['tokens']} tokens, ${judge['cost_usd']:.4f}"
+            f"Judge {judge['model']}: {judge['calls']} calls now ({judge['cached']} cached, {judge['failed']} "
+            f"failed); the whole tournament so far: {judge['attempts_total']} attempts, {judge['tokens_total']} "
+            f"tokens, ${judge['cost_usd_total']:.4f}"
         )
 
 

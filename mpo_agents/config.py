@@ -470,9 +470,18 @@ class EvalGenerationConfig(_Section):
     seed: int = Field(0, description="Sampling seed when temperature > 0.")
 
 
+class EloJudgeConfig(JudgeConfig):
+    """A judge config whose defaults suit a pairwise verdict (so a partial mapping in YAML keeps them)."""
+
+    model: str = Field("openai/gpt-4o", description="LiteLLM model string (the paper: GPT-4o).")
+    max_tokens: int = Field(
+        256, ge=1, description="Reply length limit: a short comparison, then the verdict."
+    )
+
+
 class EloConfig(_Section):
-    judge: JudgeConfig = Field(
-        default_factory=lambda: JudgeConfig(model="openai/gpt-4o", max_tokens=64),
+    judge: EloJudgeConfig = Field(
+        default_factory=EloJudgeConfig,
         description="The pairwise judge (the paper: GPT-4o at temperature 0); any LiteLLM model.",
     )
     both_orders: bool = Field(

@@ -504,3 +504,21 @@ def test_cli_generates_from_a_lora_run_and_the_chain_reaches_the_report(
     assert rendered.returncode == 0, rendered.stderr[-2000:]
     html = report.read_text()
     assert f"{summary['elo']['run']['mean']:.1f}" in html and "<svg" in html
+
+
+def test_cli_tournament_without_a_single_verdict_exits_1_and_says_why(tmp_path, judge_server, three_systems):
+    server = judge_server(lambda prompt_text, request_json: "I would rather not say.")
+    sets = [
+        "evaluation.elo.judge.model=openai/test-judge",
+        f"evaluation.elo.judge.api_base={server.url}",
+        "evaluation.elo.judge.api_key_env=TEST_JUDGE_KEY",
+        "evaluation.elo.judge.retries=0",
+        "evaluation.elo.max_prompts=1",
+    ]
+    args = [x for s in sets for x in ("--set", s)]
+    result = mpo(
+        "eval", "elo", *map(str, three_systems), "--output", str(tmp_path / "t"), *args, env=TEST_ENV
+    )
+    assert result.returncode == 1
+    assert "No usable verdict" in result.stderr and "Failed judgments: 6 of 6" in result.stdout
+    assert json.loads((tmp_path / "t" / "elo.json").read_text())["failed"] == 6

@@ -111,7 +111,15 @@ def elo_summary() -> dict[str, Any]:
     return {
         "kind": "elo",
         "systems": ["mpo", "fixed"],
-        "judge": {"model": "openai/arena-judge", "calls": 40, "failed": 2, "cached": 0, "cost_usd": 0.031},
+        "judge": {
+            "model": "openai/arena-judge",
+            "calls": 40,
+            "failed": 2,
+            "cached": 0,
+            "attempts_total": 42,
+            "tokens_total": 12345,
+            "cost_usd_total": 0.031,
+        },
         "prompts": 10,
         "judgments": 38,
         "matches": 19,
@@ -214,6 +222,7 @@ def test_report_shows_the_runs_numbers_rubric_diff_decisions_and_evaluations(rep
     assert "No iterations finished yet" in html  # the run that has only just started
     # evaluations: Elo (found in the run's eval/), ROUGE and accuracy side by side
     assert "1012.4 ± 3.1" in html and "987.6 ± 3.1" in html and "990.5 – 1080.2" in html
+    assert "judge openai/arena-judge" in html and "42 judge calls, 12,345 tokens" in html
     assert "11–6–2" in html and "63.2%" in html  # win matrix cell, first-position win rate
     assert "Skipped:" in html and "kind &#39;bleu&#39;" in html
     assert "41.2" in html and "38.7" in html and "18.0" in html

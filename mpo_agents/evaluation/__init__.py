@@ -83,14 +83,16 @@ def run_elo(
     stats = judge.stats()
     summary = summarize(verdicts, tournament.systems, settings)
     summary["task"] = task.name
+    # Calls of this invocation, and what the whole tournament cost so far (its call log spans every resume).
+    logged = [r for r in CallLog.read(judge.call_log.path) if not r.get("cached")] if judge.call_log else []
     summary["judge"] = {
-        "model": settings.judge.model,
+        "model": judge.cfg.model,  # the model actually called (the local server's, when it is used)
         "calls": stats.calls,
         "failed": stats.failures,
         "cached": stats.cached,
-        "attempts": stats.attempts,
-        "tokens": stats.prompt_tokens + stats.completion_tokens,
-        "cost_usd": stats.cost_usd,
+        "attempts_total": len(logged),
+        "tokens_total": sum(r.get("prompt_tokens", 0) + r.get("completion_tokens", 0) for r in logged),
+        "cost_usd_total": sum(r.get("cost_usd") or 0.0 for r in logged),
     }
     summary["generations"] = {name: str(Path(path)) for name, path in zip(generations, paths, strict=True)}
     summary["verdicts"] = str(output_dir / VERDICTS_NAME)

@@ -136,10 +136,14 @@ def _elo_facts(data: dict[str, Any]) -> list[str]:
         facts.append(f"K = {fmt_number(data['k'])}")
     if data.get("runs") is not None:
         facts.append(f"Elo over {fmt_number(data['runs'])} shuffled match orders")
-    if judge:
-        calls, failed, cached = (fmt_number(judge.get(k, 0)) for k in ("calls", "failed", "cached"))
+    if data.get("judgments") is not None:
         facts.append(
-            f"{calls} judge calls ({failed} failed, {cached} cached), {fmt_usd(judge.get('cost_usd'))}"
+            f"{fmt_number(data['judgments'])} judgments ({fmt_number(data.get('failed', 0))} failed)"
+        )
+    if judge.get("attempts_total") is not None:
+        facts.append(
+            f"{fmt_number(judge['attempts_total'])} judge calls, {fmt_number(judge.get('tokens_total'))} tokens, "
+            f"{fmt_usd(judge.get('cost_usd_total'))}"
         )
     return facts
 
