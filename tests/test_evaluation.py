@@ -276,7 +276,8 @@ def test_cli_tournament_prints_ratings_and_rerates(tmp_path, judge_server, three
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "good" in result.stdout and "Position bias: the first response won 50%" in result.stdout
-    assert "24 calls (0 cached" in result.stdout
+    shown = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "24 calls now (0 cached, 0 failed); the whole tournament so far: 24 attempts" in shown
     again = mpo(
         "eval", "elo", *map(str, three_systems), "--output", str(tmp_path / "t2"), *args, env=TEST_ENV
     )
