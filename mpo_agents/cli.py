@@ -707,6 +707,15 @@ def _show_elo(summary: dict[str, Any]) -> None:
         f"{bias['second_wins']} second, {bias['ties']} ties); both orders agreed on {consistency} of "
         f"{bias['pairs_both_orders']} pairs. Failed judgments: {summary['failed']} of {summary['judgments']}."
     )
+    decided = bias["first_wins"] + bias["second_wins"]
+    if decided >= 10 and abs(bias["first_win_rate"] - 0.5) >= 0.25:
+        side = "first" if bias["first_win_rate"] > 0.5 else "second"
+        advice = (
+            "both orders are judged, so a split pair counts as a tie"
+            if bias["pairs_both_orders"]
+            else "with one order, the ratings mostly reflect who was shown first: judge both orders"
+        )
+        out.print(f"[yellow]The judge strongly favours the {side} response[/]; {advice}.")
     judge = summary.get("judge")
     if judge:
         out.print(

@@ -221,6 +221,9 @@ def test_position_swap_doubles_the_calls_and_exposes_a_biased_judge(tmp_path, ju
     server.reset()
     both = run_elo(three_systems, elo_config(server.url), TEST_ENV, tmp_path / "both")
     assert single_calls == 12 and len(server.requests) == 2 * single_calls
+    warned = mpo("eval", "elo", "--verdicts", str(tmp_path / "one" / "verdicts.jsonl"))
+    assert "The judge strongly favours the first response" in " ".join(warned.stdout.split())
+    assert "judge both orders" in " ".join(warned.stdout.split())
     assert one_order["position_bias"]["pairs_both_orders"] == 0
     bias = both["position_bias"]
     assert bias["first_win_rate"] == 1.0 and bias["consistency"] == 0.0 and bias["first_wins"] == 24
@@ -282,10 +285,13 @@ def test_cli_tournament_prints_ratings_and_rerates(tmp_path, judge_server, three
         "eval", "elo", *map(str, three_systems), "--output", str(tmp_path / "t2"), *args, env=TEST_ENV
     )
     assert again.returncode == 0 and len(server.requests) == 48  # a new output dir has its own cache
+    mpo("eval", "elo", "--verdicts", str(tmp_path / "t" / "verdicts.jsonl"), "--set", "evaluation.elo.k=8")
+    beside = json.loads((tmp_path / "t" / "elo.json").read_text())
+    assert beside["k"] == 8 and beside["judge"]["attempts_total"] == 24  # re-rated in place, judge facts kept
     rerated = rerate(
         tmp_path / "t" / "verdicts.jsonl", load_config(None, ["evaluation.elo.k=32"]), tmp_path / "r.json"
     )
-    first = json.loads((tmp_path / "t" / "elo.json").read_text())
+    first = json.loads((tmp_path / "t2" / "elo.json").read_text())
     assert rerated["matches"] == first["matches"]
     assert (
         rerated["elo"]["good"]["mean"] - 1000 > first["elo"]["good"]["mean"] - 1000

@@ -109,6 +109,10 @@ def rerate(verdicts_path: Path, config: MPOConfig, output: Path) -> dict[str, An
         raise ConfigError(f"{verdicts_path} holds no verdicts")
     systems = sorted({v["first"] for v in verdicts} | {v["second"] for v in verdicts})
     summary = summarize(verdicts, systems, config.evaluation.elo)
+    if output.is_file():  # re-rating the tournament beside it: keep what only the judged run knew
+        earlier = json.loads(output.read_text(encoding="utf-8"))
+        if earlier.get("kind") == "elo":
+            summary.update({key: earlier[key] for key in ("task", "judge", "generations") if key in earlier})
     summary["verdicts"] = str(verdicts_path)
     write_summary(output, summary)
     return summary
