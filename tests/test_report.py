@@ -222,6 +222,7 @@ def test_report_shows_the_runs_numbers_rubric_diff_decisions_and_evaluations(rep
     assert "No iterations finished yet" in html  # the run that has only just started
     # evaluations: Elo (found in the run's eval/), ROUGE and accuracy side by side
     assert "1012.4 ± 3.1" in html and "987.6 ± 3.1" in html and "990.5 – 1080.2" in html
+    assert "each pair judged in both orders" in html
     assert "judge openai/arena-judge" in html and "42 judge calls, 12,345 tokens" in html
     assert "11–6–2" in html and "63.2%" in html  # win matrix cell, first-position win rate
     assert "Skipped:" in html and "kind &#39;bleu&#39;" in html

@@ -136,6 +136,11 @@ def _elo_facts(data: dict[str, Any]) -> list[str]:
         facts.append(f"K = {fmt_number(data['k'])}")
     if data.get("runs") is not None:
         facts.append(f"Elo over {fmt_number(data['runs'])} shuffled match orders")
+    bias = data.get("position_bias") or {}
+    if bias:
+        facts.append(
+            "each pair judged in both orders" if bias.get("pairs_both_orders") else "one order per pair"
+        )
     if data.get("judgments") is not None:
         facts.append(
             f"{fmt_number(data['judgments'])} judgments ({fmt_number(data.get('failed', 0))} failed)"
