@@ -44,3 +44,29 @@ def test_quickstart_runs_offline_and_rewrites_the_rubric(tmp_path):
             assert (sample["status"] == "scored") == (sample["score"] is not None)
     calls = [json.loads(line) for line in (run_dir / "calls" / "judge.jsonl").read_text().splitlines()]
     assert calls and all(call["prompt"] for call in calls)
+
+    # The README's comparison flow on the same run: generate (the quickstart's `evaluation` section), a base
+    # model to compare with, a tournament judged by the local SmolLM2 server, one report.
+    def mpo(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [sys.executable, "-m", "mpo_agents", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    config = str(REPO / "examples" / "quickstart.yaml")
+    mpo("generate", str(run_dir))
+    generations = run_dir / "eval" / "generations.test.jsonl"
+    assert len(generations.read_text().splitlines()) == 16
+    base = tmp_path / "base.test.jsonl"
+    mpo("generate", "smollm2-135m", "--config", config, "--name", "base", "--output", str(base))
+    mpo("eval", "elo", str(generations), str(base), "--config", config, "--output", str(tmp_path / "elo"))
+    summary = json.loads((tmp_path / "elo" / "elo.json").read_text())
+    assert summary["judgments"] == 2 * 16 and set(summary["systems"]) == {"quickstart", "base"}
+    report = tmp_path / "report.html"
+    mpo("report", str(run_dir), "--eval", str(tmp_path / "elo" / "elo.json"), "--output", str(report))
+    assert f"{summary['elo']['base']['mean']:.1f}" in report.read_text()
