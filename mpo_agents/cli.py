@@ -231,6 +231,7 @@ def resume(
 ) -> None:
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
     _prepare_environment()
+    from mpo_agents.checkpointing import has_graph_checkpoints
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import saved_config, update_saved_config
 
@@ -238,7 +239,7 @@ def resume(
         config = saved_config(run_dir)
         if budget_usd is not None:
             config = update_saved_config(run_dir, config, schedule={"budget_usd": budget_usd})
-        if not (run_dir / "checkpoints.sqlite").exists():
+        if not has_graph_checkpoints(config, RunDirectory(run_dir)):
             raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
         _run(config, RunDirectory(run_dir), fresh=False)
     except MPOError as exc:

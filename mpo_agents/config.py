@@ -446,6 +446,16 @@ class OutputConfig(_Section):
     keep_policy_checkpoints: int = Field(
         2, ge=1, description="Policy checkpoints kept on disk (the newest); older ones are deleted."
     )
+    checkpointer: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="Where graph checkpoints go: `sqlite` (a file in the run directory) or `postgres` (LangGraph's "
+        "Postgres saver, e.g. shared between machines; each run is its own thread). Needs the `postgres` extra.",
+    )
+    postgres_url_env: str = Field(
+        "MPO_POSTGRES_URL",
+        description="Environment variable holding the Postgres connection string (never the config file: it may "
+        "carry a password).",
+    )
 
 
 class EvalGenerationConfig(_Section):

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from mpo_agents.tasks import Task
 
 log = logging.getLogger(__name__)
-THREAD_ID = "mpo"
 GRAPH_RECURSION_LIMIT = 1_000_000  # a run is a long loop; LangGraph's default of 25 steps is for agents
 
 
@@ -104,6 +103,7 @@ def execute(
     from langgraph.types import Command
     from transformers.utils import logging as hf_logging
 
+    from mpo_agents.checkpointing import check_checkpointer
     from mpo_agents.context import build_context
     from mpo_agents.metalevel import load_meta_nodes
     from mpo_agents.policy import latest_checkpoint, resolve_model_dir
@@ -114,6 +114,7 @@ def execute(
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
     meta_nodes = load_meta_nodes(config.meta_nodes)  # a missing plug-in fails now, before minutes of loading
+    check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
     with ExitStack() as stack:
         server = None
         if config.local_server.enabled:
@@ -135,13 +136,15 @@ def execute(
         inputs: Any = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
         if review is not None:
             inputs = Command(resume=review)
-        return asyncio.run(_drive(ctx, inputs, on_event or (lambda node, update: None), meta_nodes))
+        hook = on_event or (lambda node, update: None)
+        return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
 
 
-async def _drive(ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any]) -> RunOutcome:
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
+async def _drive(
+    ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any], environ: Mapping[str, str]
+) -> RunOutcome:
     from graphs.mpo import build_graph
+    from mpo_agents.checkpointing import open_checkpointer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,9 +156,9 @@ async def _drive(ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list
         loop.remove_signal_handler(signal.SIGINT)
 
     loop.add_signal_handler(signal.SIGINT, request_stop)
-    run_config = {"configurable": {"thread_id": THREAD_ID}, "recursion_limit": GRAPH_RECURSION_LIMIT}
     try:
-        async with AsyncSqliteSaver.from_conn_string(str(ctx.run_dir.checkpoint_db)) as saver:
+        async with open_checkpointer(ctx.config, ctx.run_dir, environ) as (saver, thread):
+            run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
             app = build_graph(meta_nodes).compile(checkpointer=saver)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.root / "timings.jsonl", current)
@@ -246,21 +249,22 @@ class NodeTimings:
 def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     """What a run paused for review waits on (the diff, evidence, verdicts), read from its checkpoints; no
     model is loaded."""
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    import os
 
     from graphs.mpo import build_graph
+    from mpo_agents.checkpointing import open_checkpointer
     from mpo_agents.metalevel import load_meta_nodes
 
     run_dir = Path(run_dir)
     config = saved_config(run_dir)
-    database = RunDirectory(run_dir).checkpoint_db
-    if not database.exists():
+    directory = RunDirectory(run_dir)
+    if config.output.checkpointer == "sqlite" and not directory.checkpoint_db.exists():
         return []
 
     async def read() -> list[dict[str, Any]]:
-        async with AsyncSqliteSaver.from_conn_string(str(database)) as saver:
+        async with open_checkpointer(config, directory, os.environ) as (saver, thread):
             app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
-            snapshot = await app.aget_state({"configurable": {"thread_id": THREAD_ID}})
+            snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
             return [interrupt.value for interrupt in snapshot.interrupts]
 
     return asyncio.run(read())
