@@ -272,6 +272,7 @@ class TRLGRPOPolicy:
             "trainable_params": float(self.trainable_parameters),
             "step": float(self.step),
             "seconds": time.perf_counter() - started,
+            "peak_memory_mb": peak_memory_mb(self.device),
         }
 
     # --- dashboards (`trainer.report_to`) ---------------------------------------------------------------------
@@ -484,6 +485,20 @@ def _unique_event_files(trainer: Any) -> None:
         if isinstance(callback, TensorBoardCallback) and callback._SummaryWriter is not None:
             suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
             callback._SummaryWriter = functools.partial(callback._SummaryWriter, filename_suffix=suffix)
+
+
+def peak_memory_mb(device: str) -> float:
+    """The most memory this iteration held: on CUDA the allocator's peak since the previous call (then reset,
+    so each iteration reports its own rollout and update); elsewhere the process's peak resident size so far."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        return float(peak)
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
 def check_report_to(report_to: list[str]) -> None:
