@@ -197,16 +197,14 @@ def _generate_batch(
 ) -> list[dict[str, Any]]:
     import torch
 
-    from mpo_agents.policy.grpo import _cut_after_eos, _left_pad
+    from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
 
     settings = config.evaluation.generation
-    prompts = []
-    for record in records:
-        encoded = tokenizer.apply_chat_template(
-            task.policy_conversation(record), add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        prompts.append(list(encoded["input_ids"])[-config.trainer.max_prompt_length :])
-    input_ids, attention_mask = _left_pad(prompts, tokenizer.pad_token_id, 1, device)
+    prompts = [
+        encode_prompt(tokenizer, task.policy_conversation(record), config.trainer.max_prompt_length)
+        for record in records
+    ]
+    input_ids, attention_mask = left_pad(prompts, tokenizer.pad_token_id, 1, device)
     eos_ids = _eos_ids(model, tokenizer)
     sampling = settings.temperature > 0
     decoding: dict[str, Any] = {"do_sample": sampling, "max_new_tokens": settings.max_new_tokens}
@@ -223,7 +221,7 @@ def _generate_batch(
             eos_token_id=sorted(eos_ids),
             **decoding,
         )
-    completions = _cut_after_eos(output[:, input_ids.shape[1] :].tolist(), eos_ids)
+    completions = cut_after_eos(output[:, input_ids.shape[1] :].tolist(), eos_ids)
     texts = tokenizer.batch_decode([ids for ids, _ in completions], skip_special_tokens=True)
     return [
         {

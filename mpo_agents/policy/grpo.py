@@ -29,6 +29,7 @@ import torch
 from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, TrainerConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.base import Rollout
+from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ class TRLGRPOPolicy:
         re-run with the same seed on the same machine gives the same completions. Prompt-major order."""
         if not conversations or num_generations < 1:
             raise ValueError("generate needs at least one conversation and num_generations >= 1")
-        prompts = [self._encode_prompt(c) for c in conversations]
-        input_ids, attention_mask = _left_pad(
+        prompts = [
+            encode_prompt(self.tokenizer, c, self.trainer_cfg.max_prompt_length) for c in conversations
+        ]
+        input_ids, attention_mask = left_pad(
             prompts, self.tokenizer.pad_token_id, num_generations, self.device
         )
         with _seeded(seed, self.device), torch.no_grad(), _eval_then_train(self.model):
@@ -207,9 +210,7 @@ class TRLGRPOPolicy:
                 attention_mask=attention_mask,
                 generation_config=self.trainer.generation_config,
             )
-        completions = _cut_after_eos(
-            output[:, input_ids.shape[1] :].tolist(), set(self.trainer.eos_token_ids)
-        )
+        completions = cut_after_eos(output[:, input_ids.shape[1] :].tolist(), set(self.trainer.eos_token_ids))
         texts = self.tokenizer.batch_decode([ids for ids, _ in completions], skip_special_tokens=True)
         return [
             Rollout(
@@ -223,14 +224,6 @@ class TRLGRPOPolicy:
             )
             for row, ((ids, truncated), text) in enumerate(zip(completions, texts, strict=True))
         ]
-
-    def _encode_prompt(self, conversation: list[dict[str, str]]) -> list[int]:
-        """Chat-template a conversation as TRL does, keeping its last `max_prompt_length` tokens."""
-        encoded = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
-        )
-        ids = list(encoded["input_ids"])
-        return ids[-self.trainer_cfg.max_prompt_length :]
 
     # --- training -------------------------------------------------------------------------------------------
     def update(self, rollouts: list[Rollout], rewards: list[float | None]) -> dict[str, float]:
@@ -454,25 +447,6 @@ def _drain_trl_metrics(trainer: Any) -> dict[str, float]:
     metrics = {ours: float(recorded[theirs][-1]) for ours, theirs in picked.items() if recorded.get(theirs)}
     recorded.clear()
     return metrics
-
-
-def _left_pad(
-    prompts: list[list[int]], pad_id: int, repeats: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask, each prompt repeated `repeats` times (prompt-major)."""
-    width = max(len(p) for p in prompts)
-    rows = [[pad_id] * (width - len(p)) + p for p in prompts for _ in range(repeats)]
-    masks = [[0] * (width - len(p)) + [1] * len(p) for p in prompts for _ in range(repeats)]
-    return torch.tensor(rows, device=device), torch.tensor(masks, device=device)
-
-
-def _cut_after_eos(rows: list[list[int]], eos_ids: set[int]) -> list[tuple[list[int], bool]]:
-    """Each completion up to and including its first EOS (as TRL keeps it); truncated=True when none came."""
-    cut = []
-    for row in rows:
-        end = next((i for i, token in enumerate(row) if token in eos_ids), None)
-        cut.append((row, True) if end is None else (row[: end + 1], False))
-    return cut
 
 
 def _unique_event_files(trainer: Any) -> None:
