@@ -131,6 +131,7 @@ class Tournament:
         self.verdicts_path = Path(verdicts_path)
         self.prompt = task.prompt("pairwise", judge.cfg.api)
         self.criteria = task.prompt("pairwise_criteria").render().messages[0]["content"]
+        self.framing = task.framing()  # the same persona and instruction for every judgment: rendered once
 
     def pending(self) -> tuple[list[Judgment], list[dict[str, Any]]]:
         """Judgments still to make, and the verdicts already decided in the verdicts file (failed ones are
@@ -151,7 +152,7 @@ class Tournament:
         first = self.rows[judgment.first][judgment.prompt_id]
         second = self.rows[judgment.second][judgment.prompt_id]
         return self.prompt.render(
-            **self.task.framing(),
+            **self.framing,
             task_input=first.get("prompt") or second.get("prompt") or "",
             criteria=self.criteria,
             label_a=LABELS[0],
