@@ -49,13 +49,13 @@ def read_checked_jsonl(
 ) -> list[dict[str, Any]]:
     """Rows of a JSONL file that a person may have written or edited: errors name the file, the line and the
     missing fields (`what` says what the file should be). With `torn_tail_ok`, an unreadable *last* line (a kill
-    mid-append) is skipped instead of refused."""
+    mid-append: it has no newline after it yet) is skipped instead of refused."""
     from mpo_agents.errors import ConfigError
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist ({what})")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8").split("\n")  # a complete file ends in "\n": its last piece is ""
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -12,6 +12,7 @@ import yaml
 
 from mpo_agents.errors import ConfigError
 from mpo_agents.rubrics import RubricStore, RubricVersion, diff_rubrics
+from mpo_agents.rundir import read_checked_jsonl
 
 _ITER_DIR = re.compile(r"iter-(\d+)$")
 
@@ -74,23 +75,10 @@ class RunData:
 
 
 def read_jsonl_file(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a last line without its newline is one still being written and is skipped,
-    any other broken line is an error naming the file and line."""
+    """Records of a run's JSONL file (none if it is absent); a last line still being appended is skipped."""
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # no newline after it yet: a run is appending right now
-                continue
-            raise ConfigError(f"{path}:{number} is not valid JSON ({exc.msg}); is the file damaged?") from exc
-    return records
+    return read_checked_jsonl(path, (), "a run file", torn_tail_ok=True)
 
 
 def load_run(path: Path) -> RunData:
