@@ -195,9 +195,27 @@ def run(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")
     ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-processes",
+            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
+        ),
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
+        ),
+    ] = None,
 ) -> None:
     """Start an MPO run: rollout → score → meta (prescreen, analyze, refine, merge) → policy_update, checkpointed."""
     _prepare_environment()
+    arguments = ["run", *([str(config_path)] if config_path else []), *_repeat("--set", set_)]
+    if _launch_or_follow(
+        [*arguments, *_repeat("--run-dir", [run_dir] if run_dir else [])], num_processes, accelerate_config
+    ):
+        return
     from mpo_agents.config import load_config
     from mpo_agents.runner import new_run_dir
 
@@ -210,6 +228,32 @@ def run(
         _fail(exc)
     except KeyboardInterrupt:
         _interrupted(directory.root if directory else None)
+
+
+def _repeat(flag: str, values: list[Any] | None) -> list[str]:
+    return [item for value in values or [] for item in (flag, str(value))]
+
+
+def _launch_or_follow(
+    arguments: list[str], num_processes: int | None, accelerate_config: Path | None
+) -> bool:
+    """Multi-process runs. Asked for several processes: re-launch `mpo <arguments>` under `accelerate launch`
+    (never returns). Inside such a launch, a process other than 0 serves its policy replica and returns True:
+    the command ends there, process 0 does the rest."""
+    from mpo_agents import distributed
+
+    try:
+        if distributed.launched_world_size(os.environ) <= 1 and (
+            (num_processes or 1) > 1 or accelerate_config is not None
+        ):
+            distributed.relaunch(arguments, num_processes, accelerate_config)
+        channel = distributed.join(os.environ)
+    except MPOError as exc:
+        _fail(exc)
+    if channel is None or channel.is_main:
+        return False
+    distributed.follow(channel)
+    return True
 
 
 def _interrupted(run_dir: Path | None) -> None:
@@ -228,9 +272,27 @@ def resume(
             "--budget-usd", help="A new judge budget in USD for the whole run (schedule.budget_usd)."
         ),
     ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-processes",
+            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
+        ),
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
+        ),
+    ] = None,
 ) -> None:
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
     _prepare_environment()
+    budget = [] if budget_usd is None else [str(budget_usd)]
+    if _launch_or_follow(
+        ["resume", str(run_dir), *_repeat("--budget-usd", budget)], num_processes, accelerate_config
+    ):
+        return
     from mpo_agents.checkpointing import has_graph_checkpoints
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import saved_config, update_saved_config
@@ -257,9 +319,26 @@ def review(
         Path | None, typer.Option("--edit", help="Use this rubric file instead of the proposal.")
     ] = None,
     note: Annotated[str, typer.Option("--note", help="Why; kept in the rubric's lineage.")] = "",
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            "--num-processes",
+            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
+        ),
+    ] = None,
+    accelerate_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
+        ),
+    ] = None,
 ) -> None:
     """Show the rubric changes a run waits on (diff, evidence, meta-level verdicts), or decide and continue."""
     _prepare_environment()
+    flags = [flag for flag, on in (("--accept", accept), ("--reject", reject)) if on]
+    arguments = ["review", str(run_dir), *flags, *_repeat("--edit", [edit] if edit else []), "--note", note]
+    if _launch_or_follow(arguments, num_processes, accelerate_config):
+        return
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import pending_reviews, saved_config
 

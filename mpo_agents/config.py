@@ -90,10 +90,12 @@ class GenerationConfig(_Section):
 
 
 class LoraConfig(_Section):
-    enabled: bool = Field(
-        False,
+    enabled: bool | Literal["auto"] = Field(
+        "auto",
         description="Train a LoRA adapter (PEFT) instead of all weights; the reference model is then the base "
-        "with the adapter disabled, as in the paper.",
+        "with the adapter disabled, as in the paper. `auto`: LoRA only when full fine-tuning (weights, "
+        "gradients, AdamW moments and the KL reference) would take more than half of the device's memory; a "
+        "resumed run follows its checkpoint.",
     )
     r: int = Field(64, ge=1, description="Adapter rank (paper: 64).")
     alpha: int = Field(128, ge=1, description="LoRA scaling alpha (paper: 128).")
@@ -103,6 +105,52 @@ class LoraConfig(_Section):
         description="Modules that get an adapter: names, or `all-linear`. The paper also adapts `lm_head`; "
         "with tied embeddings (SmolLM2) that would untie them, so it is left out by default.",
     )
+
+
+class VLLMConfig(_Section):
+    mode: Literal["server", "colocate"] = Field(
+        "server",
+        description="`server`: a separate `trl vllm-serve` process on its own GPU(s); `colocate`: a vLLM engine "
+        "inside each training process, sharing its GPU.",
+    )
+    server_base_url: str | None = Field(
+        None,
+        description="Server mode: the `trl vllm-serve` URL, e.g. `http://10.0.0.5:8000`; None uses "
+        "`server_host` and `server_port`.",
+    )
+    server_host: str = Field("127.0.0.1", description="Server mode: host of `trl vllm-serve`.")
+    server_port: int = Field(8000, ge=1, le=65535, description="Server mode: port of `trl vllm-serve`.")
+    server_timeout: float = Field(
+        240.0, gt=0, description="Server mode: seconds to wait for the server to come up at start."
+    )
+    group_port: int = Field(
+        51216,
+        ge=1,
+        le=65535,
+        description="Server mode: port of the NCCL group through which weights reach the server.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="Colocate mode: share of each GPU's memory the vLLM engine may take."
+    )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="Colocate mode: GPUs one vLLM engine spans (must divide the process count)."
+    )
+    enable_sleep_mode: bool = Field(
+        False,
+        description="Colocate mode: release the engine's weights and KV cache during the policy update.",
+    )
+    max_model_length: int | None = Field(
+        None, ge=1, description="Colocate mode: vLLM context length; None lets vLLM use the model's."
+    )
+
+
+class RolloutConfig(_Section):
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="What samples the rollouts: the policy itself (`model.generate`), or vLLM through TRL "
+        "(needs `pip install vllm` and a GPU), with the weights pushed to vLLM after every update.",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
 class PolicyConfig(_Section):
@@ -118,6 +166,12 @@ class PolicyConfig(_Section):
         "auto",
         description="Policy weights dtype; `auto` is bfloat16 on a GPU that supports it, else float32.",
     )
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass instead of keeping them: less memory, about a "
+        "third more compute. `auto`: on for CUDA GPUs (memory is what limits batch and length there), off on "
+        "CPU and MPS.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,
@@ -125,6 +179,7 @@ class PolicyConfig(_Section):
         "shared machines 1 avoids threads of the policy and a local judge server fighting over cores.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
 

@@ -162,7 +162,7 @@ def build_context(
     config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None = None
 ) -> RunContext:
     """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
-    from mpo_agents.policy import build_policy
+    from mpo_agents.policy import build_policy, latest_checkpoint
 
     if config.policy.cpu_threads:
         import torch
@@ -170,7 +170,13 @@ def build_context(
         torch.set_num_threads(config.policy.cpu_threads)
     task = build_task(config.task)
     judge, meta_judge = build_judges(config, run_dir, environ, server)
-    policy = build_policy(config.policy, config.trainer, run_dir.root / "trainer", run_dir.tensorboard_dir)
+    policy = build_policy(
+        config.policy,
+        config.trainer,
+        run_dir.root / "trainer",
+        run_dir.tensorboard_dir,
+        resume_from=latest_checkpoint(run_dir.policy_dir),
+    )
     return RunContext(
         config=config,
         run_dir=run_dir,

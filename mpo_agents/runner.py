@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mpo_agents import distributed
 from mpo_agents.config import MPOConfig, redacted_dump
 from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.rubrics import RubricStore
@@ -113,8 +114,20 @@ def execute(
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
-    meta_nodes = load_meta_nodes(config.meta_nodes)  # a missing plug-in fails now, before minutes of loading
-    check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
+    channel = distributed.join(environ)  # None unless launched in several processes
+    try:
+        meta_nodes = load_meta_nodes(
+            config.meta_nodes
+        )  # a missing plug-in fails now, before minutes of loading
+        check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
+        if channel is not None:
+            distributed.check_world(config, channel)
+    except BaseException:
+        if channel is not None:
+            distributed.abandon(channel)
+        raise
+    if channel is not None:
+        distributed.announce(channel, config, run_dir.root)
     with ExitStack() as stack:
         server = None
         if config.local_server.enabled:
@@ -126,6 +139,9 @@ def execute(
             )
         status("loading the policy and building the TRL trainer")
         ctx = build_context(config, run_dir, environ, server)
+        if channel is not None:
+            status(f"policy replicas ready in {channel.world_size} processes")
+            ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
         stack.callback(ctx.policy.close)  # complete the dashboards' files however the run ends
         latest = latest_checkpoint(run_dir.policy_dir)
         if latest is not None:

@@ -38,6 +38,7 @@ ADAPTER_DIR = "adapter"
 TENSORS_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 FORMAT_VERSION = 1
+RANK_PREFIX = "process."  # tensors of another process of a multi-process run: `process.<rank>.rng.torch`
 _NAME = re.compile(r"^iter-(\d+)$")
 
 
@@ -47,21 +48,25 @@ def checkpoint_dir(root: Path, index: int) -> Path:
     return Path(root) / f"iter-{index:06d}"
 
 
-def save_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
-    """Write a complete checkpoint of `policy` to `directory` atomically (replacing an existing one)."""
+def save_checkpoint(
+    policy: TRLGRPOPolicy, directory: Path, process_rng: dict[int, dict[str, Any]] | None = None
+) -> None:
+    """Write a complete checkpoint of `policy` to `directory` atomically (replacing an existing one).
+    `process_rng`: the torch RNG states of the other processes of a multi-process run, by rank (each process
+    draws its own dropout masks), restored by `load_checkpoint(..., rank=r)`."""
     directory = Path(directory)
     staging = directory.with_name(directory.name + ".tmp")
     if staging.exists():  # left by a killed save
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    _write_contents(policy, staging)
+    _write_contents(policy, staging, process_rng or {})
     _fsync_tree(staging)
     _write_synced(staging / COMPLETE_MARKER, json.dumps({"step": policy.step}))
     _fsync_dir(staging)
     _swap_into_place(staging, directory)
 
 
-def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
+def _write_contents(policy: TRLGRPOPolicy, staging: Path, process_rng: dict[int, dict[str, Any]]) -> None:
     from safetensors.torch import save_file
 
     from mpo_agents.policy.models import quiet_progress_bars
@@ -78,7 +83,9 @@ def _write_contents(policy: TRLGRPOPolicy, staging: Path) -> None:
         for index, param_state in optimizer_state["state"].items()
         for name, value in param_state.items()
     }
-    tensors.update(_torch_rng_states())
+    tensors.update(torch_rng_states())
+    for rank, states in process_rng.items():
+        tensors.update({f"{RANK_PREFIX}{rank}.{name}": value for name, value in states.items()})
     save_file(tensors, str(staging / TENSORS_FILE))
     state = {
         "format_version": FORMAT_VERSION,
@@ -113,9 +120,10 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
         shutil.rmtree(previous)
 
 
-def load_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
+def load_checkpoint(policy: TRLGRPOPolicy, directory: Path, rank: int = 0) -> None:
     """Restore weights (or the LoRA adapter), optimizer, scheduler, step and RNG states written by
-    `save_checkpoint`.
+    `save_checkpoint`. Process `rank` of a multi-process run takes its own saved torch RNG state; one the
+    checkpoint does not hold (more processes than when it was written) keeps its current state.
 
     Load into a policy built from the BASE model (see `TRLGRPOPolicy`), so TRL's KL reference stays the
     initial policy. A LoRA checkpoint loads only into a LoRA policy with the same adapter shape, a full one
@@ -148,8 +156,11 @@ def load_checkpoint(policy: TRLGRPOPolicy, directory: Path) -> None:
     trainer.state.num_input_tokens_seen = int(state["num_input_tokens_seen"])
     random.setstate(_as_python_rng_state(state["python_rng"]))
     _set_numpy_rng_state(state["numpy_rng"])
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    prefix = "rng." if rank == 0 else f"{RANK_PREFIX}{rank}.rng."
+    if f"{prefix}torch" not in tensors:
+        return
+    torch.set_rng_state(tensors[f"{prefix}torch"])
+    cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith(f"{prefix}cuda.")]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
 
@@ -286,7 +297,8 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
 
 
 # --- RNG states as JSON / tensors --------------------------------------------------------------------------
-def _torch_rng_states() -> dict[str, Any]:
+def torch_rng_states() -> dict[str, Any]:
+    """This process's torch RNG states (CPU, and every CUDA device once CUDA is in use) as tensors."""
     import torch
 
     states = {"rng.torch": torch.get_rng_state()}

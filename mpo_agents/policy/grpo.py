@@ -22,14 +22,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, TrainerConfig
+from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, RolloutConfig, TrainerConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.base import Rollout
 from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
+
+if TYPE_CHECKING:
+    from mpo_agents.policy.plan import TrainingPlan
+    from mpo_agents.policy.vllm import VLLMRollouts
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +117,12 @@ def grpo_config(
         "report_to": list(dict.fromkeys(trainer_cfg.report_to)) or "none",
         "save_strategy": "no",
         "logging_steps": 1,
-        # TRL defaults to checkpointing on: only slower for our models (`gradient_checkpointing` is the old name).
+        # TRL defaults to checkpointing on; `policy.gradient_checkpointing` decides (see policy/plan.py), and
+        # `_build_trainer` enables it on the model, which HF's loop would do inside `train()`.
         "activation_checkpointing": False,
+        # Every trainable parameter gets a gradient in every step; the unused-parameter search DDP would
+        # otherwise do costs an extra autograd traversal per step.
+        "ddp_find_unused_parameters": False,
         "dataloader_num_workers": 0,
         "disable_dropout": True,  # dropout would make policy and reference logps disagree on identical weights
         "log_completions": False,
@@ -136,6 +144,8 @@ class TRLGRPOPolicy:
         output_dir: Path,
         lora: LoraConfig | None = None,
         tensorboard_dir: Path | None = None,
+        gradient_checkpointing: bool = False,
+        rollout_cfg: RolloutConfig | None = None,
     ) -> None:
         """Build the trainer once. `model` must be freshly loaded from the BASE model directory: in full
         fine-tuning TRL loads its KL reference model from `model.config._name_or_path`, so the reference stays
@@ -143,11 +153,13 @@ class TRLGRPOPolicy:
 
         `lora` (`policy.lora`): when enabled, TRL wraps `model` in a LoRA adapter and only the adapter trains;
         the reference is then `model` itself with the adapter disabled. `tensorboard_dir`: where TensorBoard
-        event files go when `trainer.report_to` names it (default `<output_dir>/tensorboard`)."""
+        event files go when `trainer.report_to` names it (default `<output_dir>/tensorboard`).
+        `gradient_checkpointing`: recompute activations in the backward pass. `rollout_cfg`
+        (`policy.rollout`): with backend `vllm`, rollouts are sampled by vLLM through TRL (policy/vllm.py)."""
         self.trainer_cfg = trainer_cfg
         self.generation_cfg = generation_cfg
         self.device = device
-        self.lora = lora if lora is not None and lora.enabled else None
+        self.lora = lora if lora is not None and lora.enabled is True else None
         self._batch = _ReplayBatch()
         self.trainer = _build_trainer(
             model,
@@ -159,7 +171,14 @@ class TRLGRPOPolicy:
             output_dir,
             self.lora,
             tensorboard_dir or output_dir / "tensorboard",
+            gradient_checkpointing,
         )
+        self.plan: TrainingPlan | None = None  # set by `build_policy`: how the `auto` settings were resolved
+        self.vllm: VLLMRollouts | None = None
+        if rollout_cfg is not None and rollout_cfg.backend == "vllm":
+            from mpo_agents.policy.vllm import VLLMRollouts
+
+            self.vllm = VLLMRollouts(self.trainer, rollout_cfg.vllm, generation_cfg, trainer_cfg)
         self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_parameters = sum(p.numel() for p in self.model.parameters())
         logger.info(
@@ -191,31 +210,41 @@ class TRLGRPOPolicy:
 
     # --- rollouts -------------------------------------------------------------------------------------------
     def generate(
-        self, conversations: list[list[dict[str, str]]], num_generations: int, seed: int, key_prefix: str
+        self,
+        conversations: list[list[dict[str, str]]],
+        num_generations: int,
+        seed: int,
+        key_prefix: str,
+        first_prompt_index: int = 0,
     ) -> list[Rollout]:
         """Sample `num_generations` completions per conversation in one batched `generate` call, seeded so a
-        re-run with the same seed on the same machine gives the same completions. Prompt-major order."""
+        re-run with the same seed on the same machine gives the same completions. Prompt-major order.
+        `first_prompt_index`: the batch index of `conversations[0]` (a process's share of a larger batch)."""
         if not conversations or num_generations < 1:
             raise ValueError("generate needs at least one conversation and num_generations >= 1")
         prompts = [
             encode_prompt(self.tokenizer, c, self.trainer_cfg.max_prompt_length) for c in conversations
         ]
-        input_ids, attention_mask = left_pad(
-            prompts, self.tokenizer.pad_token_id, num_generations, self.device
-        )
-        with _seeded(seed, self.device), torch.no_grad(), _eval_then_train(self.model):
-            # TRL's own generation config (temperature, top_p, top_k, max_new_tokens, every EOS id, pad id).
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=self.trainer.generation_config,
+        if self.vllm is not None:
+            sampled = self.vllm.generate(prompts, num_generations, seed)
+        else:
+            input_ids, attention_mask = left_pad(
+                prompts, self.tokenizer.pad_token_id, num_generations, self.device
             )
-        completions = cut_after_eos(output[:, input_ids.shape[1] :].tolist(), set(self.trainer.eos_token_ids))
+            with _seeded(seed, self.device), torch.no_grad(), _eval_then_train(self.model):
+                # TRL's own generation config (temperature, top_p, top_k, max_new_tokens, every EOS id, pad id).
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=self.trainer.generation_config,
+                )
+            sampled = output[:, input_ids.shape[1] :].tolist()
+        completions = cut_after_eos(sampled, set(self.trainer.eos_token_ids))
         texts = self.tokenizer.batch_decode([ids for ids, _ in completions], skip_special_tokens=True)
         return [
             Rollout(
-                key=f"{key_prefix}-p{row // num_generations}-g{row % num_generations}",
-                prompt_index=row // num_generations,
+                key=f"{key_prefix}-p{first_prompt_index + row // num_generations}-g{row % num_generations}",
+                prompt_index=first_prompt_index + row // num_generations,
                 generation_index=row % num_generations,
                 prompt_ids=list(prompts[row // num_generations]),
                 completion_ids=ids,
@@ -226,16 +255,20 @@ class TRLGRPOPolicy:
         ]
 
     # --- training -------------------------------------------------------------------------------------------
-    def update(self, rollouts: list[Rollout], rewards: list[float | None]) -> dict[str, float]:
+    def update(
+        self, rollouts: list[Rollout], rewards: list[float | None], require_scored: bool = True
+    ) -> dict[str, float]:
         """One GRPO optimizer step on stored rollouts and their judge scores (`None` = failed judgment).
 
         TRL 1.16 turns a `None` reward into NaN; a row where every reward function gave NaN is "unscorable": it
         is left out of the group mean/std (nan-aware) and its advantage is forced to 0 (grpo_trainer.py,
         `unscorable_mask`, ~line 2759, and `nan_to_num(advantages)`, ~line 2810). So failed judgments neither
-        bias the baseline nor move the policy. Raises ValueError when no reward at all is usable.
+        bias the baseline nor move the policy. Raises ValueError when no reward at all is usable, unless
+        `require_scored` is off: one process's share of a batch (see `mpo_agents.distributed`) may hold only
+        failed judgments while the batch as a whole does not.
         """
         started = time.perf_counter()
-        _check_batch(rollouts, rewards, self.trainer_cfg.num_generations)
+        check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored)
         trainer, model = self.trainer, self.trainer.model_wrapped
         self._batch.set(rollouts, rewards)
         # The prompt column is only passed through to rollout_func/reward (both ignore it); keys keep TRL's
@@ -254,6 +287,8 @@ class TRLGRPOPolicy:
             model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
             self._batch.set([], [])
         trainer.state.global_step += 1
+        if self.vllm is not None:
+            self.vllm.weights_changed()  # pushed before the next rollout, as TRL does at its next step
         scored = sum(r is not None for r in rewards)
         return {
             "loss": float(loss.detach().float().item()),
@@ -314,6 +349,8 @@ class TRLGRPOPolicy:
         from mpo_agents.policy.checkpoints import load_checkpoint
 
         load_checkpoint(self, directory)
+        if self.vllm is not None:
+            self.vllm.weights_changed()
 
 
 def _build_trainer(
@@ -326,6 +363,7 @@ def _build_trainer(
     output_dir: Path,
     lora: LoraConfig | None,
     tensorboard_dir: Path,
+    gradient_checkpointing: bool = False,
 ) -> Any:
     """GRPOTrainer plus what HF's training loop would set up before its first step."""
     from datasets import Dataset
@@ -355,6 +393,8 @@ def _build_trainer(
         )
     if lora is not None:
         _check_lora_trainer(trainer, lora)
+    if gradient_checkpointing:
+        _enable_gradient_checkpointing(trainer)
     # As in Trainer._prepare_for_training: optimizer, accelerate wrapping (autocast / grad scaler), scheduler.
     trainer.create_optimizer()
     trainer.model_wrapped, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
@@ -375,6 +415,22 @@ def _build_trainer(
     if trainer.args.steps_per_generation != 1 or trainer.num_iterations != 1:
         raise RuntimeError("path A needs steps_per_generation=1 and num_iterations=1 (one replay per step)")
     return trainer
+
+
+def _enable_gradient_checkpointing(trainer: Any) -> None:
+    """What HF's `train()` does for `activation_checkpointing` (path A never calls it), before DDP wraps the
+    model. Non-reentrant checkpointing: it works with frozen inputs (LoRA) and with DDP. A PEFT model forwards
+    the call to its base model; its inputs must still require grad for the adapter's gradients to flow."""
+    model = trainer.model
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # a PEFT model exposes only the older name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    model.config.use_cache = False  # a cache is useless in a checkpointed forward; generation passes its own
+    trainer.args.activation_checkpointing = True  # TRL's scoring pass reads it to pause checkpointing
 
 
 def peft_lora_config(lora: LoraConfig) -> Any:
@@ -416,7 +472,9 @@ def _check_lora_trainer(trainer: Any, lora: LoraConfig) -> None:
                     dropout.p = lora.dropout
 
 
-def _check_batch(rollouts: list[Rollout], rewards: list[float | None], group_size: int) -> None:
+def check_batch(
+    rollouts: list[Rollout], rewards: list[float | None], group_size: int, require_scored: bool = True
+) -> None:
     """Refuse batches TRL would silently mis-group: TRL forms GRPO groups from consecutive rows."""
     if len(rollouts) != len(rewards):
         raise ValueError(f"{len(rollouts)} rollouts but {len(rewards)} rewards")
@@ -433,7 +491,7 @@ def _check_batch(rollouts: list[Rollout], rewards: list[float | None], group_siz
             raise ValueError(
                 "rollouts must be in prompt-major order: each run of G rows shares one prompt_index"
             )
-    if all(r is None for r in rewards):
+    if require_scored and all(r is None for r in rewards):
         raise ValueError("every reward in the batch is None (all judgments failed); skip this update")
     if any(r is not None and not math.isfinite(r) for r in rewards):
         raise ValueError("rewards must be finite numbers or None")
@@ -531,28 +589,52 @@ def _eval_then_train(model: Any) -> Iterator[None]:
 
 
 def build_policy(
-    policy_cfg: PolicyConfig, trainer_cfg: TrainerConfig, work_dir: Path, tensorboard_dir: Path | None = None
+    policy_cfg: PolicyConfig,
+    trainer_cfg: TrainerConfig,
+    work_dir: Path,
+    tensorboard_dir: Path | None = None,
+    resume_from: Path | None = None,
 ) -> TRLGRPOPolicy:
     """Resolve the model directory, device and dtype, load the base model and build its trainer.
 
     `work_dir` becomes TRL's `output_dir`: created, but nothing is written there (`save_strategy="no"`);
     checkpoints go wherever `save()` is pointed. `tensorboard_dir`: where TensorBoard event files go when
     `trainer.report_to` names it (default `<work_dir>/tensorboard`). A dashboard whose package is missing
-    raises ConfigError before the model loads."""
+    raises ConfigError before the model loads. `resume_from`: the checkpoint the caller will load, which decides
+    LoRA under `policy.lora.enabled: auto` (see policy/plan.py)."""
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
+    from mpo_agents.policy.plan import checkpoint_holds_lora, device_memory_bytes, plan_training
 
     check_report_to(trainer_cfg.report_to)
-    model_dir = resolve_model_dir(policy_cfg.model)
     device = resolve_device(policy_cfg)
+    if policy_cfg.rollout.backend == "vllm":
+        from mpo_agents.policy.vllm import check_vllm
+
+        check_vllm(policy_cfg.rollout, device)
+    model_dir = resolve_model_dir(policy_cfg.model)
     dtype = resolve_dtype(policy_cfg, device)
     model, tokenizer = load_policy_model(model_dir, device, dtype)
-    return TRLGRPOPolicy(
+    plan = plan_training(
+        policy_cfg,
+        trainer_cfg,
+        device,
+        dtype,
+        parameters=sum(p.numel() for p in model.parameters()),
+        memory_bytes=device_memory_bytes(device),
+        checkpoint_lora=checkpoint_holds_lora(resume_from),
+    )
+    logger.info("policy on %s (%s): %s", device, str(dtype).removeprefix("torch."), plan.describe())
+    policy = TRLGRPOPolicy(
         model,
         tokenizer,
         trainer_cfg,
         policy_cfg.generation,
         device,
         Path(work_dir),
-        lora=policy_cfg.lora,
+        lora=policy_cfg.lora.model_copy(update={"enabled": True}) if plan.lora else None,
         tensorboard_dir=tensorboard_dir,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        rollout_cfg=policy_cfg.rollout,
     )
+    policy.plan = plan
+    return policy

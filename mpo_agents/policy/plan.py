@@ -1,0 +1,95 @@
+"""What a policy trains with on this device: LoRA or all weights, gradient checkpointing or not.
+
+`policy.lora.enabled` and `policy.gradient_checkpointing` default to `auto`; this module turns `auto` into a
+decision from the device and the model's size, and says why (the run log shows it). The estimate is the
+memory full fine-tuning needs before any activation: weights, gradients and AdamW's two moments (all in the
+policy's dtype, as accelerate keeps them), plus TRL's KL reference copy when `trainer.beta > 0`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from mpo_agents.config import PolicyConfig, TrainerConfig
+
+# Full fine-tuning may take at most this share of the device: the rest is for activations, the rollouts' KV
+# cache, and (colocated) vLLM.
+FULL_FINETUNE_MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    lora: bool
+    gradient_checkpointing: bool
+    reasons: tuple[str, ...]
+
+    def describe(self) -> str:
+        mode = "LoRA adapter" if self.lora else "full fine-tuning"
+        checkpointing = "on" if self.gradient_checkpointing else "off"
+        return f"{mode}, gradient checkpointing {checkpointing} ({'; '.join(self.reasons)})"
+
+
+def full_finetune_bytes(parameters: int, dtype_bytes: int, beta: float) -> int:
+    """Weights + gradients + two AdamW moments, plus the reference model when the KL term is on."""
+    copies = 4 + (1 if beta > 0 else 0)
+    return parameters * dtype_bytes * copies
+
+
+def device_memory_bytes(device: str) -> int:
+    """Total memory of the device the policy trains on (the GPU's, else the machine's RAM)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def plan_training(
+    policy_cfg: PolicyConfig,
+    trainer_cfg: TrainerConfig,
+    device: str,
+    dtype: torch.dtype,
+    parameters: int,
+    memory_bytes: int,
+    checkpoint_lora: bool | None = None,
+) -> TrainingPlan:
+    """Resolve the `auto` settings. `checkpoint_lora`: whether the checkpoint a resumed run will load holds a
+    LoRA adapter (None for a fresh run); under `auto` it wins, so a resume on another machine stays loadable."""
+    reasons: list[str] = []
+    setting = policy_cfg.lora.enabled
+    if setting != "auto":
+        lora = bool(setting)
+        reasons.append(f"policy.lora.enabled={str(lora).lower()}")
+    elif checkpoint_lora is not None:
+        lora = checkpoint_lora
+        reasons.append(f"LoRA {'on' if lora else 'off'} as in the checkpoint being resumed")
+    else:
+        need = full_finetune_bytes(parameters, dtype.itemsize, trainer_cfg.beta)
+        budget = FULL_FINETUNE_MEMORY_SHARE * memory_bytes
+        lora = need > budget
+        reasons.append(
+            f"full fine-tuning needs ~{need / 2**30:.1f} GiB of the {memory_bytes / 2**30:.0f} GiB of {device}: "
+            + ("over half, so LoRA" if lora else "fits")
+        )
+    checkpointing = policy_cfg.gradient_checkpointing
+    if checkpointing == "auto":
+        checkpointing = device.startswith("cuda")
+        reasons.append(f"gradient checkpointing {'on for a GPU' if checkpointing else 'off on ' + device}")
+    else:
+        reasons.append(f"policy.gradient_checkpointing={str(checkpointing).lower()}")
+    return TrainingPlan(lora=lora, gradient_checkpointing=bool(checkpointing), reasons=tuple(reasons))
+
+
+def checkpoint_holds_lora(directory: Path | None) -> bool | None:
+    """Whether a policy checkpoint holds a LoRA adapter; None without a checkpoint."""
+    if directory is None:
+        return None
+    from mpo_agents.policy.checkpoints import ADAPTER_DIR
+
+    return (Path(directory) / ADAPTER_DIR).is_dir()
