@@ -337,7 +337,8 @@ def review(
     _prepare_environment()
     flags = [flag for flag, on in (("--accept", accept), ("--reject", reject)) if on]
     arguments = ["review", str(run_dir), *flags, *_repeat("--edit", [edit] if edit else []), "--note", note]
-    if _launch_or_follow(arguments, num_processes, accelerate_config):
+    deciding = bool(flags) or edit is not None  # only a decision continues the run; showing needs no policy
+    if deciding and _launch_or_follow(arguments, num_processes, accelerate_config):
         return
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import pending_reviews, saved_config

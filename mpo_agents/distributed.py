@@ -22,6 +22,7 @@ always scored by the rubric process 0 holds when it scores it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shlex
@@ -55,6 +56,9 @@ class ControlChannel:
     rank: int
     world_size: int
     group: Any
+    # Process 0's side of the conversation: followers first wait for `announce` (or `abandon`).
+    announced: bool = False
+    abandoned: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -107,7 +111,16 @@ def join(environ: Mapping[str, str] = os.environ) -> ControlChannel | None:
     state = PartialState(cpu=not torch.cuda.is_available())
     group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     _channel = ControlChannel(state.process_index, state.num_processes, group)
+    if _channel.is_main:
+        # Process 0 may end without starting a run (an error, `mpo review` with nothing to decide); the
+        # followers wait for the run's announcement and would keep the launcher waiting for them forever.
+        atexit.register(_release_unannounced, _channel)
     return _channel
+
+
+def _release_unannounced(channel: ControlChannel) -> None:
+    if not channel.announced and not channel.abandoned:
+        abandon(channel)
 
 
 def check_world(config: MPOConfig, channel: ControlChannel) -> None:
@@ -177,10 +190,12 @@ def follow(channel: ControlChannel) -> None:
 def announce(channel: ControlChannel, config: MPOConfig, run_dir: Path) -> None:
     """Process 0 tells the followers which run they serve (the exact config, also on resume)."""
     channel.broadcast({"config": config.model_dump(mode="json"), "run_dir": str(run_dir)})
+    channel.announced = True
 
 
 def abandon(channel: ControlChannel) -> None:
     """Process 0 failed before `announce`: let the followers end instead of waiting for it."""
+    channel.abandoned = True
     channel.broadcast(None)
 
 
@@ -232,9 +247,17 @@ class ShardedPolicy:
         self.local.log_metrics(metrics, iteration)  # dashboards live on process 0 only
 
     def close(self) -> None:
+        """The run ended normally: the followers stop serving and exit."""
         if not self._stopped:
             self._stopped = True
             self.channel.broadcast(("stop", {}))
+        self.local.close()
+
+    def abandon(self) -> None:
+        """The run failed on process 0, possibly in the middle of a command the followers are still inside
+        (a collective of TRL or DDP), where they cannot receive another one. Send nothing: process 0 exits with
+        an error and the launcher stops the followers."""
+        self._stopped = True
         self.local.close()
 
 

@@ -142,7 +142,7 @@ def execute(
         if channel is not None:
             status(f"policy replicas ready in {channel.world_size} processes")
             ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
-        stack.callback(ctx.policy.close)  # complete the dashboards' files however the run ends
+        stack.push(_policy_closer(ctx.policy))  # complete the dashboards' files however the run ends
         latest = latest_checkpoint(run_dir.policy_dir)
         if latest is not None:
             if fresh:
@@ -154,6 +154,20 @@ def execute(
             inputs = Command(resume=review)
         hook = on_event or (lambda node, update: None)
         return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
+
+
+def _policy_closer(policy: Any) -> Callable[..., bool]:
+    """An ExitStack exit callback: close the policy; after a failure, a multi-process policy is abandoned
+    instead (its followers may be stuck inside the failed command and cannot take a `stop`)."""
+
+    def close(kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> bool:
+        if kind is not None and isinstance(policy, distributed.ShardedPolicy):
+            policy.abandon()
+        else:
+            policy.close()
+        return False  # never swallow the error
+
+    return close
 
 
 async def _drive(

@@ -149,7 +149,8 @@ class CopyEngine:
     def generate(self, rows: list[list[int]], images: Any, num_generations: int) -> tuple:
         pad = self.trainer.processing_class.pad_token_id
         input_ids, mask = left_pad(rows, pad, 1, "cpu")
-        torch.manual_seed(self.generation_kwargs["seed"])
+        if "seed" in self.generation_kwargs:
+            torch.manual_seed(self.generation_kwargs["seed"])
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, do_sample=True, max_new_tokens=self.max_new_tokens
@@ -188,6 +189,19 @@ def test_vllm_rollouts_always_sample_from_the_current_weights(tiny_model_dir: Pa
     policy.load(tmp_path / "ckpt")  # a resume: vLLM must get the restored weights
     policy.generate(CONVERSATIONS, 4, seed=13, key_prefix="it0003")
     assert engine.pushes == 3 and engine.same_weights_as_policy()
+
+
+def test_only_server_mode_seeds_vllm_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A colocated engine samples a group's rows as separate requests under one SamplingParams: a seed there
+    would make all G completions of a prompt identical."""
+    cfg = PolicyConfig(model=str(tiny_model_dir), device="cpu", dtype="float32", generation=GEN)
+    policy = build_policy(cfg, trainer_config(), tmp_path)
+    for mode, seeded in (("server", True), ("colocate", False)):
+        policy.vllm = VLLMRollouts(
+            policy.trainer, VLLMConfig(mode=mode), GEN, trainer_config(), engine_factory=CopyEngine
+        )
+        policy.generate(CONVERSATIONS, 4, seed=21, key_prefix="it0001")
+        assert ("seed" in policy.vllm.engine.generation_kwargs) is seeded, mode
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")

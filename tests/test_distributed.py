@@ -30,13 +30,15 @@ CONVERSATIONS = [
 ]
 
 
-def policy_config(model_dir: Path) -> MPOConfig:
+def policy_config(model_dir: Path, lora: bool = False) -> MPOConfig:
     return MPOConfig(
         policy={
             "model": str(model_dir),
             "device": "cpu",
             "dtype": "float32",
             "generation": {"max_new_tokens": 12, "temperature": 0.9},
+            # No adapter dropout: each process draws its own masks, which one process would draw differently.
+            "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
         },
         trainer={
             "learning_rate": 1e-2,  # large, so the step visibly moves the weights
@@ -52,15 +54,25 @@ def child_env() -> dict[str, str]:
     return {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_model_dir, tmp_path):
+def trained_weights(policy) -> dict:
+    """What a checkpoint holds: the whole model's weights, or the adapter's (as PEFT saves it)."""
+    if policy.is_lora:
+        from peft import get_peft_model_state_dict
+
+        return {name: p.detach().clone() for name, p in get_peft_model_state_dict(policy.model).items()}
+    return {name: p.detach().clone() for name, p in policy.model.named_parameters()}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_model_dir, tmp_path, lora):
     from mpo_agents.policy import build_policy
 
-    config = policy_config(tiny_model_dir)
+    config = policy_config(tiny_model_dir, lora)
     single = build_policy(config.policy, config.trainer, tmp_path / "single")
     rollouts = single.generate(CONVERSATIONS, 4, seed=3, key_prefix="it0001")
     rewards = [float(len(r.completion_ids) % 5) + 0.5 * r.generation_index for r in rollouts]
     rewards[5] = None  # a failed judgment in process 1's share
-    initial = {name: p.detach().clone() for name, p in single.model.named_parameters()}
+    initial = trained_weights(single)
     batch = {"conversations": CONVERSATIONS, "rollouts": [r.to_dict() for r in rollouts], "rewards": rewards}
     (tmp_path / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
     (tmp_path / "batch.json").write_text(json.dumps(batch))
@@ -88,17 +100,17 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
     assert launched.returncode == 0, launched.stderr[-3000:]
     stats_single = single.update(rollouts, rewards)
     result = json.loads((out / "result.json").read_text())
-    shared = load_file(str(out / "policy" / "iter-000001" / "model" / "model.safetensors"))
-
-    moved = max((p - initial[name]).abs().max().item() for name, p in single.model.named_parameters())
+    weights_file = "adapter/adapter_model.safetensors" if lora else "model/model.safetensors"
+    shared = load_file(str(out / "policy" / "iter-000001" / weights_file))
+    after = trained_weights(single)
+    assert shared.keys() == after.keys()
+    moved = max((after[name] - initial[name]).abs().max().item() for name in initial)
     assert moved > 1e-4  # the step did something, so equality below means something
     # Not bitwise: DDP sums the two halves' gradients in another order, and Adam's first step (about
     # lr * sign(g)) magnifies that for the few weights whose gradient is near its epsilon. So the step as a whole
     # must agree to 0.1%; a process training on the wrong share, or without the other's gradient, is off by O(1).
-    ours = torch.cat([(shared[name] - initial[name]).flatten() for name in initial if name in shared])
-    reference = torch.cat(
-        [(p.detach() - initial[name]).flatten() for name, p in single.model.named_parameters()]
-    )
+    ours = torch.cat([(shared[name] - initial[name]).flatten() for name in initial])
+    reference = torch.cat([(after[name] - initial[name]).flatten() for name in initial])
     assert (ours - reference).norm() / reference.norm() < 1e-3
     stats = result["stats"]
     assert stats["processes"] == 2 and stats["num_scored"] == 7 and stats["num_failed"] == 1
@@ -192,3 +204,16 @@ def test_uneven_prompt_share_is_refused_before_loading(tmp_path):
     config = MPOConfig(trainer={"prompts_per_iteration": 3})
     with pytest.raises(ConfigError, match="trainer.prompts_per_iteration is 3.*multiple of 2"):
         check_world(config, ControlChannel(rank=0, world_size=2, group=None))
+
+
+def test_a_refused_multi_process_run_ends_every_process_with_the_reason(tiny_model_dir, tmp_path):
+    """Process 0 refuses the config before any model loads; the followers, waiting for the run to be announced,
+    are released instead of keeping the launcher waiting."""
+    settings = run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1", **{"trainer.prompts_per_iteration": 3})
+    sets = [item for pair in settings for item in ("--set", pair)]
+    process = mpo("run", "--run-dir", str(tmp_path / "run"), "--num-processes", "2", *sets)
+    output, _ = process.communicate(timeout=180)
+    text = output.decode(errors="replace")
+    assert process.returncode != 0
+    assert "trainer.prompts_per_iteration is 3, which 2 processes cannot share" in text
+    assert not list((tmp_path / "run" / "policy").glob("iter-*"))

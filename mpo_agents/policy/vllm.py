@@ -108,8 +108,12 @@ class VLLMRollouts:
             self._stale = False
             self.syncs += 1
         rows = [list(prompt) for prompt in prompts for _ in range(num_generations)]
-        # vLLM seeds each request; a fixed seed per iteration makes a re-run iteration sample the same batch.
-        self.engine.generation_kwargs = {**(self.engine.generation_kwargs or {}), "seed": seed}
+        if self.mode == "server":
+            # The server samples a prompt's whole group from one seeded request (n = G): a fixed seed per
+            # iteration makes a re-run iteration sample the same batch. Colocated engines sample each of a
+            # group's G rows as its own request under one SamplingParams, where a seed would make the G
+            # completions identical; they draw from the engine's own stream instead.
+            self.engine.generation_kwargs = {**(self.engine.generation_kwargs or {}), "seed": seed}
         _, completion_ids, _, _ = self.engine.generate(rows, None, num_generations)
         if len(completion_ids) != len(rows):
             raise RuntimeError(f"vLLM returned {len(completion_ids)} completions for {len(rows)} rows")
