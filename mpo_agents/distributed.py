@@ -352,8 +352,11 @@ def launch_command(
             raise ConfigError(f"--accelerate-config: {accelerate_config} does not exist")
         command += ["--config_file", str(accelerate_config)]
     elif num_processes is not None and num_processes > 1:
-        # A free rendezvous port: two runs on one machine must not both take accelerate's default 29500.
+        # A free rendezvous port: two runs on one machine must not both take accelerate's default 29500. The
+        # other flags are accelerate's defaults, spelled out so it does not print a warning about them; the
+        # precision is the policy's own (`policy.dtype` sets TRL's bf16/fp16, which wins over the launcher's).
         command += ["--multi_gpu", "--main_process_port", str(free_port())]
+        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if num_processes is not None:
         command += ["--num_processes", str(num_processes)]
     return [*command, "-m", "mpo_agents", *mpo_arguments]
