@@ -35,6 +35,22 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+# Options of every command that can continue a run (run, resume, review), for several processes.
+NumProcesses = Annotated[
+    int | None,
+    typer.Option(
+        "--num-processes",
+        help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
+    ),
+]
+AccelerateConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
+    ),
+]
+
+
 def _prepare_environment() -> None:
     from dotenv import load_dotenv
 
@@ -195,19 +211,8 @@ def run(
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<time>-<task>).")
     ] = None,
-    num_processes: Annotated[
-        int | None,
-        typer.Option(
-            "--num-processes",
-            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
-        ),
-    ] = None,
-    accelerate_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
-        ),
-    ] = None,
+    num_processes: NumProcesses = None,
+    accelerate_config: AccelerateConfig = None,
 ) -> None:
     """Start an MPO run: rollout → score → meta (prescreen, analyze, refine, merge) → policy_update, checkpointed."""
     _prepare_environment()
@@ -272,19 +277,8 @@ def resume(
             "--budget-usd", help="A new judge budget in USD for the whole run (schedule.budget_usd)."
         ),
     ] = None,
-    num_processes: Annotated[
-        int | None,
-        typer.Option(
-            "--num-processes",
-            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
-        ),
-    ] = None,
-    accelerate_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
-        ),
-    ] = None,
+    num_processes: NumProcesses = None,
+    accelerate_config: AccelerateConfig = None,
 ) -> None:
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
     _prepare_environment()
@@ -319,19 +313,8 @@ def review(
         Path | None, typer.Option("--edit", help="Use this rubric file instead of the proposal.")
     ] = None,
     note: Annotated[str, typer.Option("--note", help="Why; kept in the rubric's lineage.")] = "",
-    num_processes: Annotated[
-        int | None,
-        typer.Option(
-            "--num-processes",
-            help="Run across this many processes (one per GPU) through `accelerate launch`; see docs/scaling.md.",
-        ),
-    ] = None,
-    accelerate_config: Annotated[
-        Path | None,
-        typer.Option(
-            "--accelerate-config", help="An accelerate config file for the launch (examples/accelerate/)."
-        ),
-    ] = None,
+    num_processes: NumProcesses = None,
+    accelerate_config: AccelerateConfig = None,
 ) -> None:
     """Show the rubric changes a run waits on (diff, evidence, meta-level verdicts), or decide and continue."""
     _prepare_environment()

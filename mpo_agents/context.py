@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from mpo_agents.judges.records import CallLog
     from mpo_agents.judges.routing import Deployment
     from mpo_agents.policy.base import PolicyBackend
+    from mpo_agents.policy.grpo import TRLGRPOPolicy
     from mpo_agents.serving import LocalServer
 
 LOCAL_SERVER_KEY = "sk-local"  # the local server checks no key; the OpenAI client insists on sending one
@@ -158,25 +159,31 @@ def build_judges(
     return judge, meta_judge
 
 
-def build_context(
-    config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None = None
-) -> RunContext:
-    """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
+def build_run_policy(config: MPOConfig, run_dir: RunDirectory) -> TRLGRPOPolicy:
+    """The run's policy (every process of a multi-process run builds one the same way): torch threads, then the
+    model and its TRL trainer. A resumed run's newest checkpoint decides LoRA under `policy.lora.enabled: auto`."""
     from mpo_agents.policy import build_policy, latest_checkpoint
 
     if config.policy.cpu_threads:
         import torch
 
         torch.set_num_threads(config.policy.cpu_threads)
-    task = build_task(config.task)
-    judge, meta_judge = build_judges(config, run_dir, environ, server)
-    policy = build_policy(
+    return build_policy(
         config.policy,
         config.trainer,
         run_dir.root / "trainer",
         run_dir.tensorboard_dir,
         resume_from=latest_checkpoint(run_dir.policy_dir),
     )
+
+
+def build_context(
+    config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None = None
+) -> RunContext:
+    """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
+    task = build_task(config.task)
+    judge, meta_judge = build_judges(config, run_dir, environ, server)
+    policy = build_run_policy(config, run_dir)
     return RunContext(
         config=config,
         run_dir=run_dir,

@@ -156,7 +156,7 @@ def follow(channel: ControlChannel) -> None:
     """A follower's whole life: learn the run from process 0, build the policy replica, serve commands until
     process 0 says stop."""
     from mpo_agents.config import MPOConfig
-    from mpo_agents.policy import build_policy, latest_checkpoint
+    from mpo_agents.context import build_run_policy
     from mpo_agents.rundir import RunDirectory
 
     hello = channel.broadcast()
@@ -166,17 +166,7 @@ def follow(channel: ControlChannel) -> None:
     run_dir = RunDirectory(Path(hello["run_dir"]))
     _log_to(run_dir.root / f"run.rank{channel.rank}.log")
     logger.info("process %d of %d follows the run in %s", channel.rank, channel.world_size, run_dir.root)
-    if config.policy.cpu_threads:
-        import torch
-
-        torch.set_num_threads(config.policy.cpu_threads)
-    policy = build_policy(
-        config.policy,
-        config.trainer,
-        run_dir.root / "trainer",
-        run_dir.tensorboard_dir,
-        resume_from=latest_checkpoint(run_dir.policy_dir),
-    )
+    policy = build_run_policy(config, run_dir)
     try:
         while True:
             command, arguments = channel.broadcast()
