@@ -116,9 +116,8 @@ def execute(
     status = on_status or (lambda message: None)
     channel = distributed.join(environ)  # None unless launched in several processes
     try:
-        meta_nodes = load_meta_nodes(
-            config.meta_nodes
-        )  # a missing plug-in fails now, before minutes of loading
+        # A missing plug-in fails now, before minutes of loading.
+        meta_nodes = load_meta_nodes(config.meta_nodes)
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
             distributed.check_world(config, channel)

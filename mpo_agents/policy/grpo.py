@@ -429,7 +429,6 @@ def _enable_gradient_checkpointing(trainer: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()
-    model.config.use_cache = False  # a cache is useless in a checkpointed forward; generation passes its own
     trainer.args.activation_checkpointing = True  # TRL's scoring pass reads it to pause checkpointing
 
 
