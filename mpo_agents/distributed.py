@@ -80,6 +80,11 @@ class ControlChannel:
         dist.scatter_object_list(box, list(shares) if self.is_main else None, src=0, group=self.group)
         return box[0]
 
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier(group=self.group)
+
     def gather(self, value: Any) -> list[Any]:
         """Every process's `value`, in rank order, on process 0 (an empty list elsewhere)."""
         import torch.distributed as dist
@@ -138,18 +143,26 @@ def check_world(config: MPOConfig, channel: ControlChannel) -> None:
             "policy.device is 'cpu' but the processes were launched on GPUs; use 'auto' or 'cuda', or launch "
             "a single process"
         )
-    if config.policy.rollout.backend == "vllm" and config.policy.rollout.vllm.mode == "colocate":
-        return  # TRL shards colocated vLLM engines across the processes itself
-    from accelerate import PartialState
+    check_sharding(os.environ)
 
-    kind = str(PartialState().distributed_type)
-    if "FSDP" in kind or "DEEPSPEED" in kind:
-        raise ConfigError(
-            f"accelerate is configured for {kind}, which shards the policy's parameters or optimizer state; "
-            "MPO's policy checkpoints hold the full model and optimizer, so only DDP (multi-GPU/multi-CPU) is "
-            "supported. Use examples/accelerate/multi_gpu.yaml, or `policy.lora.enabled: true` to fit a "
-            "larger model on each GPU"
-        )
+
+def check_sharding(environ: Mapping[str, str]) -> None:
+    """DDP and DeepSpeed ZeRO stages 1-2 keep the full parameters on every process, which generation, the
+    replica check and `model/` checkpoints rely on; FSDP and ZeRO-3 shard them. Read from what `accelerate
+    launch` exports (a ZeRO-3 stage set only in a DeepSpeed JSON file is caught when the trainer is built)."""
+    if environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ConfigError(SHARDED_PARAMETERS.format(what="FSDP"))
+    deepspeed = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if deepspeed and environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise ConfigError(SHARDED_PARAMETERS.format(what="DeepSpeed ZeRO stage 3"))
+
+
+SHARDED_PARAMETERS = (
+    "accelerate is configured for {what}, which shards the policy's parameters across processes; MPO samples "
+    "rollouts with each process's full copy of the policy and writes full checkpoints, so it supports DDP and "
+    "DeepSpeed ZeRO stages 1 and 2 (examples/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml). For a model "
+    "too large for one GPU, train a LoRA adapter (`policy.lora.enabled: true`)"
+)
 
 
 def follow(channel: ControlChannel) -> None:
@@ -293,19 +306,26 @@ def _save(policy: TRLGRPOPolicy, channel: ControlChannel, arguments: dict[str, A
     from mpo_agents.policy.checkpoints import save_checkpoint, torch_rng_states
 
     reports = channel.gather({"checksum": _checksum(policy), "rng": torch_rng_states()})
-    if not channel.is_main:
-        return
-    checksums = [report["checksum"] for report in reports]
-    scale = max(abs(checksums[0]), 1.0)
-    if any(abs(value - checksums[0]) > REPLICA_TOLERANCE * scale for value in checksums):
+    if channel.is_main:
+        checksums = [report["checksum"] for report in reports]
+        scale = max(abs(checksums[0]), 1.0)
+        diverged = any(abs(value - checksums[0]) > REPLICA_TOLERANCE * scale for value in checksums)
+    else:
+        diverged = None
+    # Everyone learns the verdict, so that under DeepSpeed no process enters the collective save alone.
+    if channel.broadcast(diverged):
         raise RuntimeError(
             f"the policy replicas diverged (parameter checksums by process: {checksums}); the checkpoint was "
             "not written. Resume from the previous checkpoint"
+            if channel.is_main
+            else "the policy replicas diverged; process 0 reports the checksums"
         )
     save_checkpoint(
         policy,
         Path(arguments["directory"]),
         process_rng={rank: report["rng"] for rank, report in enumerate(reports) if rank},
+        rank=channel.rank,
+        barrier=channel.barrier,
     )
 
 

@@ -2,8 +2,9 @@
 shared by all launched processes, or taken by one process when launched alone.
 
 Usage: distributed_update.py CONFIG.json BATCH.json OUT_DIR. Process 0 drives a `ShardedPolicy` exactly as the
-graph would (generate, update, save); the others serve commands through `distributed.follow`. Process 0 writes
-the gathered rollouts and the update's stats to OUT_DIR; the checkpoint goes to OUT_DIR/policy/iter-000001.
+graph would (generate, update, save, load); the others serve commands through `distributed.follow`. Process 0
+writes the gathered rollouts, the first update's stats, and whether a step taken after restoring the checkpoint
+equals the same step taken before, to OUT_DIR/result.json; the checkpoint is OUT_DIR/policy/iter-000001.
 """
 
 from __future__ import annotations
@@ -43,13 +44,27 @@ def main(config_path: str, batch_path: str, out: str) -> None:
         started = time.perf_counter()
         sampled = policy.generate(batch["conversations"], config.trainer.num_generations, 7, "it0001")
         generated = time.perf_counter()
-        stats = policy.update([Rollout.from_dict(r) for r in batch["rollouts"]], batch["rewards"])
+        rollouts = [Rollout.from_dict(r) for r in batch["rollouts"]]
+        stats = policy.update(rollouts, batch["rewards"])
         updated = time.perf_counter()
-        policy.save(run_dir.policy_dir / "iter-000001")
+        checkpoint = run_dir.policy_dir / "iter-000001"
+        policy.save(checkpoint)
+        # Resume check: a second step, then the checkpoint restored and the same second step again.
+        policy.update(rollouts, batch["rewards"])
+        stepped = [p.detach().clone() for p in local.model.parameters()]
+        policy.load(checkpoint)
+        policy.update(rollouts, batch["rewards"])
+        again = [p.detach() for p in local.model.parameters()]
+        resumed_identical = all(torch.equal(a, b) for a, b in zip(stepped, again, strict=True))
     finally:
         policy.close()
     seconds = {"generate": generated - started, "update": updated - generated}
-    result = {"sampled": [r.to_dict() for r in sampled], "stats": stats, "seconds": seconds}
+    result = {
+        "sampled": [r.to_dict() for r in sampled],
+        "stats": stats,
+        "seconds": seconds,
+        "resumed_step_identical": resumed_identical,
+    }
     (run_dir.root / "result.json").write_text(json.dumps(result))
 
 

@@ -137,4 +137,6 @@ def test_shipped_accelerate_configs_load_in_accelerate(path):
     from accelerate.commands.config.config_args import ClusterConfig
 
     config = ClusterConfig.from_yaml_file(str(path))
-    assert config.num_processes > 1 and config.distributed_type.value == "MULTI_GPU"
+    assert config.num_processes > 1 and config.distributed_type.value in {"MULTI_GPU", "DEEPSPEED"}
+    if config.distributed_type.value == "DEEPSPEED":  # parameter sharding (stage 3) is refused at start
+        assert config.deepspeed_config["zero_stage"] in (1, 2)

@@ -4,6 +4,7 @@ weights as an uninterrupted one."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -63,10 +64,36 @@ def trained_weights(policy) -> dict:
     return {name: p.detach().clone() for name, p in policy.model.named_parameters()}
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_model_dir, tmp_path, lora):
+def launcher(kind: str) -> list[str]:
+    """Two processes: plain torchrun (DDP), or accelerate with the shipped DeepSpeed ZeRO-2 config (on CPU in
+    fp32: DeepSpeed falls back to its CPU accelerator and gloo)."""
+    port = str(free_port())
+    if kind == "zero2":
+        config = TESTS.parent / "examples" / "accelerate" / "deepspeed_zero2.yaml"
+        return [
+            *[sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)],
+            *["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", port],
+        ]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "full",
+        "lora",
+        pytest.param(
+            "zero2",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (the dev extra)"
+            ),
+        ),
+    ],
+)
+def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_model_dir, tmp_path, kind):
     from mpo_agents.policy import build_policy
 
+    lora = kind == "lora"
     config = policy_config(tiny_model_dir, lora)
     single = build_policy(config.policy, config.trainer, tmp_path / "single")
     rollouts = single.generate(CONVERSATIONS, 4, seed=3, key_prefix="it0001")
@@ -77,20 +104,12 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
     (tmp_path / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
     (tmp_path / "batch.json").write_text(json.dumps(batch))
     out = tmp_path / "shared"
+    script = [
+        str(TESTS / "distributed_update.py"),
+        *(str(tmp_path / n) for n in ("config.json", "batch.json")),
+    ]
     launched = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(free_port()),
-            str(TESTS / "distributed_update.py"),
-            str(tmp_path / "config.json"),
-            str(tmp_path / "batch.json"),
-            str(out),
-        ],
+        [*launcher(kind), *script, str(out)],
         env=child_env(),
         capture_output=True,
         text=True,
@@ -125,6 +144,11 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
     tensors = load_file(str(out / "policy" / "iter-000001" / "optimizer.safetensors"))
     assert "rng.torch" in tensors and "process.1.rng.torch" in tensors
     assert (out / "run.rank1.log").is_file()
+    # Restoring the checkpoint restores the optimizer too: the step after it is the step before it, bit for bit.
+    assert result["resumed_step_identical"]
+    if kind == "zero2":  # each process's optimizer partition, in DeepSpeed's own files
+        partitions = sorted((out / "policy" / "iter-000001" / "deepspeed").rglob("*optim_states.pt"))
+        assert len(partitions) == 2
 
 
 def mpo(*args: str) -> subprocess.Popen:
@@ -217,3 +241,13 @@ def test_a_refused_multi_process_run_ends_every_process_with_the_reason(tiny_mod
     assert process.returncode != 0
     assert "trainer.prompts_per_iteration is 3, which 2 processes cannot share" in text
     assert not list((tmp_path / "run" / "policy").glob("iter-*"))
+
+
+def test_parameter_sharding_is_refused_with_the_reason():
+    from mpo_agents.distributed import check_sharding
+
+    check_sharding({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"})  # supported
+    with pytest.raises(ConfigError, match="FSDP, which shards the policy's parameters"):
+        check_sharding({"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(ConfigError, match="DeepSpeed ZeRO stage 3.*ZeRO stages 1 and 2"):
+        check_sharding({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})

@@ -391,6 +391,11 @@ def _build_trainer(
             rollout_func=batch.rollout_func,
             peft_config=peft_lora_config(lora) if lora is not None else None,
         )
+    deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if deepspeed is not None and deepspeed.zero_stage == 3:
+        from mpo_agents.distributed import SHARDED_PARAMETERS
+
+        raise ConfigError(SHARDED_PARAMETERS.format(what="DeepSpeed ZeRO stage 3"))
     if lora is not None:
         _check_lora_trainer(trainer, lora)
     if gradient_checkpointing:
@@ -411,7 +416,8 @@ def _build_trainer(
     # TRL loads the reference model with `use_cache=True`; its scoring forward then builds a KV cache it never
     # uses. Measured on SmolLM2-135M (8 x ~165 tokens): the update takes 17.5 s without it vs 23 s with it.
     if trainer.ref_model is not None:
-        trainer.ref_model.config.use_cache = False
+        # Under DeepSpeed the reference is an engine wrapping the model.
+        getattr(trainer.ref_model, "module", trainer.ref_model).config.use_cache = False
     if trainer.args.steps_per_generation != 1 or trainer.num_iterations != 1:
         raise RuntimeError("path A needs steps_per_generation=1 and num_iterations=1 (one replay per step)")
     return trainer
