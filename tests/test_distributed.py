@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from mpo_agents.config import MPOConfig
 from mpo_agents.distributed import free_port, launch_command
-from mpo_agents.errors import ConfigError
+from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.rundir import read_jsonl
 
 torch = pytest.importorskip("torch")
@@ -149,6 +149,9 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
     if kind == "zero2":  # each process's optimizer partition, in DeepSpeed's own files
         partitions = sorted((out / "policy" / "iter-000001" / "deepspeed").rglob("*optim_states.pt"))
         assert len(partitions) == 2
+        # Without DeepSpeed the partitions cannot be restored: refused, not half-loaded.
+        with pytest.raises(CheckpointError, match="written under DeepSpeed ZeRO"):
+            single.load(out / "policy" / "iter-000001")
 
 
 def mpo(*args: str) -> subprocess.Popen:
