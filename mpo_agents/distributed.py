@@ -59,6 +59,7 @@ class ControlChannel:
     # Process 0's side of the conversation: followers first wait for `announce` (or `abandon`).
     announced: bool = False
     abandoned: bool = False
+    failed: bool = False  # process 0 gave up mid-run; the launcher tears the processes down
 
     @property
     def is_main(self) -> bool:
@@ -116,16 +117,22 @@ def join(environ: Mapping[str, str] = os.environ) -> ControlChannel | None:
     state = PartialState(cpu=not torch.cuda.is_available())
     group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
     _channel = ControlChannel(state.process_index, state.num_processes, group)
-    if _channel.is_main:
-        # Process 0 may end without starting a run (an error, `mpo review` with nothing to decide); the
-        # followers wait for the run's announcement and would keep the launcher waiting for them forever.
-        atexit.register(_release_unannounced, _channel)
+    atexit.register(_at_exit, _channel)
     return _channel
 
 
-def _release_unannounced(channel: ControlChannel) -> None:
-    if not channel.announced and not channel.abandoned:
+def _at_exit(channel: ControlChannel) -> None:
+    # Process 0 may end without starting a run (an error, `mpo review` with nothing to decide); the followers
+    # wait for the run's announcement and would keep the launcher waiting for them forever.
+    if channel.is_main and not channel.announced and not channel.abandoned:
         abandon(channel)
+    # Process groups left to the interpreter's teardown can abort the process ("terminate called without an
+    # active exception", seen in CI on a follower's exit) as their threads are destroyed while still joinable.
+    if not channel.failed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def check_world(config: MPOConfig, channel: ControlChannel) -> None:
@@ -261,6 +268,7 @@ class ShardedPolicy:
         (a collective of TRL or DDP), where they cannot receive another one. Send nothing: process 0 exits with
         an error and the launcher stops the followers."""
         self._stopped = True
+        self.channel.failed = True
         self.local.close()
 
 
