@@ -127,6 +127,23 @@ def test_gradient_checkpointing_is_on_and_leaves_the_step_unchanged(
     assert len(checkpointed.generate(CONVERSATIONS, 4, seed=6, key_prefix="it0002")) == 8
 
 
+def test_the_gpu_settings_bf16_and_checkpointing_also_train_on_cpu(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What `auto` picks on a GPU (bf16 weights under accelerate's bf16 autocast, checkpointing on), run where
+    the tests run: a real step that moves the weights."""
+    cfg = PolicyConfig(
+        model=str(tiny_model_dir), device="cpu", dtype="bfloat16", gradient_checkpointing=True, generation=GEN
+    )
+    policy = build_policy(cfg, trainer_config(), tmp_path)
+    assert policy.model.dtype == torch.bfloat16 and policy.trainer.args.bf16
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=5, key_prefix="it0001")
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    stats = policy.update(rollouts, rewards_for(rollouts))
+    assert stats["grad_norm"] > 0
+    assert max((a - b).abs().max().item() for a, b in zip(before, policy.model.parameters(), strict=True)) > 0
+
+
 # --- vLLM rollouts ------------------------------------------------------------------------------------------------
 class CopyEngine:
     """Stands in for TRL's `VLLMGeneration`: a separate copy of the policy that only changes when weights are
