@@ -59,7 +59,9 @@ class ControlChannel:
     # Process 0's side of the conversation: followers first wait for `announce` (or `abandon`).
     announced: bool = False
     abandoned: bool = False
-    failed: bool = False  # process 0 gave up mid-run; the launcher tears the processes down
+    # Between the run's announcement and its clean end. A process that exits while still running failed,
+    # perhaps inside a collective: it leaves its process groups alone and the launcher tears everything down.
+    running: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -128,7 +130,7 @@ def _at_exit(channel: ControlChannel) -> None:
         abandon(channel)
     # Process groups left to the interpreter's teardown can abort the process ("terminate called without an
     # active exception", seen in CI on a follower's exit) as their threads are destroyed while still joinable.
-    if not channel.failed:
+    if not channel.running:
         import torch.distributed as dist
 
         if dist.is_initialized():
@@ -182,6 +184,7 @@ def follow(channel: ControlChannel) -> None:
     hello = channel.broadcast()
     if hello is None:  # process 0 ended before the run began (an error it has reported)
         return
+    channel.running = True
     config = MPOConfig(**hello["config"])
     run_dir = RunDirectory(Path(hello["run_dir"]))
     _log_to(run_dir.root / f"run.rank{channel.rank}.log")
@@ -191,6 +194,7 @@ def follow(channel: ControlChannel) -> None:
         while True:
             command, arguments = channel.broadcast()
             if command == "stop":
+                channel.running = False
                 return
             _COMMANDS[command](policy, channel, arguments)
     finally:
@@ -201,6 +205,7 @@ def announce(channel: ControlChannel, config: MPOConfig, run_dir: Path) -> None:
     """Process 0 tells the followers which run they serve (the exact config, also on resume)."""
     channel.broadcast({"config": config.model_dump(mode="json"), "run_dir": str(run_dir)})
     channel.announced = True
+    channel.running = True
 
 
 def abandon(channel: ControlChannel) -> None:
@@ -261,6 +266,7 @@ class ShardedPolicy:
         if not self._stopped:
             self._stopped = True
             self.channel.broadcast(("stop", {}))
+            self.channel.running = False
         self.local.close()
 
     def abandon(self) -> None:
@@ -268,7 +274,6 @@ class ShardedPolicy:
         (a collective of TRL or DDP), where they cannot receive another one. Send nothing: process 0 exits with
         an error and the launcher stops the followers."""
         self._stopped = True
-        self.channel.failed = True
         self.local.close()
 
 
