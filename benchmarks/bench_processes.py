@@ -26,7 +26,7 @@ SCRIPT = ROOT / "tests" / "distributed_update.py"
 
 
 def launch(processes: int, threads: int, config: Path, batch: Path, out: Path) -> dict:
-    from mpo_agents.distributed import free_port
+    from mpo_agents.serving import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
     command += ["--master-port", str(free_port()), str(SCRIPT), str(config), str(batch), str(out)]

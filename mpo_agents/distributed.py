@@ -378,19 +378,13 @@ def launch_command(
         # A free rendezvous port: two runs on one machine must not both take accelerate's default 29500. The
         # other flags are accelerate's defaults, spelled out so it does not print a warning about them; the
         # precision is the policy's own (`policy.dtype` sets TRL's bf16/fp16, which wins over the launcher's).
+        from mpo_agents.serving import free_port
+
         command += ["--multi_gpu", "--main_process_port", str(free_port())]
         command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     if num_processes is not None:
         command += ["--num_processes", str(num_processes)]
     return [*command, "-m", "mpo_agents", *mpo_arguments]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def relaunch(mpo_arguments: Sequence[str], num_processes: int | None, accelerate_config: Path | None) -> None:

@@ -34,7 +34,8 @@ class LocalServer:
         return f"openai/{self.model_dir}"
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -112,7 +113,7 @@ def _stop(process: subprocess.Popen) -> None:
 @contextmanager
 def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
     """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
-    port = cfg.port or _free_port(cfg.host)
+    port = cfg.port or free_port(cfg.host)
     command = _serve_command(model_dir, cfg, port)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if cfg.cpu_threads:

@@ -18,9 +18,10 @@ from conftest import TEST_ENV, run_overrides
 from safetensors.torch import load_file
 
 from mpo_agents.config import MPOConfig
-from mpo_agents.distributed import free_port, launch_command
+from mpo_agents.distributed import launch_command
 from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.rundir import read_jsonl
+from mpo_agents.serving import free_port
 
 torch = pytest.importorskip("torch")
 

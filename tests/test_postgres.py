@@ -7,7 +7,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,17 +20,12 @@ from mpo_agents.checkpointing import redact
 from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
 from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.serving import free_port
 
 
 def _postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def postgres_url():
     if os.geteuid() == 0:  # initdb refuses to run as root
         shutil.chown(root, "postgres")
         as_postgres = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data)]
     _run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root}"
@@ -115,7 +109,7 @@ def test_an_unreachable_postgres_is_a_clear_error_without_the_password(
     sets = run_overrides(
         tiny_model_dir, server.url, **{"output.checkpointer": "postgres", "schedule.iterations": 1}
     )
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     url = f"postgresql://mpo:s3cret@127.0.0.1:{port}/mpo"
     result = subprocess.run(
         [
