@@ -6,7 +6,6 @@ Heavy libraries (torch, trl, litellm, langgraph) are imported inside the command
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import signal
 import warnings
@@ -69,16 +68,6 @@ def _prepare_environment() -> None:
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def _setup_logging(run_dir: Path) -> None:
-    handler = logging.FileHandler(run_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "openai", "aiosqlite"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class _ProgressView:
@@ -155,10 +144,10 @@ def _judge_failures(metrics: list[dict[str, Any]]) -> int:
 
 def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None = None) -> None:
     from mpo_agents.rubrics import RubricStore
-    from mpo_agents.rundir import read_jsonl
+    from mpo_agents.rundir import log_to_file, read_jsonl
     from mpo_agents.runner import execute
 
-    _setup_logging(run_dir.root)
+    log_to_file(run_dir.root / "run.log")
     total = config.schedule.iterations
     view = _ProgressView(total, read_jsonl(run_dir.metrics_path))
     with view.progress:

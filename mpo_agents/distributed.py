@@ -179,7 +179,7 @@ def follow(channel: ControlChannel) -> None:
     process 0 says stop."""
     from mpo_agents.config import MPOConfig
     from mpo_agents.context import build_run_policy
-    from mpo_agents.rundir import RunDirectory
+    from mpo_agents.rundir import RunDirectory, log_to_file
 
     hello = channel.broadcast()
     if hello is None:  # process 0 ended before the run began (an error it has reported)
@@ -187,7 +187,7 @@ def follow(channel: ControlChannel) -> None:
     channel.running = True
     config = MPOConfig(**hello["config"])
     run_dir = RunDirectory(Path(hello["run_dir"]))
-    _log_to(run_dir.root / f"run.rank{channel.rank}.log")
+    log_to_file(run_dir.root / f"run.rank{channel.rank}.log")
     logger.info("process %d of %d follows the run in %s", channel.rank, channel.world_size, run_dir.root)
     policy = build_run_policy(config, run_dir)
     try:
@@ -402,11 +402,3 @@ def relaunch(mpo_arguments: Sequence[str], num_processes: int | None, accelerate
     command = launch_command(mpo_arguments, num_processes, accelerate_config)
     print(f"launching: {shlex.join(command[1:])}", file=sys.stderr, flush=True)
     os.execv(command[0], command)
-
-
-def _log_to(path: Path) -> None:
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -12,6 +13,18 @@ from typing import Any
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DB = "checkpoints.sqlite"
+
+
+def log_to_file(path: Path) -> None:
+    """Send this process's log records (INFO and up; chatty HTTP and LLM client libraries WARNING and up) to a
+    run's log file: `run.log`, or a follower process's `run.rank<N>.log`."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    for noisy in ("LiteLLM", "litellm", "httpx", "httpcore", "openai", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
