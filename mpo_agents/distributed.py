@@ -57,8 +57,7 @@ class ControlChannel:
     world_size: int
     group: Any
     # Process 0's side of the conversation: followers first wait for `announce` (or `abandon`).
-    announced: bool = False
-    abandoned: bool = False
+    greeted: bool = False  # the followers got process 0's first message: the run (`announce`) or none
     # Between the run's announcement and its clean end. A process that exits while still running failed,
     # perhaps inside a collective: it leaves its process groups alone and the launcher tears everything down.
     running: bool = False
@@ -126,7 +125,7 @@ def join(environ: Mapping[str, str] = os.environ) -> ControlChannel | None:
 def _at_exit(channel: ControlChannel) -> None:
     # Process 0 may end without starting a run (an error, `mpo review` with nothing to decide); the followers
     # wait for the run's announcement and would keep the launcher waiting for them forever.
-    if channel.is_main and not channel.announced and not channel.abandoned:
+    if channel.is_main and not channel.greeted:
         abandon(channel)
     # Process groups left to the interpreter's teardown can abort the process ("terminate called without an
     # active exception", seen in CI on a follower's exit) as their threads are destroyed while still joinable.
@@ -204,13 +203,13 @@ def follow(channel: ControlChannel) -> None:
 def announce(channel: ControlChannel, config: MPOConfig, run_dir: Path) -> None:
     """Process 0 tells the followers which run they serve (the exact config, also on resume)."""
     channel.broadcast({"config": config.model_dump(mode="json"), "run_dir": str(run_dir)})
-    channel.announced = True
+    channel.greeted = True
     channel.running = True
 
 
 def abandon(channel: ControlChannel) -> None:
     """Process 0 failed before `announce`: let the followers end instead of waiting for it."""
-    channel.abandoned = True
+    channel.greeted = True
     channel.broadcast(None)
 
 
