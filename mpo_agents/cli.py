@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mpo_agents.errors import MPOError
+from mpo_agents.errors import MPOError, StorageError
 
 app = typer.Typer(
     add_completion=False,
@@ -32,6 +32,9 @@ app = typer.Typer(
     help="Meta Policy Optimization: GRPO with an evolving LLM-judge rubric.",
 )
 console = Console(stderr=True)
+EXIT_STORAGE = (
+    74  # sysexits' EX_IOERR: the run directory cannot be written (disk full, read-only, no permission)
+)
 
 
 # Options of every command that can continue a run (run, resume, review), for several processes.
@@ -142,14 +145,16 @@ def _judge_failures(metrics: list[dict[str, Any]]) -> int:
     return sum(m.get("judge_failures") or 0 for m in metrics)
 
 
-def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None = None) -> None:
+def _run(
+    config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None = None, check: Any = None
+) -> None:
     from mpo_agents.rubrics import RubricStore
-    from mpo_agents.rundir import log_to_file, read_jsonl
+    from mpo_agents.rundir import log_to_file
     from mpo_agents.runner import execute
 
     log_to_file(run_dir.root / "run.log")
     total = config.schedule.iterations
-    view = _ProgressView(total, read_jsonl(run_dir.metrics_path))
+    view = _ProgressView(total, run_dir.metrics())
     with view.progress:
         outcome = execute(
             config,
@@ -159,9 +164,10 @@ def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None =
             on_event=view.on_event,
             on_status=lambda message: view.progress.update(view.task, description=message),
             review=review,
+            check=check,
         )
     verb = {"finished": "finished", "awaiting_review": "paused for review"}.get(outcome.status, "stopped")
-    metrics = read_jsonl(run_dir.metrics_path)  # totals over the whole run, also across resumes
+    metrics = run_dir.metrics()  # totals over the whole run, also across resumes
     failures = _judge_failures(metrics)
     rejected = len(RubricStore(run_dir.rubrics_dir).rejections())
     console.print(
@@ -183,6 +189,25 @@ def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None =
 def _fail(exc: Exception) -> None:
     console.print(f"[red]error:[/] {exc}")
     raise typer.Exit(code=2)
+
+
+def _storage_failed(exc: StorageError, run_dir: Path | None) -> None:
+    """A write the OS refused: say what, what is kept and how to go on, here and in run.log; exit 74."""
+    import logging
+
+    from mpo_agents.policy import latest_checkpoint
+
+    kept = "nothing yet (no policy checkpoint was completed)"
+    if run_dir is not None and (latest := latest_checkpoint(Path(run_dir) / "policy")) is not None:
+        kept = f"every step up to the last complete policy checkpoint, {latest.relative_to(run_dir)}"
+    message = (
+        f"cannot write {exc.path}: {exc.reason}. The run stopped at once; nothing half-written is ever read. "
+        f"Kept: {kept}, and the graph's state after its last completed node. "
+        f"Fix: {exc.fix}, then `mpo resume {run_dir or 'RUN_DIR'}`."
+    )
+    logging.getLogger("mpo_agents.cli").error(message)  # run.log, if the disk still takes a line
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=EXIT_STORAGE)
 
 
 @app.command()
@@ -218,6 +243,8 @@ def run(
         config = load_config(config_path, set_ or [])
         directory = new_run_dir(config, run_dir)
         _run(config, directory, fresh=True)
+    except StorageError as exc:
+        _storage_failed(exc, directory.root if directory else run_dir)
     except MPOError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -286,11 +313,33 @@ def resume(
             config = update_saved_config(run_dir, config, schedule={"budget_usd": budget_usd})
         if not has_graph_checkpoints(config, RunDirectory(run_dir)):
             raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
-        _run(config, RunDirectory(run_dir), fresh=False)
+        _run(config, RunDirectory(run_dir), fresh=False, check=_checked(run_dir))
+    except StorageError as exc:
+        _storage_failed(exc, run_dir)
     except MPOError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         _interrupted(run_dir)
+
+
+def _checked(run_dir: Path) -> Any:
+    """`mpo check`'s verification before a run continues, before any model loads: what it will mend is said,
+    what a person must fix stops it here (CheckpointError)."""
+    from mpo_agents.errors import CheckpointError
+    from mpo_agents.integrity import check_run
+
+    with console.status("checking the run directory"):
+        check = check_run(run_dir, os.environ, every_checkpoint=False)
+    for finding in check.findings:
+        if finding.level in ("repair", "warning"):
+            console.print(
+                f"[yellow]{finding.level}:[/] {finding.path}: {finding.problem}; {finding.action}",
+                highlight=False,
+            )
+    if check.blocking:
+        problems = "\n".join(f"  {f.path}: {f.problem}. Fix: {f.action}" for f in check.blocking)
+        raise CheckpointError(f"{run_dir} cannot be resumed as it is:\n{problems}")
+    return check
 
 
 @app.command()
@@ -334,7 +383,15 @@ def review(
             if not edit.is_file():
                 raise MPOError(f"--edit {edit} does not exist")
             decision["text"] = edit.read_text(encoding="utf-8")
-        _run(saved_config(run_dir), RunDirectory(run_dir), fresh=False, review=decision)
+        _run(
+            saved_config(run_dir),
+            RunDirectory(run_dir),
+            fresh=False,
+            review=decision,
+            check=_checked(run_dir),
+        )
+    except StorageError as exc:
+        _storage_failed(exc, run_dir)
     except MPOError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -444,6 +501,36 @@ def rubrics(
         out.print(f"\n{len(rejected)} rewrite(s) rejected:")
         for item in rejected:
             out.print(f"  iteration {item['iteration']}: {item['reason']}", markup=False)
+
+
+@app.command()
+def check(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Verify a run directory: policy checkpoints against their markers, every JSONL file, the SQLite
+    databases, rubric files against their lineage, the files the graph state names. Says what is wrong and
+    how to recover; exits 1 when `mpo resume` could not continue."""
+    _prepare_environment()
+    from mpo_agents.integrity import check_run
+
+    if not (run_dir / "config.yaml").is_file():
+        _fail(MPOError(f"{run_dir} is not a run directory (no config.yaml)"))
+    with console.status("checking the run directory"):
+        result = check_run(run_dir, os.environ)
+    out = Console()
+    colours = {"error": "red", "warning": "yellow", "repair": "cyan", "note": "dim"}
+    if result.findings:
+        table = Table("level", "file", "problem", "what to do / what resume does", title=str(run_dir))
+        for f in result.findings:
+            table.add_row(f"[{colours[f.level]}]{f.level}[/]", f.path, f.problem, f.action)
+        out.print(table)
+    restored = result.checkpoint.name if result.checkpoint else "the base model"
+    out.print(
+        f"A resume restores the policy from {restored}"
+        + (f" and applies {len(result.replay)} update(s) again." if result.replay else ".")
+    )
+    if result.blocking:
+        out.print(f"[red]{len(result.blocking)} problem(s) stop `mpo resume` until fixed.[/]")
+        raise typer.Exit(code=1)
+    out.print("[green]The run directory can be resumed.[/]")
 
 
 @app.command("hacking-check")

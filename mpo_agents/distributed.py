@@ -254,8 +254,8 @@ class ShardedPolicy:
     def save(self, directory: Path) -> None:
         self._command("save", {"directory": str(directory)})
 
-    def load(self, directory: Path) -> None:
-        self._command("load", {"directory": str(directory)})
+    def load(self, directory: Path, verify: bool = True) -> None:
+        self._command("load", {"directory": str(directory), "verify": verify})
 
     def log_metrics(self, metrics: dict[str, Any], iteration: int) -> None:
         self.local.log_metrics(metrics, iteration)  # dashboards live on process 0 only
@@ -344,7 +344,9 @@ def _save(policy: TRLGRPOPolicy, channel: ControlChannel, arguments: dict[str, A
 def _load(policy: TRLGRPOPolicy, channel: ControlChannel, arguments: dict[str, Any]) -> None:
     from mpo_agents.policy.checkpoints import load_checkpoint
 
-    load_checkpoint(policy, Path(arguments["directory"]), rank=channel.rank)
+    load_checkpoint(
+        policy, Path(arguments["directory"]), rank=channel.rank, verify=arguments.get("verify", True)
+    )
 
 
 def _checksum(policy: TRLGRPOPolicy) -> float:

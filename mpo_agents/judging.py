@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mpo_agents.errors import ConfigError
 from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
-from mpo_agents.rundir import read_jsonl, write_jsonl
+from mpo_agents.rundir import read_checked_jsonl, read_jsonl, write_jsonl
 from mpo_agents.scoring import Scorer
 from mpo_agents.state import ScoredSample
 
@@ -114,7 +114,7 @@ def load_pairs(path: Path, task: Task) -> list[tuple[dict[str, Any], str, bool]]
     if not Path(path).is_file():
         raise ConfigError(f"--input {path} does not exist")
     pairs = []
-    for number, raw in enumerate(read_jsonl(path), start=1):
+    for number, raw in enumerate(read_checked_jsonl(path, (), "completions to score"), start=1):
         if "completion" not in raw:
             raise ConfigError(f"--input {path} line {number} has no 'completion' field")
         record = task.normalize_record({k: v for k, v in raw.items() if k not in ("completion", "truncated")})

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mpo_agents.errors import RubricRejected
-from mpo_agents.rundir import atomic_write_text
+from mpo_agents.rundir import append_jsonl, atomic_write_text, read_jsonl
 
 # "Criterion 2: text (0-5 points)"; also accepts "- text (0-5 points)" bullets, "(-3 to 0 points)", "[0-5 pts]".
 _ITEM_HEADER = re.compile(r"^\s*(?:[-*•]\s*|\d+[.)]\s*)?\**\s*criterion\s+\d+\s*\**\s*[:.)]", re.IGNORECASE)
@@ -313,8 +313,7 @@ class RubricStore:
         record = {"iteration": iteration, "reason": reason, "text": text}
         if record in self.rejections():
             return
-        with open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.directory / "rejected.jsonl", record)
 
     def versions(self) -> list[RubricVersion]:
         return [
@@ -324,9 +323,7 @@ class RubricStore:
 
     def rejections(self) -> list[dict]:
         path = self.directory / "rejected.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path, torn_tail_ok=True) if path.exists() else []
 
 
 def diff_rubrics(old: RubricVersion, new: RubricVersion) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
@@ -18,11 +17,12 @@ import yaml
 
 from mpo_agents import distributed
 from mpo_agents.config import MPOConfig, redacted_dump
-from mpo_agents.errors import CheckpointError, ConfigError
+from mpo_agents.errors import CheckpointError, ConfigError, StorageError
 from mpo_agents.rubrics import RubricStore
-from mpo_agents.rundir import RunDirectory, atomic_write_text
+from mpo_agents.rundir import RunDirectory, append_jsonl, atomic_write_text, storage_error
 
 if TYPE_CHECKING:
+    from mpo_agents.integrity import RunCheck
     from mpo_agents.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def new_run_dir(config: MPOConfig, run_dir: Path | None) -> RunDirectory:
         )
     directory = RunDirectory(root)
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_dir": root})})
-    directory.config_path.write_text(yaml.safe_dump(redacted_dump(config), sort_keys=False))
+    atomic_write_text(directory.config_path, yaml.safe_dump(redacted_dump(config), sort_keys=False))
     return directory
 
 
@@ -97,10 +97,51 @@ def execute(
     on_event: ProgressHook | None = None,
     on_status: Callable[[str], None] | None = None,
     review: dict[str, Any] | None = None,
+    check: RunCheck | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
     rubric change waits for review. `review` resumes a run paused for review with that decision
-    ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...})."""
+    ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). A resumed run
+    passes the `check` of its directory (`mpo_agents.integrity`): the policy checkpoint it names is restored,
+    damaged ones are moved aside and updates they held are applied again.
+
+    A write into the run directory that the operating system refuses raises StorageError, whatever wrote it."""
+    try:
+        return _execute(config, run_dir, environ, fresh, on_event, on_status, review, check)
+    except Exception as exc:
+        error = _storage_error(exc, run_dir)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def _storage_error(exc: BaseException, run_dir: RunDirectory) -> StorageError | None:
+    """The StorageError behind a failure that no write site named: an OS error carries its file; SQLite's
+    come from the graph's checkpoint database (the judgment cache names its own file)."""
+    import sqlite3
+
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, OSError):
+        where = Path(exc.filename) if exc.filename else run_dir.root
+        if where.is_absolute() and not where.is_relative_to(run_dir.root.resolve()):
+            return None  # e.g. unreadable task data: not the run directory's storage
+        return storage_error(exc, where)
+    if isinstance(exc, sqlite3.OperationalError):
+        return storage_error(exc, run_dir.checkpoint_db)
+    return storage_error(exc, run_dir.policy_dir)  # safetensors, the only other writer that reports in words
+
+
+def _execute(
+    config: MPOConfig,
+    run_dir: RunDirectory,
+    environ: Mapping[str, str],
+    fresh: bool,
+    on_event: ProgressHook | None,
+    on_status: Callable[[str], None] | None,
+    review: dict[str, Any] | None,
+    check: RunCheck | None,
+) -> RunOutcome:
     from langgraph.types import Command
     from transformers.utils import logging as hf_logging
 
@@ -127,6 +168,8 @@ def execute(
         raise
     if channel is not None:
         distributed.announce(channel, config, run_dir.root)
+    if check is not None:
+        _set_aside_damage(check, run_dir)
     with ExitStack() as stack:
         server = None
         if config.local_server.enabled:
@@ -142,8 +185,9 @@ def execute(
             status(f"policy replicas ready in {channel.world_size} processes")
             ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
         stack.push(_policy_closer(ctx.policy))  # complete the dashboards' files however the run ends
-        latest = latest_checkpoint(run_dir.policy_dir)
-        if latest is not None:
+        if check is not None:
+            _restore_policy(ctx, check, status)
+        elif (latest := latest_checkpoint(run_dir.policy_dir)) is not None:
             if fresh:
                 raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
             status(f"restoring policy weights and optimizer from {latest.name}")
@@ -153,6 +197,41 @@ def execute(
             inputs = Command(resume=review)
         hook = on_event or (lambda node, update: None)
         return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
+
+
+def _set_aside_damage(check: RunCheck, run_dir: RunDirectory) -> None:
+    """Move what the check found damaged out of the way, before anything could read it: policy checkpoints
+    (as `iter-N.damaged`), and a judgment cache SQLite cannot read (its judgments are asked again)."""
+    from mpo_agents.judges.cache import CACHE_FILE
+    from mpo_agents.policy import quarantine
+
+    for path in check.damaged:
+        log.warning("policy checkpoint %s is damaged; moved aside as %s", path, quarantine(path).name)
+    if check.damaged_cache:
+        cache = run_dir.root / CACHE_FILE
+        for suffix in ("", "-wal", "-shm"):
+            part = cache.with_name(cache.name + suffix)
+            if part.exists():
+                part.rename(part.with_name(part.name + ".damaged"))
+        log.warning("the judgment cache %s is damaged; moved aside, its judgments are asked again", cache)
+
+
+def _restore_policy(ctx: Any, check: RunCheck, status: Callable[[str], None]) -> None:
+    """Load the checkpoint the check verified (not verified twice), then apply again the updates that the
+    graph made after it, from their stored rollouts and rewards."""
+    from mpo_agents.nodes.policy_update import replay_updates
+
+    if check.checkpoint is not None:
+        status(f"restoring policy weights and optimizer from {check.checkpoint.name}")
+        ctx.policy.load(check.checkpoint, verify=False)
+    if check.replay:
+        log.warning(
+            "applying the updates of iterations %d-%d again: the restored checkpoint (%s) predates them",
+            check.replay.start,
+            check.replay.stop - 1,
+            check.checkpoint.name if check.checkpoint else "the base model",
+        )
+        replay_updates(ctx, check.replay, status)
 
 
 def _policy_closer(policy: Any) -> Callable[..., bool]:
@@ -269,8 +348,7 @@ class NodeTimings:
     def record(self, node: str, update: dict[str, Any]) -> None:
         now = time.perf_counter()
         record = {"iteration": self.iteration, "node": node, "seconds": round(now - self.last, 3)}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
         self.iteration = update.get("iteration", self.iteration)
         self.last = now
 

@@ -69,9 +69,11 @@ class MetaProgress(TypedDict, total=False):
 class MPOState(TypedDict, total=False):
     iteration: int  # 1-based number of the iteration in progress
     rubric: RubricState  # the rubric in force
-    rollout_path: str  # this iteration's rollouts with token ids (on disk, outside the checkpoint)
+    rollout_path: (
+        str  # this iteration's rollouts with token ids, relative to the run directory (so it can move)
+    )
     batch: list[ScoredSample]  # this iteration's samples, scored once `score` has run
-    window: list[str]  # sample files written since the last meta step (what the meta-judge draws from)
+    window: list[str]  # sample files since the last meta step (what the meta-judge draws from), relative
     meta: MetaProgress  # the meta pipeline's work in progress within one meta step
     policy_step: int  # optimizer steps applied so far
     metrics: dict[str, float]  # the latest iteration's metrics

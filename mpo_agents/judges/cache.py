@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mpo_agents.rundir import writing
+
 CACHE_FILE = "judge_cache.sqlite"
 
 
@@ -67,7 +69,7 @@ class JudgmentCache:
             return row[0]
 
     def put(self, key: str, reply: str) -> None:
-        with self._lock:
+        with self._lock, writing(self.path):
             self._db.execute("INSERT OR REPLACE INTO judgments (key, reply) VALUES (?, ?)", (key, reply))
 
     def checkpoint(self) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from mpo_agents.rundir import append_line, open_appended, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -38,25 +39,23 @@ class CallRecord:
 class CallLog:
     """Appends records to a JSONL file; safe to share between threads and asyncio tasks.
 
-    Each line is written whole and flushed under a lock, so another process (or a crash) sees whole lines only;
-    `read` skips a last line cut short by a kill mid-write. The file stays open between writes (opening it per
-    record cost more than the rest of our layer's work per judge call) and is closed by `close` or with the log.
+    Each line is written whole under a lock, so another process (or a crash) sees whole lines only; `read` skips
+    a last line cut short by a kill mid-write, and the next process's first write removes it. The file stays
+    open between writes (opening it per record cost more than the rest of our layer's work per judge call) and
+    is closed by `close` or with the log. A write the disk refuses raises StorageError.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._file: TextIO | None = None
+        self._file: Any = None
 
     def write(self, record: CallRecord | dict[str, Any]) -> None:
         data = dataclasses.asdict(record) if isinstance(record, CallRecord) else record
-        line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
         with self._lock:
             if self._file is None or self._file.closed:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("a", encoding="utf-8")
-            self._file.write(line)
-            self._file.flush()
+                self._file = open_appended(self.path)
+            append_line(self._file, data)
 
     def close(self) -> None:
         with self._lock:
@@ -71,12 +70,4 @@ class CallLog:
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
         """All records of a log file, skipping a last line cut short by a crash."""
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        records = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise
-        return records
+        return read_jsonl(path, torn_tail_ok=True)

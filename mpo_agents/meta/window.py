@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from mpo_agents.rundir import read_jsonl
+from mpo_agents.rundir import RunDirectory, read_jsonl
 from mpo_agents.state import ScoredSample
 
 JUDGED = ("scored", "guarded")
 
 
-def window_samples(paths: list[str]) -> list[ScoredSample]:
-    return [sample for path in paths for sample in read_jsonl(Path(path))]  # type: ignore[misc]
+def window_samples(run_dir: RunDirectory, paths: list[str]) -> list[ScoredSample]:
+    """Every sample of the window's files (as the state lists them: relative to the run directory)."""
+    return [sample for path in paths for sample in read_jsonl(run_dir.locate(path))]  # type: ignore[misc]
 
 
-def judged_samples(paths: list[str]) -> list[ScoredSample]:
+def judged_samples(run_dir: RunDirectory, paths: list[str]) -> list[ScoredSample]:
     """Samples of the window with a valid score (failed judgments carry nothing to analyse)."""
-    return [sample for sample in window_samples(paths) if sample["status"] in JUDGED]
+    return [sample for sample in window_samples(run_dir, paths) if sample["status"] in JUDGED]

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from mpo_agents.judges.records import CallLog
 from mpo_agents.meta.window import window_samples
 from mpo_agents.rubrics import RubricVersion
-from mpo_agents.rundir import read_jsonl
 from mpo_agents.state import ScoredSample
 
 if TYPE_CHECKING:
@@ -71,13 +70,12 @@ class MetaView:
 
     @cached_property
     def window(self) -> list[ScoredSample]:
-        return window_samples(self.window_paths)
+        return window_samples(self.context.run_dir, self.window_paths)
 
     @cached_property
     def metrics_history(self) -> list[dict[str, Any]]:
         """One row per finished iteration (metrics.jsonl)."""
-        path = self.context.run_dir.metrics_path
-        return read_jsonl(path) if path.exists() else []
+        return self.context.run_dir.metrics()
 
     def judge_calls(self, role: str = "judge") -> list[dict[str, Any]]:
         """The call log of a judge role: every attempt, with prompt, reply, error and metadata."""

@@ -19,6 +19,7 @@ from mpo_agents.context import RunContext
 from mpo_agents.errors import RubricRejected
 from mpo_agents.metalevel.api import SCHEDULE_KNOBS, Decision, MetaNode, MetaView
 from mpo_agents.rubrics import RubricVersion, diff_rubrics, validate_rewrite
+from mpo_agents.rundir import append_jsonl
 from mpo_agents.state import MPOState
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,7 @@ def _checked(decision: Any, node: MetaNode) -> Decision | None:
 
 
 def _log(ctx: RunContext, entry: dict[str, Any]) -> None:
-    with open(ctx.run_dir.root / LOG_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, default=str) + "\n")
+    append_jsonl(ctx.run_dir.root / LOG_FILE, entry)
 
 
 async def rubric_commit(state: MPOState, runtime: Runtime[RunContext]) -> dict:

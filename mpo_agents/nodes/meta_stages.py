@@ -94,7 +94,7 @@ async def meta_prescreen(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
     directory = ctx.run_dir.meta_dir(iteration)
-    pool = judged_samples(state.get("window", []))
+    pool = judged_samples(ctx.run_dir, state.get("window", []))
     seed = ctx.config.trainer.seed * 7919 + iteration
     progress = _progress(state)
     verdicts: dict[str, str] = {}
@@ -203,7 +203,7 @@ async def meta_refine(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     shared = _shared_variables(ctx, state)
     limits = ctx.config.rubric
     guidelines = state["rubric"].get("kind") == "guidelines"
-    sample_texts = [s["completion"] for s in window_samples(state.get("window", []))]
+    sample_texts = [s["completion"] for s in window_samples(ctx.run_dir, state.get("window", []))]
     current_items = 0 if guidelines else len(RubricVersion.from_state(state["rubric"]).parsed().criteria)
 
     def check(text: str) -> str | None:
@@ -315,7 +315,7 @@ async def _merge_criteria(
     limits = ctx.config.rubric
     kept, dropped = join_under_word_limit(candidates, ctx.config.meta.merge_word_budget)
     kept = kept or candidates[:1]  # one candidate over the budget on its own is still worth merging
-    sample_texts = [s["completion"] for s in window_samples(state.get("window", []))]
+    sample_texts = [s["completion"] for s in window_samples(ctx.run_dir, state.get("window", []))]
     previous = current.parsed()
 
     def validated(text: str) -> Rubric:

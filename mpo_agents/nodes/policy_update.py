@@ -4,42 +4,38 @@ policy checkpoint. Idempotent: if this iteration's checkpoint exists, the update
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
 from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
-from mpo_agents.rundir import atomic_write_text, read_jsonl
+from mpo_agents.rundir import UPDATE_REWARDS, atomic_write_text, read_jsonl
 from mpo_agents.scoring import training_reward
 from mpo_agents.state import MPOState
+
+log = logging.getLogger(__name__)
 
 
 def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
-    directory = checkpoint_dir(ctx.run_dir.policy_dir, iteration)
-    stats_path = ctx.run_dir.update_stats_path(iteration)
-    if not (directory / "COMPLETE").exists():
+    if not (checkpoint_dir(ctx.run_dir.policy_dir, iteration) / "COMPLETE").exists():
         # Not done yet (or killed before the checkpoint landed): the weights in memory are those of the
         # previous iteration's checkpoint, so applying the step now is neither lost nor duplicated.
-        rollouts = [Rollout.from_dict(item) for item in read_jsonl(state["rollout_path"])]
         versions = {sample["rubric_version"] for sample in state["batch"]}
         if len(versions) > 1:
             # GRPO compares a completion with its group; scores on two rubric scales are not comparable.
             raise RuntimeError(f"one batch scored under several rubric versions: {sorted(versions)}")
+        rollouts = _rollouts(ctx, state["rollout_path"])
         rewards = [training_reward(sample, ctx.config) for sample in state["batch"]]
-        started = time.perf_counter()
-        if any(reward is not None for reward in rewards):
-            stats = ctx.policy.update(rollouts, rewards)
-        else:
-            stats = {"update_skipped": 1.0}  # no valid judgment at all: nothing to learn from
-        atomic_write_text(stats_path, json.dumps(stats))
-        ctx.policy.save(directory)
-        prune_checkpoints(ctx.run_dir.policy_dir, ctx.config.output.keep_policy_checkpoints)
-        stats["update_and_save_seconds"] = time.perf_counter() - started
+        stats = apply_update(ctx, iteration, rollouts, rewards)
     else:
+        stats_path = ctx.run_dir.update_stats_path(iteration)
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        stats.pop(UPDATE_REWARDS, None)
     metrics = {
         "iteration": iteration,
         # The version this batch was scored with; a meta step in this iteration may already have written the next.
@@ -62,6 +58,53 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         "batch": [],
         "decisions": [],
     }
+
+
+def apply_update(
+    ctx: RunContext, iteration: int, rollouts: list[Rollout], rewards: list[float | None]
+) -> dict[str, float]:
+    """One step on a batch (none when no reward is usable), its stats and rewards kept in `updates/`, then the
+    iteration's checkpoint. Returns the stats."""
+    started = time.perf_counter()
+    if any(reward is not None for reward in rewards):
+        stats = ctx.policy.update(rollouts, rewards)
+    else:
+        stats = {"update_skipped": 1.0}  # no valid judgment at all: nothing to learn from
+    atomic_write_text(
+        ctx.run_dir.update_stats_path(iteration), json.dumps({**stats, UPDATE_REWARDS: rewards})
+    )
+    ctx.policy.save(checkpoint_dir(ctx.run_dir.policy_dir, iteration))
+    prune_checkpoints(ctx.run_dir.policy_dir, ctx.config.output.keep_policy_checkpoints)
+    stats["update_and_save_seconds"] = time.perf_counter() - started
+    return stats
+
+
+def replay_updates(
+    ctx: RunContext, iterations: range, on_status: Callable[[str], None] = lambda message: None
+) -> None:
+    """Apply again, in order, updates the graph has made but the restored checkpoint does not hold (newer
+    checkpoints were damaged): each from its stored rollouts and the rewards it trained on, so each is the
+    same step again, and each writes its checkpoint anew."""
+    for iteration in iterations:
+        on_status(
+            f"replaying the update of iteration {iteration} (of {iterations.start}..{iterations.stop - 1})"
+        )
+        rollouts = _rollouts(ctx, ctx.run_dir.relative(ctx.run_dir.rollouts_path(iteration)))
+        stats = apply_update(ctx, iteration, rollouts, stored_rewards(ctx, iteration))
+        log.info("replayed the update of iteration %d: step %d, %s", iteration, ctx.policy.step, stats)
+
+
+def stored_rewards(ctx: RunContext, iteration: int) -> list[float | None]:
+    """The rewards an applied update trained on: kept with its stats; for updates made before they were kept
+    there, recomputed from the samples file (the same unless `mpo rejudge` has rewritten it since)."""
+    rewards = ctx.run_dir.update_rewards(iteration)
+    if rewards is not None:
+        return rewards
+    return [training_reward(sample, ctx.config) for sample in read_jsonl(ctx.run_dir.samples_path(iteration))]
+
+
+def _rollouts(ctx: RunContext, stored_path: str) -> list[Rollout]:
+    return [Rollout.from_dict(item) for item in read_jsonl(ctx.run_dir.locate(stored_path))]
 
 
 def judge_usage_metrics(ctx: RunContext, iteration: int) -> dict[str, float]:

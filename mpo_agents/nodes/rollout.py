@@ -42,4 +42,4 @@ def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         )
         for item in rollouts
     ]
-    return {"rollout_path": str(path), "batch": batch}
+    return {"rollout_path": ctx.run_dir.relative(path), "batch": batch}

@@ -49,4 +49,8 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     agreements = [s["agreement"] for s in scored if s.get("agreement") is not None]
     if agreements:  # an ensemble judge: how often its members gave the same score
         metrics["judge_agreement"] = round(fmean(agreements), 4)
-    return {"batch": scored, "window": [*state.get("window", []), str(path)], "metrics": metrics}
+    return {
+        "batch": scored,
+        "window": [*state.get("window", []), ctx.run_dir.relative(path)],
+        "metrics": metrics,
+    }

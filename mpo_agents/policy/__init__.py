@@ -14,10 +14,14 @@ from mpo_agents.policy.base import PolicyBackend, Rollout
 if TYPE_CHECKING:
     from mpo_agents.policy.checkpoints import (
         checkpoint_dir,
+        checkpoint_index,
         latest_checkpoint,
         load_checkpoint,
         prune_checkpoints,
+        quarantine,
         save_checkpoint,
+        usable_checkpoint,
+        verify_checkpoint,
     )
     from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
@@ -34,6 +38,10 @@ _LAZY = {
     "latest_checkpoint": "mpo_agents.policy.checkpoints",
     "prune_checkpoints": "mpo_agents.policy.checkpoints",
     "checkpoint_dir": "mpo_agents.policy.checkpoints",
+    "checkpoint_index": "mpo_agents.policy.checkpoints",
+    "quarantine": "mpo_agents.policy.checkpoints",
+    "usable_checkpoint": "mpo_agents.policy.checkpoints",
+    "verify_checkpoint": "mpo_agents.policy.checkpoints",
 }
 
 __all__ = [
@@ -42,14 +50,18 @@ __all__ = [
     "TRLGRPOPolicy",
     "build_policy",
     "checkpoint_dir",
+    "checkpoint_index",
     "latest_checkpoint",
     "load_checkpoint",
     "load_policy_model",
     "prune_checkpoints",
+    "quarantine",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_dir",
     "save_checkpoint",
+    "usable_checkpoint",
+    "verify_checkpoint",
 ]
 
 

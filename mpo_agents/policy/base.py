@@ -68,8 +68,9 @@ class PolicyBackend(Protocol):
         """Write a complete checkpoint atomically."""
         ...
 
-    def load(self, directory: Path) -> None:
-        """Restore weights, optimizer, scheduler, step and RNG states from a checkpoint."""
+    def load(self, directory: Path, verify: bool = True) -> None:
+        """Restore weights, optimizer, scheduler, step and RNG states from a checkpoint (its files checked
+        against its marker first, unless `verify` is off because the caller has just checked them)."""
         ...
 
     def log_metrics(self, metrics: dict[str, Any], iteration: int) -> None:

@@ -12,10 +12,13 @@ Layout of `<root>/iter-000007/`:
                          (each process's optimizer partition; DeepSpeed's torch.save format)
   state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states, and `lora`:
                          the adapter's shape (r, alpha, target modules) or null for a full checkpoint
-  COMPLETE               written last; a directory without it is never read
+  COMPLETE               written last; a directory without it is never read. JSON: the step, and the size and
+                         xxHash-64 of every other file, so a load can tell a damaged checkpoint from a good one
 
 Everything is written into `iter-000007.tmp`, fsynced, marked COMPLETE and renamed into place, so a process
-killed mid-save leaves at most a `.tmp` directory that `latest_checkpoint` ignores. No pickle is involved
+killed mid-save leaves at most a `.tmp` directory that `latest_checkpoint` ignores. A checkpoint damaged after
+the fact (a truncated file, a bad disk block) fails `verify_checkpoint`; `usable_checkpoint` then names it and
+falls back to the newest one that verifies, and `quarantine` moves it aside as `iter-000007.damaged`. No pickle is involved
 (except in DeepSpeed's own files): tensors go to safetensors, the rest to JSON. For the 1.08 GB of Adam moments of SmolLM2-135M, safetensors wrote
 as fast as `torch.save` (4.2 s vs 4.6 s incl. fsync, busy disk) and loads ~10x faster (0.05 s vs 0.57 s, mmap).
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.errors import CheckpointError
+from mpo_agents.rundir import writing
 
 if TYPE_CHECKING:
     from mpo_agents.policy.grpo import TRLGRPOPolicy
@@ -48,6 +52,9 @@ DEEPSPEED_DIR = (
 DEEPSPEED_TAG = "state"
 RANK_PREFIX = "process."  # tensors of another process of a multi-process run: `process.<rank>.rng.torch`
 _NAME = re.compile(r"^iter-(\d+)$")
+DAMAGED_SUFFIX = ".damaged"
+_HASH = "xxh64"  # damage detection, not security: 8 GB/s here, where SHA-256 does 1.6
+_CHUNK = 8 << 20
 
 
 def checkpoint_dir(root: Path, index: int) -> Path:
@@ -85,11 +92,13 @@ def save_checkpoint(
         )
     if rank != 0:
         return
-    _write_contents(policy, staging, process_rng or {})
-    _fsync_tree(staging)
-    _write_synced(staging / COMPLETE_MARKER, json.dumps({"step": policy.step}))
-    _fsync_dir(staging)
-    _swap_into_place(staging, directory)
+    with writing(staging):
+        _write_contents(policy, staging, process_rng or {})
+        _fsync_tree(staging)
+        marker = {"step": policy.step, "files": _manifest(staging)}
+        _write_synced(staging / COMPLETE_MARKER, json.dumps(marker))
+        _fsync_dir(staging)
+        _swap_into_place(staging, directory)
 
 
 def _write_contents(policy: TRLGRPOPolicy, staging: Path, process_rng: dict[int, dict[str, Any]]) -> None:
@@ -154,14 +163,15 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
         shutil.rmtree(previous)
 
 
-def load_checkpoint(policy: TRLGRPOPolicy, directory: Path, rank: int = 0) -> None:
+def load_checkpoint(policy: TRLGRPOPolicy, directory: Path, rank: int = 0, verify: bool = True) -> None:
     """Restore weights (or the LoRA adapter), optimizer, scheduler, step and RNG states written by
     `save_checkpoint`. Process `rank` of a multi-process run takes its own saved torch RNG state; one the
     checkpoint does not hold (more processes than when it was written) keeps its current state.
 
     Load into a policy built from the BASE model (see `TRLGRPOPolicy`), so TRL's KL reference stays the
     initial policy. A LoRA checkpoint loads only into a LoRA policy with the same adapter shape, a full one
-    only into a full fine-tuning policy (CheckpointError otherwise)."""
+    only into a full fine-tuning policy (CheckpointError otherwise). Its files are checked against the marker
+    first (`verify_checkpoint`), unless the caller has just done so."""
     import torch
     from safetensors.torch import load_file
 
@@ -170,6 +180,9 @@ def load_checkpoint(policy: TRLGRPOPolicy, directory: Path, rank: int = 0) -> No
         raise CheckpointError(
             f"{directory} is not a complete policy checkpoint (no {COMPLETE_MARKER} marker)"
         )
+    problems = verify_checkpoint(directory) if verify else []
+    if problems:
+        raise CheckpointError(f"{directory} is damaged: {'; '.join(problems)}")
     state = json.loads((directory / STATE_FILE).read_text())
     if state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -311,6 +324,122 @@ def _optimizer_tensors(tensors: dict[str, Any]) -> dict[int, dict[str, Any]]:
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
     return state
+
+
+# --- verification -----------------------------------------------------------------------------------------
+def _manifest(staging: Path) -> dict[str, dict[str, Any]]:
+    """Size and hash of every file of a checkpoint being written (all but the marker)."""
+    return {
+        path.relative_to(staging).as_posix(): {"size": path.stat().st_size, _HASH: _digest(path)}
+        for path in sorted(staging.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER
+    }
+
+
+def _digest(path: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> list[str]:
+    """What is wrong with a complete checkpoint's files (empty when nothing is): each file against the size and
+    hash its COMPLETE marker recorded. Checkpoints written before markers held them get a structural check:
+    JSON that parses, and safetensors files whose header accounts for their size."""
+    directory = Path(directory)
+    try:
+        marker = json.loads((directory / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"its {COMPLETE_MARKER} marker is unreadable ({exc})"]
+    recorded = marker.get("files") if isinstance(marker, dict) else None
+    if recorded is None:
+        return _structural_problems(directory)
+    problems = []
+    for name, expected in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != expected["size"]:
+            problems.append(f"{name} has {path.stat().st_size} bytes, {expected['size']} were written")
+        elif _digest(path) != expected[_HASH]:
+            problems.append(f"{name} does not match the hash recorded when it was written")
+    return problems
+
+
+def _structural_problems(directory: Path) -> list[str]:
+    problems = []
+    for path in sorted(directory.rglob("*")):
+        name = path.relative_to(directory).as_posix()
+        if path.suffix == ".json" and path.is_file():
+            try:
+                json.loads(path.read_text())
+            except (OSError, ValueError):
+                problems.append(f"{name} is not valid JSON")
+        elif path.suffix == ".safetensors" and path.is_file():
+            problem = _safetensors_problem(path)
+            if problem:
+                problems.append(f"{name} {problem}")
+    if not (directory / STATE_FILE).is_file():
+        problems.append(f"{STATE_FILE} is missing")
+    return problems
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors the header places."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return "is truncated (no header)"
+        length = int.from_bytes(head, "little")
+        if 8 + length > size:
+            return "is truncated (its header runs past the end)"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "has an unreadable header"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    if 8 + length + max(ends, default=0) != size:
+        return (
+            f"is truncated or padded ({size} bytes, its header describes {8 + length + max(ends, default=0)})"
+        )
+    return None
+
+
+def usable_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, list[str]]]]:
+    """The newest complete checkpoint that verifies, and the newer complete ones that did not (with what is
+    wrong with each): a run falls back to the former and says what the latter cost."""
+    damaged = []
+    for _, path in reversed(_complete_checkpoints(Path(root))):
+        problems = verify_checkpoint(path)
+        if not problems:
+            return path, damaged
+        damaged.append((path, problems))
+    return None, damaged
+
+
+def quarantine(directory: Path) -> Path:
+    """Move a damaged checkpoint aside (`iter-000007.damaged`), kept for inspection: no loader reads it, and a
+    step that saves there again writes a fresh one."""
+    directory = Path(directory)
+    target = directory.with_name(directory.name + DAMAGED_SUFFIX)
+    with writing(target):
+        if target.exists():
+            shutil.rmtree(target)
+        directory.rename(target)
+    return target
+
+
+def checkpoint_index(directory: Path) -> int:
+    """The iteration a checkpoint directory was written for (`iter-000007` -> 7)."""
+    match = _NAME.match(Path(directory).name)
+    if match is None:
+        raise ValueError(f"{directory} is not a checkpoint directory")
+    return int(match.group(1))
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -344,11 +344,11 @@ class TRLGRPOPolicy:
 
         save_checkpoint(self, directory)
 
-    def load(self, directory: Path) -> None:
-        """Restore a checkpoint written by `save`."""
+    def load(self, directory: Path, verify: bool = True) -> None:
+        """Restore a checkpoint written by `save` (see `load_checkpoint`)."""
         from mpo_agents.policy.checkpoints import load_checkpoint
 
-        load_checkpoint(self, directory)
+        load_checkpoint(self, directory, verify=verify)
         if self.vllm is not None:
             self.vllm.weights_changed()
 
