@@ -517,20 +517,16 @@ def check(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         result = check_run(run_dir, os.environ)
     out = Console()
     colours = {"error": "red", "warning": "yellow", "repair": "cyan", "note": "dim"}
-    if result.findings:
-        table = Table("level", "file", "problem", "what to do / what resume does", title=str(run_dir))
-        for f in result.findings:
-            table.add_row(f"[{colours[f.level]}]{f.level}[/]", f.path, f.problem, f.action)
-        out.print(table)
-    restored = result.checkpoint.name if result.checkpoint else "the base model"
-    out.print(
-        f"A resume restores the policy from {restored}"
-        + (f" and applies {len(result.replay)} update(s) again." if result.replay else ".")
-    )
+    for f in result.findings:
+        out.print(f"[{colours[f.level]}]{f.level}[/] {f.path}: {f.problem}", highlight=False)
+        if f.action:
+            out.print(f"    -> {f.action}", highlight=False)
     if result.blocking:
         out.print(f"[red]{len(result.blocking)} problem(s) stop `mpo resume` until fixed.[/]")
         raise typer.Exit(code=1)
-    out.print("[green]The run directory can be resumed.[/]")
+    restored = f"policy/{result.checkpoint.name}" if result.checkpoint else "the base model"
+    replay = f", then applies {len(result.replay)} update(s) again" if result.replay else ""
+    out.print(f"[green]{run_dir} can be resumed[/]: the policy is restored from {restored}{replay}.")
 
 
 @app.command("hacking-check")

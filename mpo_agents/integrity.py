@@ -50,7 +50,7 @@ class RunCheck:
 
     def add(self, level: Level, path: Path | str, problem: str, action: str) -> None:
         where = Path(path)
-        shown = where.relative_to(self.root).as_posix() if where.is_absolute() else where.as_posix()
+        shown = where.relative_to(self.root).as_posix() if where.is_relative_to(self.root) else str(where)
         self.findings.append(Finding(level, shown, problem, action))
 
 
@@ -292,18 +292,14 @@ def _check_policy(
             path,
             "damaged: " + "; ".join(problems),
             f"`mpo resume` moves it aside as {path.name}{DAMAGED_SUFFIX} and restores {source}"
-            + (
-                f", then applies the updates of iterations {_span(check.replay)} again"
-                if check.replay
-                else ""
-            ),
+            + (f", then applies the update of {_span(check.replay)} again" if check.replay else ""),
         )
     if check.replay and not damaged:
         check.add(
             "repair",
             directory.policy_dir,
             f"the graph has applied {done} updates but the newest policy checkpoint holds {restored}",
-            f"`mpo resume` restores {source} and applies the updates of iterations {_span(check.replay)} again",
+            f"`mpo resume` restores {source} and applies the update of {_span(check.replay)} again",
         )
     for iteration in check.replay:
         _check_replayable(check, directory, iteration)
@@ -329,4 +325,4 @@ def _check_replayable(check: RunCheck, directory: RunDirectory, iteration: int) 
 
 def _span(iterations: range) -> str:
     first, last = iterations.start, iterations.stop - 1
-    return str(first) if first == last else f"{first}-{last}"
+    return f"iteration {first}" if first == last else f"iterations {first}-{last}"
