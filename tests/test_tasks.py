@@ -71,7 +71,9 @@ def test_parquet_and_datasets_directories_load_like_jsonl(tmp_path):
 def test_a_record_without_the_task_field_is_named(tmp_path):
     path = tmp_path / "math.jsonl"
     write_jsonl(path, [{"question": "1+1?"}])
-    with pytest.raises(ConfigError, match=r"record 1 has no 'problem'.*reads problem, solution, answer"):
+    with pytest.raises(
+        ConfigError, match=r"line 1 has no 'problem', 'solution', 'answer' fields.*reads problem"
+    ):
         build_task(TaskConfig(name="math_reasoning", data_path=path))
 
 
