@@ -159,6 +159,7 @@ def _run(config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None =
             on_event=view.on_event,
             on_status=lambda message: view.progress.update(view.task, description=message),
             review=review,
+            on_warning=lambda message: view.progress.console.print(f"[yellow]warning:[/] {message}"),
         )
     verb = {"finished": "finished", "awaiting_review": "paused for review"}.get(outcome.status, "stopped")
     metrics = read_jsonl(run_dir.metrics_path)  # totals over the whole run, also across resumes

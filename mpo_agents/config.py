@@ -36,7 +36,23 @@ class TaskConfig(_Section):
     split: str = Field(
         "train", description="Split to use when `data_path` is a `datasets` directory holding several."
     )
-    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the data file.")
+    max_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Use only the first N records of the data file (of which `long_prompts: drop` may then "
+        "leave some out).",
+    )
+    long_prompts: Literal["drop", "truncate"] = Field(
+        "drop",
+        description="What a run does with a prompt longer than `trainer.max_prompt_length` (counted as the "
+        "policy sees it: the policy conversation through its tokenizer's chat template; counted and reported "
+        "before any model loads): `drop` leaves it out of the data (an error if none is left); `truncate` keeps "
+        "it, with a warning, and the policy sees only its last tokens (cut from the left, as TRL does). `drop` "
+        "is the default because a left-cut prompt loses its start (the system prompt and the task "
+        "instruction) while the judge still reads it whole: the policy would be rewarded for answers to a "
+        "prompt it never saw. The choice depends only on the data and the config, so a resumed run draws the "
+        "same batches.",
+    )
     shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
     initial_rubric: Path | None = Field(
         None,
@@ -384,7 +400,10 @@ class TrainerConfig(_Section):
         2, ge=1, description="Prompts per iteration; the batch is this times G."
     )
     max_prompt_length: int = Field(
-        512, ge=8, description="Prompts longer than this many tokens are cut from the left."
+        512,
+        ge=8,
+        description="The longest prompt the policy takes, in tokens of its chat template; what happens to "
+        "longer ones is `task.long_prompts` (dropped, or cut from the left).",
     )
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
         "grpo", description="TRL GRPO loss variant."

@@ -13,6 +13,7 @@ from mpo_agents.prompts import PromptTemplate, load_prompt
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import RunDirectory
 from mpo_agents.tasks import Task, build_task
+from mpo_agents.tasks.data import PromptBudget
 
 if TYPE_CHECKING:
     from mpo_agents.judges.cache import JudgmentCache
@@ -177,11 +178,24 @@ def build_run_policy(config: MPOConfig, run_dir: RunDirectory) -> TRLGRPOPolicy:
     )
 
 
+def build_run_task(config: MPOConfig) -> Task:
+    """The run's task, its data read and checked and its prompts measured as the policy will see them (only the
+    policy's tokenizer loads, not its model), so that bad data fails before anything heavy starts."""
+    from mpo_agents.policy.tokens import PromptMeter
+
+    budget = PromptBudget(config.trainer.max_prompt_length, PromptMeter(config.policy.model))
+    return build_task(config.task, prompt_budget=budget)
+
+
 def build_context(
-    config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None = None
+    config: MPOConfig,
+    run_dir: RunDirectory,
+    environ: Mapping[str, str],
+    task: Task,
+    server: LocalServer | None = None,
 ) -> RunContext:
-    """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
-    task = build_task(config.task)
+    """The judges and the policy (the slow part: model weights and the TRL trainer) around the task that
+    `build_run_task` built and checked."""
     judge, meta_judge = build_judges(config, run_dir, environ, server)
     policy = build_run_policy(config, run_dir)
     return RunContext(

@@ -97,10 +97,12 @@ def execute(
     on_event: ProgressHook | None = None,
     on_status: Callable[[str], None] | None = None,
     review: dict[str, Any] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
     rubric change waits for review. `review` resumes a run paused for review with that decision
-    ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...})."""
+    ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). `on_status` gets
+    what the run is doing now; `on_warning` what the user should read before it goes on (also in run.log)."""
     from langgraph.types import Command
     from transformers.utils import logging as hf_logging
 
@@ -121,6 +123,7 @@ def execute(
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
             distributed.check_world(config, channel)
+        task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
     except BaseException:
         if channel is not None:
             distributed.abandon(channel)
@@ -137,7 +140,7 @@ def execute(
                 local_server(model_dir, config.local_server, run_dir.root / "server.log")
             )
         status("loading the policy and building the TRL trainer")
-        ctx = build_context(config, run_dir, environ, server)
+        ctx = build_context(config, run_dir, environ, task, server)
         if channel is not None:
             status(f"policy replicas ready in {channel.world_size} processes")
             ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
@@ -153,6 +156,26 @@ def execute(
             inputs = Command(resume=review)
         hook = on_event or (lambda node, update: None)
         return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
+
+
+def checked_task(config: MPOConfig, status: Callable[[str], None], warn: Callable[[str], None]) -> Task:
+    """The run's task, built before the judge server or the policy loads: every line of its data checked and
+    its prompts measured with the policy's tokenizer, the outcome reported (run.log, status, a warning when
+    prompts are too long). Built once and handed on to the run's context."""
+    from mpo_agents.context import build_run_task
+
+    status("reading and checking the task data")
+    task = build_run_task(config)
+    lengths = task.prompt_lengths
+    if lengths is not None:
+        message = f"task data {task.data_path}: {lengths.summary()}"
+        if lengths.too_long:
+            log.warning(message)
+            warn(message)
+        else:
+            log.info(message)
+        status(message)
+    return task
 
 
 def _policy_closer(policy: Any) -> Callable[..., bool]:

@@ -11,7 +11,16 @@ from mpo_agents.config import TaskConfig
 from mpo_agents.errors import ConfigError, RubricRejected
 from mpo_agents.prompts import DEFAULT_PROMPTS_DIR, load_prompt
 from mpo_agents.rubrics import RubricVersion, parse_rubric
-from mpo_agents.tasks.data import Row, fields_problem, read_rows, shape_problem, unusable_records_error
+from mpo_agents.tasks.data import (
+    PromptBudget,
+    PromptLengths,
+    Row,
+    fields_problem,
+    fit_prompt_lengths,
+    read_rows,
+    shape_problem,
+    unusable_records_error,
+)
 
 EXAMPLES_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -40,14 +49,24 @@ class Task:
     default_min_reasoning_words: ClassVar[int] = 0
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
+    # How the run's prompts measure against the policy's limit; None when they were not measured.
+    prompt_lengths: PromptLengths | None = field(default=None, init=False)
 
     # False builds the task's prompts and rules without reading its data (what `mpo eval` needs).
     load_data: InitVar[bool] = True
+    # The policy's prompt limit and token count (a run passes it); None leaves prompts unmeasured (scoring and
+    # evaluation commands, which cut prompts as the policy does).
+    prompt_budget: InitVar[PromptBudget | None] = None
 
-    def __post_init__(self, load_data: bool) -> None:
+    def __post_init__(self, load_data: bool, prompt_budget: PromptBudget | None) -> None:
         if not load_data:
             return
-        self.records = self.prepare_records(self.load_records())
+        located = self.checked_records()
+        if prompt_budget is not None:
+            located, self.prompt_lengths = fit_prompt_lengths(
+                located, self.policy_conversation, prompt_budget, self.config.long_prompts
+            )
+        self.records = self.prepare_records([record for _, record in located])
         random.Random(self.config.shuffle_seed).shuffle(self.records)
 
     # -- data ---------------------------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""A task's data read and checked: every line or row named when it is unusable (not UTF-8, not JSON, not an
-object, a field missing or empty)."""
+"""A task's data read and checked before anything heavy loads: every line or row named when it is unusable
+(not UTF-8, not JSON, not an object, a field missing or empty), then prompts measured as the policy sees them."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mpo_agents.errors import ConfigError
 
 SHOWN_PROBLEMS = 10  # a whole file of bad lines would bury the message; the count says how many more
+SHOWN_LONG_PROMPTS = 3
+
+Conversation = list[dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,78 @@ def unusable_records_error(
         f"task.data_path: {path} has {len(problems)} unusable records ({reads}):\n{shown}{more}\n"
         f"Fix or remove them: each {rule} holding those fields, none of them empty."
     )
+
+
+# -- prompt lengths ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptBudget:
+    """The longest prompt the policy takes (`trainer.max_prompt_length`), and how it counts a prompt's tokens:
+    the task's policy conversation through the policy tokenizer's chat template, as the policy encodes it."""
+
+    max_tokens: int
+    measure: Callable[[Conversation], int]
+
+
+@dataclass(frozen=True)
+class PromptLengths:
+    """How the prompts a run uses measure against the policy's limit; reported before anything heavy loads."""
+
+    prompts: int  # prompts measured
+    too_long: int
+    longest: int
+    limit: int
+    action: Literal["drop", "truncate"]
+    examples: tuple[str, ...]  # the longest few over the limit: "line 7 (20512 tokens)"
+
+    def summary(self) -> str:
+        limit = f"trainer.max_prompt_length ({self.limit} tokens)"
+        if not self.too_long:
+            return f"{self.prompts} prompts checked; the longest has {self.longest} tokens, within {limit}"
+        which = ", ".join(self.examples) + (", ..." if self.too_long > len(self.examples) else "")
+        head = f"{self.too_long} of {self.prompts} prompts are longer than {limit}: {which}; "
+        if self.action == "drop":
+            return head + f"dropped (task.long_prompts: drop), {self.prompts - self.too_long} remain"
+        return (
+            head + f"the policy sees only their last {self.limit} tokens, without their start "
+            "(task.long_prompts: truncate)"
+        )
+
+
+def fit_prompt_lengths(
+    located: list[tuple[str, dict[str, Any]]],
+    conversation: Callable[[dict[str, Any]], Conversation],
+    budget: PromptBudget,
+    action: Literal["drop", "truncate"],
+) -> tuple[list[tuple[str, dict[str, Any]]], PromptLengths]:
+    """The records the run uses (all of them with `truncate`, those that fit with `drop`) and the report. The
+    decision depends only on the data, the config and the tokenizer, so a resumed run gets the same list."""
+    lengths = [budget.measure(conversation(record)) for _, record in located]
+    over = sorted(
+        (
+            (length, where)
+            for (where, _), length in zip(located, lengths, strict=True)
+            if length > budget.max_tokens
+        ),
+        reverse=True,
+    )
+    report = PromptLengths(
+        prompts=len(located),
+        too_long=len(over),
+        longest=max(lengths, default=0),
+        limit=budget.max_tokens,
+        action=action,
+        examples=tuple(f"{where} ({length} tokens)" for length, where in over[:SHOWN_LONG_PROMPTS]),
+    )
+    if action == "truncate" or not over:
+        return located, report
+    kept = [item for item, length in zip(located, lengths, strict=True) if length <= budget.max_tokens]
+    if not kept:
+        raise ConfigError(
+            f"task.data_path: all {len(located)} prompts are longer than trainer.max_prompt_length "
+            f"({budget.max_tokens} tokens, counted with the policy's chat template; the shortest has "
+            f"{min(lengths)}), so task.long_prompts: drop leaves none. Raise trainer.max_prompt_length, "
+            "use shorter prompts, or set task.long_prompts: truncate"
+        )
+    return kept, report
