@@ -224,6 +224,12 @@ class EndpointConfig(_Section):
     rpm: int | None = Field(
         None, ge=1, description="Requests per minute this deployment takes (see `routing`)."
     )
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="This deployment's context window in tokens (see `judge.context_tokens`); None: LiteLLM's, "
+        "or the local server's.",
+    )
     tpm: int | None = Field(
         None, ge=1, description="Tokens per minute this deployment takes (see `routing`)."
     )
@@ -294,6 +300,16 @@ class JudgeConfig(_Section):
     )
     temperature: float = Field(0.0, ge=0, description="Decoding temperature of the judge.")
     max_tokens: int = Field(512, ge=1, description="Reply length limit in tokens.")
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The model's context window in tokens: a prompt whose tokens plus `max_tokens` do not fit "
+        "is recorded as a failed judgment (`context_window`) and never sent. None: LiteLLM's `max_input_tokens` "
+        "for a model it knows (else no check); with `use_local_server`, the served model's "
+        "`max_position_embeddings` or, with continuous batching, `local_server.kv_cache_tokens`, whichever is "
+        "smaller. A role with several deployments or fallbacks takes the smallest of theirs (any of them may "
+        "get the call).",
+    )
     timeout: float = Field(60.0, gt=0, description="Per-call timeout in seconds.")
     max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this role.")
     retries: int = Field(
@@ -381,7 +397,9 @@ class LocalServerConfig(_Section):
         16384,
         ge=1024,
         description="KV-cache size of continuous batching, in tokens. Bounds the server's memory: "
-        "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model).",
+        "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model). It also "
+        "bounds one call: a judge prompt and its reply that do not fit are failed before sending (a larger one "
+        "stops the server's batching worker).",
     )
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU threads of the server process; None keeps torch's default (all cores)."

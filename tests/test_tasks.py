@@ -161,6 +161,15 @@ def test_one_failed_criterion_fails_the_sample_not_a_zero(tmp_path, judge_server
     assert scored["rationale"].startswith("criterion ")
 
 
+def test_a_judge_prompt_over_the_context_fails_the_sample_unsent(tmp_path, judge_server):
+    server = judge_server()
+    scored = score_once(tmp_path, server, "holistic", "good " * 300, **{"judge.context_tokens": 400})
+    assert scored["status"] == "judge_failed" and scored["score"] is None and scored["reward"] is None
+    assert scored["rationale"].startswith("context_window: prompt of ")
+    assert "exceeds the judge's context of 400 tokens (judge.context_tokens)" in scored["rationale"]
+    assert server.counts["requests"] == 0
+
+
 def test_math_plans_then_executes_with_the_reference_solution(tmp_path, judge_server):
     prompts: list[str] = []
 
