@@ -75,6 +75,12 @@ def test_parquet_rows_are_checked_like_lines(tmp_path):
     assert f"{path} row index 1 has an empty 'prompt' field" in load_error(path)
     pq.write_table(pa.Table.from_pylist([{"question": "Write about rivers."}]), path)
     assert "row index 0 has no 'prompt' field" in load_error(path)
+    pq.write_table(pa.Table.from_pylist([{"prompt": ""}, {"prompt": " "}]), path)
+    message = load_error(path)
+    assert "has 2 unusable records" in message and "row index 1 has an empty 'prompt' field" in message
+    assert message.endswith(
+        "Fix or remove them: each row must be a record holding those fields, none of them empty."
+    )
 
 
 def test_many_bad_lines_are_counted_not_all_listed(tmp_path):

@@ -134,7 +134,11 @@ def unusable_records_error(
         return ConfigError(f"task.data_path: {path} {problems[0]} ({reads}); fix or remove it")
     shown = "\n".join(f"  {problem}" for problem in problems[:SHOWN_PROBLEMS])
     more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-    rule = "line must be one JSON object, in UTF-8," if problems[0].startswith("line") else "row must be"
+    rule = (
+        "line must be one JSON object, in UTF-8,"
+        if problems[0].startswith("line")
+        else "row must be a record"
+    )
     return ConfigError(
         f"task.data_path: {path} has {len(problems)} unusable records ({reads}):\n{shown}{more}\n"
         f"Fix or remove them: each {rule} holding those fields, none of them empty."
