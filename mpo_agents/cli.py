@@ -165,6 +165,7 @@ def _run(
             on_status=lambda message: view.progress.update(view.task, description=message),
             review=review,
             check=check,
+            on_warning=lambda message: view.progress.console.print(f"[yellow]warning:[/] {message}"),
         )
     verb = {"finished": "finished", "awaiting_review": "paused for review"}.get(outcome.status, "stopped")
     metrics = run_dir.metrics()  # totals over the whole run, also across resumes

@@ -36,7 +36,23 @@ class TaskConfig(_Section):
     split: str = Field(
         "train", description="Split to use when `data_path` is a `datasets` directory holding several."
     )
-    max_prompts: int | None = Field(None, ge=1, description="Use only the first N prompts of the data file.")
+    max_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Use only the first N records of the data file (of which `long_prompts: drop` may then "
+        "leave some out).",
+    )
+    long_prompts: Literal["drop", "truncate"] = Field(
+        "drop",
+        description="What a run does with a prompt longer than `trainer.max_prompt_length` (counted as the "
+        "policy sees it: the policy conversation through its tokenizer's chat template; counted and reported "
+        "before any model loads): `drop` leaves it out of the data (an error if none is left); `truncate` keeps "
+        "it, with a warning, and the policy sees only its last tokens (cut from the left, as TRL does). `drop` "
+        "is the default because a left-cut prompt loses its start (the system prompt and the task "
+        "instruction) while the judge still reads it whole: the policy would be rewarded for answers to a "
+        "prompt it never saw. The choice depends only on the data and the config, so a resumed run draws the "
+        "same batches.",
+    )
     shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
     initial_rubric: Path | None = Field(
         None,
@@ -208,6 +224,12 @@ class EndpointConfig(_Section):
     rpm: int | None = Field(
         None, ge=1, description="Requests per minute this deployment takes (see `routing`)."
     )
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="This deployment's context window in tokens (see `judge.context_tokens`); None: LiteLLM's, "
+        "or the local server's.",
+    )
     tpm: int | None = Field(
         None, ge=1, description="Tokens per minute this deployment takes (see `routing`)."
     )
@@ -278,6 +300,16 @@ class JudgeConfig(_Section):
     )
     temperature: float = Field(0.0, ge=0, description="Decoding temperature of the judge.")
     max_tokens: int = Field(512, ge=1, description="Reply length limit in tokens.")
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The model's context window in tokens: a prompt whose tokens plus `max_tokens` do not fit "
+        "is recorded as a failed judgment (`context_window`) and never sent. None: LiteLLM's `max_input_tokens` "
+        "for a model it knows (else no check); with `use_local_server`, the served model's "
+        "`max_position_embeddings` or, with continuous batching, `local_server.kv_cache_tokens`, whichever is "
+        "smaller. A role with several deployments or fallbacks takes the smallest of theirs (any of them may "
+        "get the call).",
+    )
     timeout: float = Field(60.0, gt=0, description="Per-call timeout in seconds.")
     max_concurrency: int = Field(8, ge=1, description="Calls in flight at once for this role.")
     retries: int = Field(
@@ -365,7 +397,9 @@ class LocalServerConfig(_Section):
         16384,
         ge=1024,
         description="KV-cache size of continuous batching, in tokens. Bounds the server's memory: "
-        "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model).",
+        "left to transformers, the CPU cache is sized from free RAM (over 10 GB for a 135M model). It also "
+        "bounds one call: a judge prompt and its reply that do not fit are failed before sending (a larger one "
+        "stops the server's batching worker).",
     )
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU threads of the server process; None keeps torch's default (all cores)."
@@ -384,7 +418,10 @@ class TrainerConfig(_Section):
         2, ge=1, description="Prompts per iteration; the batch is this times G."
     )
     max_prompt_length: int = Field(
-        512, ge=8, description="Prompts longer than this many tokens are cut from the left."
+        512,
+        ge=8,
+        description="The longest prompt the policy takes, in tokens of its chat template; what happens to "
+        "longer ones is `task.long_prompts` (dropped, or cut from the left).",
     )
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
         "grpo", description="TRL GRPO loss variant."

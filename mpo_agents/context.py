@@ -13,10 +13,12 @@ from mpo_agents.prompts import PromptTemplate, load_prompt
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import RunDirectory
 from mpo_agents.tasks import Task, build_task
+from mpo_agents.tasks.data import PromptBudget
 
 if TYPE_CHECKING:
     from mpo_agents.judges.cache import JudgmentCache
     from mpo_agents.judges.client import JudgeClient
+    from mpo_agents.judges.context_window import ContextWindow
     from mpo_agents.judges.ensemble import JudgePanel
     from mpo_agents.judges.records import CallLog
     from mpo_agents.judges.routing import Deployment
@@ -47,14 +49,18 @@ def resolve_endpoint(
     environ: Mapping[str, str],
     server: LocalServer | None,
 ) -> Deployment:
-    """Where one endpoint of a judge role is served (`where` names it in errors, e.g. `judge.fallbacks[0]`).
-    Keys come from the environment only."""
+    """Where one endpoint of a judge role is served (`where` names it in errors, e.g. `judge.fallbacks[0]`),
+    and its context window where the config or the local server tells it. Keys come from the environment only."""
+    from mpo_agents.judges.context_window import ContextWindow
     from mpo_agents.judges.routing import Deployment
 
     if endpoint.use_local_server:
         if server is None:
             raise ConfigError(f"{where}.use_local_server is set but no local server is running")
-        return Deployment(server.litellm_model, server.url, LOCAL_SERVER_KEY, endpoint.rpm, endpoint.tpm)
+        window = local_server_window(where, endpoint, server)
+        return Deployment(
+            server.litellm_model, server.url, LOCAL_SERVER_KEY, endpoint.rpm, endpoint.tpm, window=window
+        )
     api_key = None
     if endpoint.api_key_env:
         api_key = environ.get(endpoint.api_key_env)
@@ -64,7 +70,23 @@ def resolve_endpoint(
             )
     elif endpoint.api_base is None:
         _check_provider_key(where, endpoint.model, environ)
-    return Deployment(endpoint.model, endpoint.api_base, api_key, endpoint.rpm, endpoint.tpm)
+    window = None  # the client asks LiteLLM on its first call
+    if endpoint.context_tokens:
+        window = ContextWindow(endpoint.context_tokens, f"{where}.context_tokens", endpoint.model)
+    return Deployment(endpoint.model, endpoint.api_base, api_key, endpoint.rpm, endpoint.tpm, window=window)
+
+
+def local_server_window(
+    where: str, endpoint: JudgeConfig | EndpointConfig, server: LocalServer
+) -> ContextWindow | None:
+    """The local server's context for one endpoint, counted with the served model's tokenizer: the configured
+    `context_tokens`, else the model's positions or the server's KV cache, whichever is smaller."""
+    from mpo_agents.judges.context_window import ContextWindow, local_model_window
+
+    if endpoint.context_tokens:
+        source = f"{where}.context_tokens"
+        return ContextWindow(endpoint.context_tokens, source, server.litellm_model, server.model_dir)
+    return local_model_window(server.model_dir, server.kv_cache_tokens, server.litellm_model)
 
 
 def judge_client(
@@ -97,6 +119,7 @@ def judge_client(
             resolve_endpoint(f"{where}.fallbacks[{n}]", f, environ, server)
             for n, f in enumerate(cfg.fallbacks)
         ],
+        context_window=primary.window,
     )
 
 
@@ -177,11 +200,24 @@ def build_run_policy(config: MPOConfig, run_dir: RunDirectory) -> TRLGRPOPolicy:
     )
 
 
+def build_run_task(config: MPOConfig) -> Task:
+    """The run's task, its data read and checked and its prompts measured as the policy will see them (only the
+    policy's tokenizer loads, not its model), so that bad data fails before anything heavy starts."""
+    from mpo_agents.policy.tokens import PromptMeter
+
+    budget = PromptBudget(config.trainer.max_prompt_length, PromptMeter(config.policy.model))
+    return build_task(config.task, prompt_budget=budget)
+
+
 def build_context(
-    config: MPOConfig, run_dir: RunDirectory, environ: Mapping[str, str], server: LocalServer | None = None
+    config: MPOConfig,
+    run_dir: RunDirectory,
+    environ: Mapping[str, str],
+    task: Task,
+    server: LocalServer | None = None,
 ) -> RunContext:
-    """Load the task, the judges and the policy (the slow part: model weights and the TRL trainer)."""
-    task = build_task(config.task)
+    """The judges and the policy (the slow part: model weights and the TRL trainer) around the task that
+    `build_run_task` built and checked."""
     judge, meta_judge = build_judges(config, run_dir, environ, server)
     policy = build_run_policy(config, run_dir)
     return RunContext(

@@ -63,9 +63,9 @@ def load_suite(path: Path, task: Task) -> list[HackCase]:
         record = task.normalize_record(dict(raw["record"]))
         if record is None:
             raise ConfigError(f"{where}: the record is not usable by task {task.name}")
-        absent = task.missing_fields(record)
-        if absent:
-            raise ConfigError(f"{where}: the record has no {', '.join(absent)} field")
+        problem = task.record_problem(record)
+        if problem is not None:
+            raise ConfigError(f"{where}: the record {problem}")
         (record,) = task.prepare_records([record])
         cases.append(HackCase(str(raw["case"]), record, str(raw["reference"]), dict(raw["hacks"])))
     if not cases:

@@ -118,11 +118,10 @@ def load_pairs(path: Path, task: Task) -> list[tuple[dict[str, Any], str, bool]]
         if "completion" not in raw:
             raise ConfigError(f"--input {path} line {number} has no 'completion' field")
         record = task.normalize_record({k: v for k, v in raw.items() if k not in ("completion", "truncated")})
-        missing = task.missing_fields(record)
-        if missing:
+        problem = task.record_problem(record)
+        if problem is not None:
             raise ConfigError(
-                f"--input {path} line {number} has no {', '.join(repr(m) for m in missing)} field "
-                f"(task {task.name} reads {', '.join(task.required_fields)})"
+                f"--input {path} line {number} {problem} (task {task.name} reads {', '.join(task.required_fields)})"
             )
         pairs.append((record, str(raw["completion"]), bool(raw.get("truncated", False))))
     if not pairs:

@@ -98,16 +98,18 @@ def execute(
     on_status: Callable[[str], None] | None = None,
     review: dict[str, Any] | None = None,
     check: RunCheck | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
     rubric change waits for review. `review` resumes a run paused for review with that decision
     ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). A resumed run
     passes the `check` of its directory (`mpo_agents.integrity`): the policy checkpoint it names is restored,
-    damaged ones are moved aside and updates they held are applied again.
+    damaged ones are moved aside and updates they held are applied again. `on_status` gets what the run is
+    doing now; `on_warning` what the user should read before it goes on (also in run.log).
 
     A write into the run directory that the operating system refuses raises StorageError, whatever wrote it."""
     try:
-        return _execute(config, run_dir, environ, fresh, on_event, on_status, review, check)
+        return _execute(config, run_dir, environ, fresh, on_event, on_status, review, check, on_warning)
     except Exception as exc:
         error = _storage_error(exc, run_dir)
         if error is None:
@@ -141,6 +143,7 @@ def _execute(
     on_status: Callable[[str], None] | None,
     review: dict[str, Any] | None,
     check: RunCheck | None,
+    on_warning: Callable[[str], None] | None,
 ) -> RunOutcome:
     from langgraph.types import Command
     from transformers.utils import logging as hf_logging
@@ -162,6 +165,7 @@ def _execute(
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
             distributed.check_world(config, channel)
+        task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
     except BaseException:
         if channel is not None:
             distributed.abandon(channel)
@@ -180,7 +184,7 @@ def _execute(
                 local_server(model_dir, config.local_server, run_dir.root / "server.log")
             )
         status("loading the policy and building the TRL trainer")
-        ctx = build_context(config, run_dir, environ, server)
+        ctx = build_context(config, run_dir, environ, task, server)
         if channel is not None:
             status(f"policy replicas ready in {channel.world_size} processes")
             ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
@@ -232,6 +236,26 @@ def _restore_policy(ctx: Any, check: RunCheck, status: Callable[[str], None]) ->
             check.checkpoint.name if check.checkpoint else "the base model",
         )
         replay_updates(ctx, check.replay, status)
+
+
+def checked_task(config: MPOConfig, status: Callable[[str], None], warn: Callable[[str], None]) -> Task:
+    """The run's task, built before the judge server or the policy loads: every line of its data checked and
+    its prompts measured with the policy's tokenizer, the outcome reported (run.log, status, a warning when
+    prompts are too long). Built once and handed on to the run's context."""
+    from mpo_agents.context import build_run_task
+
+    status("reading and checking the task data")
+    task = build_run_task(config)
+    lengths = task.prompt_lengths
+    if lengths is not None:
+        message = f"task data {task.data_path}: {lengths.summary()}"
+        if lengths.too_long:
+            log.warning(message)
+            warn(message)
+        else:
+            log.info(message)
+        status(message)
+    return task
 
 
 def _policy_closer(policy: Any) -> Callable[..., bool]:

@@ -88,7 +88,8 @@ def _failure_status(result: JudgeResult) -> str:
 
 
 def _failure_note(result: JudgeResult) -> str:
-    return f"{result.error}: {(result.reply or '')[:200]}"
+    """The failure kind and what shows it: the reply that did not parse, else why the call failed."""
+    return f"{result.error}: {(result.reply or result.detail or '')[:200]}"
 
 
 @dataclass

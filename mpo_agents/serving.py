@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class LocalServer:
     url: str  # OpenAI-compatible base URL, ending in /v1
     model_dir: Path
+    kv_cache_tokens: int | None = None  # continuous batching's cache: no one call may need more
 
     @property
     def litellm_model(self) -> str:
@@ -132,6 +133,7 @@ def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Ite
         )
     try:
         _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
-        yield LocalServer(url=f"http://{cfg.host}:{port}/v1", model_dir=Path(model_dir))
+        kv_cache_tokens = cfg.kv_cache_tokens if cfg.continuous_batching else None
+        yield LocalServer(f"http://{cfg.host}:{port}/v1", Path(model_dir), kv_cache_tokens)
     finally:
         _stop(process)

@@ -2,8 +2,8 @@
 
 Judge failures (timeouts, 429, 5xx, lost connections, unreadable replies) never raise: after the retries
 they come back as `JudgeResult(ok=False, error=<kind>)`, so the caller records a failed judgment instead of
-a made-up score. Only configuration problems (bad key, unknown model, refused request) raise `JudgeError`,
-naming the fix. LiteLLM is imported on the first call, not at import time (it takes seconds).
+a made-up score; so does a prompt that cannot fit the endpoint's context, without being sent. Only
+configuration problems (bad key, unknown model, refused request) raise `JudgeError`, naming the fix. LiteLLM is imported on the first call, not at import time (it takes seconds).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tenacity import (
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
 from mpo_agents.judges.cache import JudgmentCache, cache_key
+from mpo_agents.judges.context_window import ContextCheck, ContextWindow, prompt_of
 from mpo_agents.judges.records import CallLog, CallRecord
 from mpo_agents.judges.routing import Deployment, attempt_budget, build_router
 
@@ -77,6 +78,7 @@ class JudgeResult(Generic[T]):
     latency_s: float  # wall time of the whole call: waiting for a slot, attempts and backoff
     prompt_tokens: int  # summed over attempts
     completion_tokens: int
+    detail: str | None = None  # what the last failure said (e.g. why a prompt was not sent)
 
 
 @dataclass
@@ -114,6 +116,7 @@ class _Attempt:
     error: str | None
     prompt_tokens: int
     completion_tokens: int
+    detail: str | None = None
 
     @property
     def retry(self) -> bool:
@@ -154,16 +157,23 @@ class JudgeClient:
         cache: JudgmentCache | None = None,
         deployments: Sequence[Deployment] = (),
         fallbacks: Sequence[Deployment] = (),
+        context_window: ContextWindow | None = None,
     ) -> None:
         """`api_base`/`api_key` serve `cfg.model`; `deployments` are more endpoints load-balanced with it and
-        `fallbacks` endpoints tried in order when a call fails on all of them (both through LiteLLM's Router)."""
+        `fallbacks` endpoints tried in order when a call fails on all of them (both through LiteLLM's Router).
+        `context_window` is `cfg.model`'s (default: `cfg.context_tokens`, else LiteLLM's, asked on first use)."""
         self.role = role
         self.cfg = cfg
         self.cache = cache if cfg.cache else None
         self.api_base = api_base
         self._api_key = api_key  # passed to LiteLLM only; never logged, never in a record or an error message
-        self._primary = [Deployment(cfg.model, api_base, api_key, cfg.rpm, cfg.tpm), *deployments]
+        if context_window is None and cfg.context_tokens:
+            context_window = ContextWindow(cfg.context_tokens, f"{role}.context_tokens", cfg.model)
+        primary = Deployment(cfg.model, api_base, api_key, cfg.rpm, cfg.tpm, window=context_window)
+        self._primary = [primary, *deployments]
         self._fallbacks = list(fallbacks)
+        # Every endpoint's context counts: the Router may send a call to any deployment or fallback.
+        self._context = ContextCheck([(d.model, d.window) for d in self._primary + self._fallbacks])
         self.routed = len(self._primary) > 1 or bool(self._fallbacks) or bool(cfg.rpm or cfg.tpm)
         # A routed attempt may chain a failover and each fallback, each with its own timeout.
         chained = attempt_budget(cfg, len(self._primary), len(self._fallbacks)) if self.routed else 1
@@ -204,6 +214,9 @@ class JudgeClient:
             hit = self._from_cache(request, key, started)
             if hit is not None:
                 return hit
+        too_long = self._context.refusal(request.messages, self.cfg.api, request.max_tokens)
+        if too_long is not None:
+            return self._not_sent(request, too_long, started)
 
         async def attempt_once() -> _Attempt:
             warmer = any(a.error in PARSE_FAILURES for a in attempts)
@@ -240,6 +253,39 @@ class JudgeClient:
             latency_s=time.perf_counter() - started,
             prompt_tokens=sum(a.prompt_tokens for a in attempts),
             completion_tokens=sum(a.completion_tokens for a in attempts),
+            detail=last.detail,
+        )
+
+    def _not_sent(self, request: _Request, reason: str, started: float) -> JudgeResult:
+        """A call failed before sending (its prompt does not fit): logged as attempt 0 with the reason, so the
+        call log still explains the failed judgment; not retried, as the same prompt cannot fit later."""
+        self._record(
+            self._call_record(
+                request,
+                timestamp=datetime.now(UTC).isoformat(),
+                attempt=0,
+                temperature=self.cfg.temperature,
+                reply=None,
+                finish_reason=None,
+                error=CONTEXT_WINDOW,
+                error_detail=reason,
+                latency_s=0.0,
+                prompt_tokens=0,
+                completion_tokens=0,
+            )
+        )
+        self._count_call(ok=False)
+        logger.warning("%s call not sent: %s", self.role, reason)
+        return JudgeResult(
+            ok=False,
+            value=None,
+            reply=None,
+            error=CONTEXT_WINDOW,
+            attempts=0,
+            latency_s=time.perf_counter() - started,
+            prompt_tokens=0,
+            completion_tokens=0,
+            detail=reason,
         )
 
     def _from_cache(self, request: _Request, key: str, started: float) -> JudgeResult | None:
@@ -357,7 +403,7 @@ class JudgeClient:
             raise JudgeError(self._fatal_message(error, detail or "")) from failure
         if error is not None:
             logger.debug("%s attempt %d failed: %s %s", self.role, number, error, detail or "")
-        return _Attempt(value, reply, error, prompt_tokens, completion_tokens)
+        return _Attempt(value, reply, error, prompt_tokens, completion_tokens, detail)
 
     async def _call(self, request: _Request, temperature: float, resources: _LoopResources) -> Any:
         litellm = _litellm()
@@ -370,7 +416,7 @@ class JudgeClient:
                     model=self.role, messages=request.messages, **params
                 )
             return await resources.router.atext_completion(
-                model=self.role, prompt=_prompt_of(request.messages), **params
+                model=self.role, prompt=prompt_of(request.messages), **params
             )
         params |= {
             "model": self.cfg.model,
@@ -385,7 +431,7 @@ class JudgeClient:
             return await litellm.acompletion(messages=request.messages, **params)
         if resources.text_client is not None:
             params["client"] = resources.text_client
-        return await litellm.atext_completion(prompt=_prompt_of(request.messages), **params)
+        return await litellm.atext_completion(prompt=prompt_of(request.messages), **params)
 
     # -- helpers --------------------------------------------------------------------------------------------
     def _resources(self) -> _LoopResources:
@@ -444,7 +490,7 @@ class JudgeClient:
             model=self.cfg.model,
             api=self.cfg.api,
             messages=request.messages if chat else None,
-            prompt=None if chat else _prompt_of(request.messages),
+            prompt=None if chat else prompt_of(request.messages),
             metadata=request.metadata,
             **attempt,
         )
@@ -463,9 +509,9 @@ class JudgeClient:
             usage = self._usage.setdefault(
                 (record.metadata.get("iteration"), str(record.metadata.get("node", "other"))), Usage()
             )
-            usage.attempts += not record.cached
+            usage.attempts += record.attempt > 0  # attempt 0: no request (a cache hit, or a prompt not sent)
             usage.cached += record.cached
-            usage.calls += record.attempt <= 1  # a call's first attempt, or its cache hit (attempt 0)
+            usage.calls += record.attempt <= 1  # a call's first attempt, or its attempt 0
             usage.prompt_tokens += record.prompt_tokens
             usage.completion_tokens += record.completion_tokens
             usage.latency_s += record.latency_s
@@ -505,10 +551,6 @@ def _litellm() -> Any:
 def _last_outcome(state: RetryCallState) -> _Attempt:
     assert state.outcome is not None
     return state.outcome.result()
-
-
-def _prompt_of(messages: list[dict[str, str]]) -> str:
-    return "\n\n".join(m["content"] for m in messages)
 
 
 def _read(response: Any, api: str) -> tuple[str, str | None, int, int]:

@@ -19,7 +19,7 @@ class CallRecord:
     role: str  # "judge", "meta_judge", ...
     model: str
     api: str  # "chat" or "completion"
-    attempt: int  # 1-based
+    attempt: int  # 1-based; 0: no request was sent (a cache hit, or a prompt too long for the context)
     temperature: float  # raised above the configured value on a retry after an unparseable reply
     messages: list[dict[str, str]] | None  # chat API
     prompt: str | None  # completion API

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpo_agents.config import JudgeConfig
+from mpo_agents.judges.context_window import ContextWindow
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Deployment:
     api_key: str | None = None
     rpm: int | None = None
     tpm: int | None = None
+    window: ContextWindow | None = None  # None: LiteLLM's, if it knows the model (see ContextCheck)
 
     def __repr__(self) -> str:  # keep the key out of logs and tracebacks
         return f"Deployment({self.model!r} at {self.api_base or 'provider default'})"

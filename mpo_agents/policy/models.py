@@ -155,15 +155,25 @@ def resolve_dtype(cfg: PolicyConfig, device: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
 
 
+def load_tokenizer(model_dir: Path) -> Any:
+    """The policy's tokenizer: left padding, left truncation, a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(Path(model_dir).resolve()), padding_side="left", truncation_side="left"
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_policy_model(model_dir: Path, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for generation and training: left padding, left truncation, a pad token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load (model, tokenizer) for generation and training (the tokenizer as `load_tokenizer` makes it)."""
+    from transformers import AutoModelForCausalLM
 
     # An absolute path matters: TRL re-loads the reference model from `config._name_or_path`.
     model_path = str(Path(model_dir).resolve())
-    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_dir)
     with quiet_progress_bars():
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

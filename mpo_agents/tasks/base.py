@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -12,6 +11,16 @@ from mpo_agents.config import TaskConfig
 from mpo_agents.errors import ConfigError, RubricRejected
 from mpo_agents.prompts import DEFAULT_PROMPTS_DIR, load_prompt
 from mpo_agents.rubrics import RubricVersion, parse_rubric
+from mpo_agents.tasks.data import (
+    PromptBudget,
+    PromptLengths,
+    Row,
+    fields_problem,
+    fit_prompt_lengths,
+    read_rows,
+    shape_problem,
+    unusable_records_error,
+)
 
 EXAMPLES_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data"
 
@@ -24,38 +33,6 @@ class GuardResult:
     reason: str
 
 
-def read_records(path: Path, split: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL or Parquet file, or of a Hugging Face `datasets` directory (`save_to_disk`)."""
-    path = Path(path)
-    if path.is_dir():
-        import datasets  # heavy; only for this input form
-
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(f"task.data_path: {path} is not a `datasets` directory ({exc})") from exc
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ConfigError(f"task.split: '{split}' is not in {path}; it has {', '.join(loaded)}")
-            loaded = loaded[split]
-        return [dict(row) for row in loaded]
-    if not path.is_file():
-        raise ConfigError(f"task.data_path: {path} does not exist (a JSONL or Parquet file, or a directory)")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"task.data_path: {path} line {number} is not JSON: {exc.msg}") from exc
-    return records
-
-
 @dataclass
 class Task:
     """Base task: subclasses set the class attributes and override the hooks that differ."""
@@ -63,7 +40,7 @@ class Task:
     name: ClassVar[str]
     default_data_file: ClassVar[str]
     prompt_field: ClassVar[str] = "prompt"
-    # Fields a record must have (after `normalize_record`); named in the error when one is missing.
+    # Fields a record must have (after `normalize_record`); named in the error when one is missing or empty.
     required_fields: ClassVar[tuple[str, ...]] = ("prompt",)
     # How the meta-judge looks at the window: one rubric for the task, rewritten from per-sample analyses that
     # are merged ("merge"), or one guideline per cluster of prompts, rewritten independently ("per_cluster").
@@ -72,14 +49,24 @@ class Task:
     default_min_reasoning_words: ClassVar[int] = 0
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
+    # How the run's prompts measure against the policy's limit; None when they were not measured.
+    prompt_lengths: PromptLengths | None = field(default=None, init=False)
 
     # False builds the task's prompts and rules without reading its data (what `mpo eval` needs).
     load_data: InitVar[bool] = True
+    # The policy's prompt limit and token count (a run passes it); None leaves prompts unmeasured (scoring and
+    # evaluation commands, which cut prompts as the policy does).
+    prompt_budget: InitVar[PromptBudget | None] = None
 
-    def __post_init__(self, load_data: bool) -> None:
+    def __post_init__(self, load_data: bool, prompt_budget: PromptBudget | None) -> None:
         if not load_data:
             return
-        self.records = self.prepare_records(self.load_records())
+        located = self.checked_records()
+        if prompt_budget is not None:
+            located, self.prompt_lengths = fit_prompt_lengths(
+                located, self.policy_conversation, prompt_budget, self.config.long_prompts
+            )
+        self.records = self.prepare_records([record for _, record in located])
         random.Random(self.config.shuffle_seed).shuffle(self.records)
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -88,34 +75,45 @@ class Task:
         return Path(self.config.data_path or EXAMPLES_DATA_DIR / self.default_data_file)
 
     def load_records(self) -> list[dict[str, Any]]:
+        """The usable records in file order, cut to `task.max_prompts` (see `checked_records`)."""
+        return [record for _, record in self.checked_records()]
+
+    def checked_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each usable record with where it is ("line 7", "row index 6"), in file order, cut to `task.max_prompts`.
+        Every line or row is checked first; one ConfigError names all the unusable ones."""
         path = self.data_path
-        records = []
-        for number, raw in enumerate(read_records(path, self.config.split), start=1):
-            record = self.normalize_record(raw)
-            if record is None:
-                continue
-            missing = self.missing_fields(record)
-            if missing:
-                raise ConfigError(
-                    f"task.data_path: {path} record {number} has no {', '.join(repr(m) for m in missing)} "
-                    f"field (task {self.name} reads {', '.join(self.required_fields)})"
-                )
-            records.append(record)
+        located, problems = [], []
+        for row in read_rows(path, self.config.split):
+            record, problem = self._checked(row)
+            if problem is not None:
+                problems.append(f"{row.where} {problem}")
+            elif record is not None:
+                located.append((row.where, record))
+        if problems:
+            raise unusable_records_error(path, problems, self.name, self.required_fields)
         if self.config.max_prompts:
-            records = records[: self.config.max_prompts]
-        if not records:
+            located = located[: self.config.max_prompts]
+        if not located:
             raise ConfigError(f"task.data_path: {path} holds no usable records for task {self.name}")
-        return records
+        return located
+
+    def _checked(self, row: Row) -> tuple[dict[str, Any] | None, str | None]:
+        """(normalised record or None if the task skips it, problem or None)."""
+        problem = row.problem or shape_problem(row.value)
+        if problem is not None:
+            return None, problem
+        record = self.normalize_record(dict(row.value))
+        return record, None if record is None else self.record_problem(record)
 
     def normalize_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
-        """Map a row in the dataset's own field names to what the task reads; None skips the row."""
+        """Map a row in the dataset's own field names to what the task reads; None skips the row. Add a field
+        only when its source is there, so that a missing field is told apart from an empty one."""
         return record
 
-    def missing_fields(self, record: dict[str, Any] | None) -> list[str]:
-        """The required fields a normalised record lacks (all of them for a row the task skips)."""
-        if record is None:
-            return list(self.required_fields)
-        return [name for name in self.required_fields if not str(record.get(name) or "").strip()]
+    def record_problem(self, record: dict[str, Any] | None) -> str | None:
+        """Why a normalised record cannot be used ("has no 'prompt' field", "has an empty 'prompt' field"), or
+        None; a row the task skips lacks every field."""
+        return fields_problem(record if record is not None else {}, self.required_fields)
 
     def prepare_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Whatever the task derives from the whole set of records (math: clusters). Records come normalised."""

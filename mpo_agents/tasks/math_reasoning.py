@@ -42,6 +42,8 @@ class MathReasoning(Task):
 
         # The raw MATH files carry no answer field; the gold answer is the solution's boxed expression.
         answer = record.get("answer") or first_boxed_answer(str(record.get("solution") or ""))
+        if answer is None and "answer" not in record:
+            return dict(record)  # no answer anywhere: reported as a missing field, not an empty one
         return {**record, "answer": answer}
 
     def initial_rubric(self) -> RubricVersion:

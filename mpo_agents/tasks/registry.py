@@ -10,6 +10,7 @@ from mpo_agents.errors import ConfigError
 if TYPE_CHECKING:
     from mpo_agents.config import TaskConfig
     from mpo_agents.tasks.base import Task
+    from mpo_agents.tasks.data import PromptBudget
 
 _TASKS: dict[str, type[Task]] = {}
 
@@ -35,9 +36,10 @@ def available_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def build_task(config: TaskConfig, load_data: bool = True) -> Task:
-    """The configured task; `load_data=False` skips reading (and preparing) its records."""
+def build_task(config: TaskConfig, load_data: bool = True, prompt_budget: PromptBudget | None = None) -> Task:
+    """The configured task; `load_data=False` skips reading (and preparing) its records, and `prompt_budget`
+    measures its prompts against the policy's limit (dropping the longer ones under `task.long_prompts: drop`)."""
     _discover()
     if config.name not in _TASKS:
         raise ConfigError(f"task.name: unknown task '{config.name}'. Available: {', '.join(sorted(_TASKS))}")
-    return _TASKS[config.name](config=config, load_data=load_data)
+    return _TASKS[config.name](config=config, load_data=load_data, prompt_budget=prompt_budget)

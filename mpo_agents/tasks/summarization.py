@@ -19,9 +19,12 @@ class Summarization(Task):
 
     def normalize_record(self, record: dict[str, Any]) -> dict[str, Any] | None:
         # The cleaned BillSum release names its fields clean_text / clean_summary; prefer the cleaned text.
-        text = record.get("clean_text") or record.get("text")
-        summary = record.get("clean_summary") or record.get("summary")
-        return {**record, "text": text, "summary": summary}
+        normalized = dict(record)
+        for name, sources in (("text", ("clean_text", "text")), ("summary", ("clean_summary", "summary"))):
+            present = [record[source] for source in sources if source in record]
+            if present:  # else left out, so that a missing text is reported as missing, not as empty
+                normalized[name] = next((value for value in present if value), present[0])
+        return normalized
 
     def evaluation_reference(self, record: dict[str, Any]) -> str | None:
         return record.get("summary") or None
