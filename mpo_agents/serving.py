@@ -10,8 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from mpo_agents.config import LocalServerConfig
 from mpo_agents.errors import ServerError
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 5.0  # a normal stop: SIGTERM, then SIGKILL; a server answering a long generation waits for it
 
 
 @dataclass(frozen=True)
@@ -89,25 +90,47 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path:
     )
 
 
-def _die_with_parent() -> None:
-    """Runs in the server's child process: ask Linux to SIGTERM it when the CLI process dies, even by SIGKILL,
-    so that a killed run never leaves an orphaned model server holding memory and a port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _death_signal(parent: int) -> Callable[[], None] | None:
+    """What the server's child process runs before exec: ask Linux to SIGKILL it when the thread that spawned
+    it ends, which includes any death of the run process (even by SIGKILL), so that a killed run never leaves
+    an orphaned model server holding memory and a port next to the resumed run's. SIGKILL, not SIGTERM: a
+    server answering a long generation waits for it after SIGTERM (over a minute). (`transformers serve` runs
+    in one process, threads only, so no grandchild outlives it.) None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child should only call it
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the run died between fork and prctl: nothing would ever signal us
+            os._exit(1)
+
+    return set_death_signal
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
+def _end(process: subprocess.Popen, grace: float) -> None:
+    """Stop the server's process group: SIGTERM and up to `grace` seconds to leave, then SIGKILL."""
+    # The group is signalled only while the leader is unreaped (a zombie keeps its pid), never a reused id.
+    if grace > 0 and process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGKILL)
     try:
-        process.wait(timeout=15)
+        process.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
+        log.error("the local judge server (pid %d) did not exit after SIGKILL", process.pid)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):  # it has just exited by itself
+        os.killpg(pid, signum)
 
 
 @contextmanager
@@ -128,10 +151,10 @@ def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Ite
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only calls prctl; safe before exec)
+            preexec_fn=_death_signal(os.getpid()),  # noqa: PLW1509 (only prctl; safe before exec)
         )
     try:
         _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
         yield LocalServer(url=f"http://{cfg.host}:{port}/v1", model_dir=Path(model_dir))
     finally:
-        _stop(process)
+        _end(process, STOP_GRACE_S)
