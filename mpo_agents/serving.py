@@ -1,38 +1,20 @@
-"""The local judge server: `transformers serve` on loopback, started, health-checked and stopped by the CLI."""
+"""The local judge server: `transformers serve` on loopback, started by the CLI, kept serving by a Supervisor
+(restarted on the same port when it stops serving, a bounded number of times) and stopped at the end."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-import httpx
 
 from mpo_agents.config import LocalServerConfig
 from mpo_agents.errors import ServerError
-
-log = logging.getLogger(__name__)
-STOP_GRACE_S = 5.0  # a normal stop: SIGTERM, then SIGKILL; a server answering a long generation waits for it
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    url: str  # OpenAI-compatible base URL, ending in /v1
-    model_dir: Path
-
-    @property
-    def litellm_model(self) -> str:
-        # `transformers serve DIR` pins DIR and refuses any other model name, so the name sent is the path.
-        return f"openai/{self.model_dir}"
+from mpo_agents.supervisor import Supervisor
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,6 +22,77 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class LocalServer:
+    """The local judge server as the run sees it: where it listens, and what a failed call does about it."""
+
+    def __init__(self, url: str, model_dir: Path, supervisor: Supervisor) -> None:
+        self.url = url  # OpenAI-compatible base URL, ending in /v1
+        self.model_dir = Path(model_dir)
+        self._supervisor = supervisor
+
+    @property
+    def litellm_model(self) -> str:
+        # `transformers serve DIR` pins DIR and refuses any other model name, so the name sent is the path.
+        return f"openai/{self.model_dir}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the server now running (it changes with every restart)."""
+        return self._supervisor.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._supervisor.restarts
+
+    def check(self) -> None:
+        """Raise ServerError once the server has stopped serving for good (its restarts are used up)."""
+        if self._supervisor.failure is not None:
+            raise ServerError(self._supervisor.failure)
+
+    async def recovered(self) -> None:
+        """After a call to the server failed with a server or connection error: have the server checked at
+        once (and restarted if it stopped serving) and wait for the verdict, so that the call's retry meets a
+        serving server. Raises ServerError once the server has failed for good."""
+        ticket = self._supervisor.request_check()
+        while not self._supervisor.checked(ticket):
+            await asyncio.sleep(0.1)
+        self.check()
+
+
+@contextmanager
+def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
+    """Run `transformers serve` for the duration of the block, supervised; always stopped on exit."""
+    port = cfg.port or free_port(cfg.host)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if cfg.cpu_threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
+    with supervised_server(
+        _serve_command(model_dir, cfg, port), model_dir, cfg, port, log_path, env
+    ) as server:
+        yield server
+
+
+@contextmanager
+def supervised_server(
+    command: list[str],
+    model_dir: Path,
+    cfg: LocalServerConfig,
+    port: int,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalServer]:
+    """Any OpenAI-compatible server `command` listening on `cfg.host:port`, under a Supervisor for the
+    duration of the block (`local_server` gives it the `transformers serve` command)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = f"http://{cfg.host}:{port}"
+    supervisor = Supervisor(command, env or dict(os.environ), root, str(model_dir), cfg, log_path)
+    try:
+        supervisor.start()
+        yield LocalServer(f"{root}/v1", Path(model_dir), supervisor)
+    finally:
+        supervisor.close()
 
 
 def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[str]:
@@ -70,91 +123,3 @@ def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[s
             str(cfg.kv_cache_tokens // block),
         ]
     return command
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-            raise ServerError(f"the local model server exited with code {process.returncode}:\n{tail}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ServerError(
-        f"the local model server did not answer {url} within {timeout:.0f} s "
-        f"(raise local_server.startup_timeout; its log is {log_path})"
-    )
-
-
-def _death_signal(parent: int) -> Callable[[], None] | None:
-    """What the server's child process runs before exec: ask Linux to SIGKILL it when the thread that spawned
-    it ends, which includes any death of the run process (even by SIGKILL), so that a killed run never leaves
-    an orphaned model server holding memory and a port next to the resumed run's. SIGKILL, not SIGTERM: a
-    server answering a long generation waits for it after SIGTERM (over a minute). (`transformers serve` runs
-    in one process, threads only, so no grandchild outlives it.) None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the forked child should only call it
-    pr_set_pdeathsig = 1
-
-    def set_death_signal() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the run died between fork and prctl: nothing would ever signal us
-            os._exit(1)
-
-    return set_death_signal
-
-
-def _end(process: subprocess.Popen, grace: float) -> None:
-    """Stop the server's process group: SIGTERM and up to `grace` seconds to leave, then SIGKILL."""
-    # The group is signalled only while the leader is unreaped (a zombie keeps its pid), never a reused id.
-    if grace > 0 and process.poll() is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    if process.poll() is None:
-        _signal_group(process.pid, signal.SIGKILL)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        log.error("the local judge server (pid %d) did not exit after SIGKILL", process.pid)
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    with suppress(ProcessLookupError):  # it has just exited by itself
-        os.killpg(pid, signum)
-
-
-@contextmanager
-def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
-    """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
-    port = cfg.port or free_port(cfg.host)
-    command = _serve_command(model_dir, cfg, port)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if cfg.cpu_threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("starting local judge server: %s", " ".join(command))
-    with open(log_path, "ab") as server_log:
-        # A new session, so stopping it also stops any worker processes it spawned.
-        process = subprocess.Popen(
-            command,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_death_signal(os.getpid()),  # noqa: PLW1509 (only prctl; safe before exec)
-        )
-    try:
-        _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
-        yield LocalServer(url=f"http://{cfg.host}:{port}/v1", model_dir=Path(model_dir))
-    finally:
-        _end(process, STOP_GRACE_S)

@@ -1,18 +1,113 @@
-"""The local judge server never outlives the run that started it. Real `transformers serve` on the tiny model
-(~5 s per start)."""
+"""The local judge server is watched: restarted when it stops serving, a clear error when restarts run out,
+and never outliving the run that started it. Real `transformers serve` on the tiny model (~5 s per start)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
+
+from mpo_agents.config import JudgeConfig, LocalServerConfig
+from mpo_agents.context import judge_client
+from mpo_agents.errors import ServerError
+from mpo_agents.judges.client import JudgeClient, JudgeResult
+from mpo_agents.serving import LocalServer, free_port, local_server, supervised_server
+
+LONG_PROMPT = "hello world " * 1000  # ~2,000 tokens: more than the smallest KV cache (1,024) holds
+
+
+def watched(**fields: object) -> LocalServerConfig:
+    return LocalServerConfig(
+        **{"enabled": True, "kv_cache_tokens": 1024, "health_check_interval": 0.5, **fields}
+    )
+
+
+def judge(server: LocalServer, **fields: object) -> JudgeClient:
+    """A judge client on the local server, wired as a run wires it. The completion API: the tiny model's chat
+    replies decode to nothing, its text continuations do not."""
+    settings = {"api": "completion", "max_tokens": 2, "timeout": 20, "retry_backoff": 0.01, "cache": False}
+    cfg = JudgeConfig(use_local_server=True, **{**settings, **fields})
+    return judge_client("judge", cfg, {}, server, call_log=None, cache=None)
+
+
+def ask(client: JudgeClient, prompt: str) -> JudgeResult:
+    async def call() -> JudgeResult:
+        try:
+            return await client.complete([{"role": "user", "content": prompt}])
+        finally:
+            await client.aclose()
+
+    return asyncio.run(call())
+
+
+@pytest.fixture(scope="module")
+def serving(tiny_model_dir, tmp_path_factory) -> Iterator[LocalServer]:
+    """One supervised server the restart tests share; each leaves it serving."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with local_server(tiny_model_dir, watched(max_restarts=5), log_path) as server:
+        yield server
+
+
+def test_a_killed_server_is_restarted_on_its_port_and_judge_calls_succeed_again(serving, caplog):
+    caplog.set_level(logging.WARNING, logger="mpo_agents.serving")
+    client = judge(serving)
+    assert ask(client, "the cat").ok
+    killed, restarts = serving.pid, serving.restarts
+    os.kill(killed, signal.SIGKILL)
+
+    result = ask(client, "the cat")  # refused, the server is restarted, the retry is answered
+
+    assert result.ok and result.attempts >= 2
+    assert serving.restarts == restarts + 1 and serving.pid != killed
+    assert "stopped serving (its process exited with code -9); restarting it on the same port" in caplog.text
+
+
+def test_a_prompt_that_kills_the_batching_worker_gets_the_server_restarted(serving, caplog):
+    caplog.set_level(logging.WARNING, logger="mpo_agents.serving")
+    restarts = serving.restarts
+
+    # transformers 5.23: the continuous-batching worker dies on a prompt its KV cache cannot hold; the
+    # process lives on, every call then gets 503 "CB worker is dead", and /health answers 503.
+    failed = ask(judge(serving, retries=0), LONG_PROMPT)
+
+    assert not failed.ok and failed.error == "server_error"  # a failed judgment, never a score
+    assert serving.restarts == restarts + 1
+    assert "its health check answered HTTP 503" in caplog.text and "cb_worker_dead" in caplog.text
+    assert ask(judge(serving), "the cat").ok
+
+
+def test_a_server_that_answers_health_but_cannot_generate_stops_the_calls_once_restarts_run_out(tmp_path):
+    # The scripted judge server stands in here: `transformers serve` 5.23 reports a dead worker on /health,
+    # so only a server whose health check lies shows that the 1-token completion probe catches it.
+    port = free_port()
+    always_503 = [sys.executable, str(Path(__file__).parent / "judge_server.py"), "--port", str(port)]
+    always_503 += ["--fault-rate", "1", "--faults", "503"]
+    cfg = watched(port=port, max_restarts=1, health_check_interval=60)  # only a failed call triggers a check
+    log_path = tmp_path / "server.log"
+
+    with supervised_server(always_503, Path("test-judge"), cfg, port, log_path) as server:
+        with pytest.raises(ServerError) as stopped:
+            ask(judge(server), "the cat")
+        assert server.restarts == 1
+        with pytest.raises(ServerError):
+            server.check()  # what the runner asks between nodes
+
+    message = str(stopped.value)
+    assert "it answers its health check, but a 1-token completion got HTTP 503" in message
+    assert "local_server.max_restarts=1 restart(s) are used up" in message
+    assert str(log_path) in message and "mpo resume" in message
+
 
 HOLDER = """
 import sys, time
