@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import TEST_ENV, run_overrides
 
 from mpo_agents.config import JudgeConfig, LocalServerConfig
 from mpo_agents.context import judge_client
@@ -155,6 +156,47 @@ def _generate(url: str, model: str, tokens: int) -> None:
             json={"model": model, "prompt": "the cat", "max_tokens": tokens},
             timeout=120,
         )
+
+
+def test_a_run_whose_server_dies_with_no_restarts_left_stops_with_the_message(
+    tmp_path, tiny_model_dir, judge_server
+):
+    scripted = judge_server()  # the judges stay scripted; the local server is watched all the same
+    run_dir = tmp_path / "run"
+    settings = {
+        "schedule.iterations": 8,
+        "local_server.enabled": "true",
+        "local_server.model": str(tiny_model_dir),
+        "local_server.kv_cache_tokens": 1024,
+        "local_server.max_restarts": 0,
+        "local_server.health_check_interval": 0.2,
+    }
+    sets = [
+        item for pair in run_overrides(tiny_model_dir, scripted.url, **settings) for item in ("--set", pair)
+    ]
+    env = {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "COLUMNS": "2000"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mpo_agents", "run", "--run-dir", str(run_dir), *sets],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "samples" / "iter-0001.jsonl").exists():
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0][-3000:]
+            time.sleep(0.01)
+        (server,) = [pid for pid in _descendants(run.pid) if b"serve" in _cmdline(pid)]
+        os.kill(server, signal.SIGKILL)
+        output = run.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        run.kill()
+
+    assert run.returncode == 2, output[-3000:]
+    assert "the local judge server stopped serving (its process exited with code -9)" in output
+    assert "local_server.max_restarts=0" in output and str(run_dir / "server.log") in output
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) < 8
+    assert "restart(s) are used up" in (run_dir / "run.log").read_text()
 
 
 # -- processes, as /proc sees them ---------------------------------------------------------------------------
