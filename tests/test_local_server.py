@@ -61,7 +61,7 @@ def serving(tiny_model_dir, tmp_path_factory) -> Iterator[LocalServer]:
 
 
 def test_a_killed_server_is_restarted_on_its_port_and_judge_calls_succeed_again(serving, caplog):
-    caplog.set_level(logging.WARNING, logger="mpo_agents.serving")
+    caplog.set_level(logging.WARNING, logger="mpo_agents.supervisor")
     client = judge(serving)
     assert ask(client, "the cat").ok
     killed, restarts = serving.pid, serving.restarts
@@ -75,7 +75,7 @@ def test_a_killed_server_is_restarted_on_its_port_and_judge_calls_succeed_again(
 
 
 def test_a_prompt_that_kills_the_batching_worker_gets_the_server_restarted(serving, caplog):
-    caplog.set_level(logging.WARNING, logger="mpo_agents.serving")
+    caplog.set_level(logging.WARNING, logger="mpo_agents.supervisor")
     restarts = serving.restarts
 
     # transformers 5.23: the continuous-batching worker dies on a prompt its KV cache cannot hold; the
