@@ -404,6 +404,19 @@ class LocalServerConfig(_Section):
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU threads of the server process; None keeps torch's default (all cores)."
     )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="Restarts (on the same port) of a server that stops serving: its process exits, its "
+        "health check fails, or it answers but cannot generate. When they are used up the run stops with "
+        "an error naming server.log, instead of failing every judgment.",
+    )
+    health_check_interval: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds between health checks of the running server; a judge call that fails with a "
+        "server or connection error has it checked at once.",
+    )
 
 
 class TrainerConfig(_Section):

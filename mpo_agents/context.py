@@ -38,6 +38,12 @@ class RunContext:
     judge: JudgePanel  # one client, or an ensemble's members
     meta_judge: JudgeClient
     rubrics: RubricStore
+    server: LocalServer | None = None  # the local judge server, when the config starts one
+
+    def check_server(self) -> None:
+        """Raise ServerError if the local judge server has stopped serving for good (its restarts used up)."""
+        if self.server is not None:
+            self.server.check()
 
     def prompt(self, role: str, api: str = "chat") -> PromptTemplate:
         return load_prompt(self.task.name, role, api, self.task.prompts_dir)
@@ -104,6 +110,7 @@ def judge_client(
 
     where = where or role
     primary = resolve_endpoint(where, cfg, environ, server)
+    local = any(e.use_local_server for e in (cfg, *cfg.deployments, *cfg.fallbacks))
     return JudgeClient(
         role,
         cfg.model_copy(update={"model": primary.model}),
@@ -120,6 +127,7 @@ def judge_client(
             for n, f in enumerate(cfg.fallbacks)
         ],
         context_window=primary.window,
+        on_endpoint_error=server.recovered if local and server is not None else None,
     )
 
 
@@ -228,4 +236,5 @@ def build_context(
         judge=judge,
         meta_judge=meta_judge,
         rubrics=RubricStore(run_dir.rubrics_dir),
+        server=server,
     )

@@ -101,7 +101,8 @@ def execute(
     on_warning: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
-    rubric change waits for review. `review` resumes a run paused for review with that decision
+    rubric change waits for review; a local judge server that stopped serving for good raises ServerError.
+    `review` resumes a run paused for review with that decision
     ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). A resumed run
     passes the `check` of its directory (`mpo_agents.integrity`): the policy checkpoint it names is restored,
     damaged ones are moved aside and updates they held are applied again. `on_status` gets what the run is
@@ -300,6 +301,7 @@ async def _drive(
             # subgraphs=True streams the meta stages one by one (for timings, progress and Ctrl-C between
             # stages); the `meta` node's own update then closes the subgraph and is not timed twice.
             budget = Budget(ctx)
+            ctx.check_server()  # the local judge server may have failed while the policy loaded
             if budget.exhausted():
                 on_event("__over_budget__", budget.report())
                 snapshot = await app.aget_state(run_config)
@@ -313,6 +315,9 @@ async def _drive(
                     if not (node == "meta" and not namespace):
                         timings.record(node, update or {})
                     on_event(node, update or {})
+                # A local judge server that failed for good stops the run here, before a node would fail
+                # every judgment (a node that calls it raises the same error itself).
+                ctx.check_server()
                 if budget.exhausted():
                     on_event("__over_budget__", budget.report())
                     break

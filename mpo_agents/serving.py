@@ -1,38 +1,20 @@
-"""The local judge server: `transformers serve` on loopback, started, health-checked and stopped by the CLI."""
+"""The local judge server: `transformers serve` on loopback, started by the CLI, kept serving by a Supervisor
+(restarted on the same port when it stops serving, a bounded number of times) and stopped at the end."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from mpo_agents.config import LocalServerConfig
 from mpo_agents.errors import ServerError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LocalServer:
-    url: str  # OpenAI-compatible base URL, ending in /v1
-    model_dir: Path
-    kv_cache_tokens: int | None = None  # continuous batching's cache: no one call may need more
-
-    @property
-    def litellm_model(self) -> str:
-        # `transformers serve DIR` pins DIR and refuses any other model name, so the name sent is the path.
-        return f"openai/{self.model_dir}"
+from mpo_agents.supervisor import Supervisor
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,6 +22,81 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class LocalServer:
+    """The local judge server as the run sees it: where it listens, and what a failed call does about it."""
+
+    def __init__(
+        self, url: str, model_dir: Path, supervisor: Supervisor, kv_cache_tokens: int | None = None
+    ) -> None:
+        self.url = url  # OpenAI-compatible base URL, ending in /v1
+        self.model_dir = Path(model_dir)
+        self.kv_cache_tokens = kv_cache_tokens  # continuous batching's cache: no one call may need more
+        self._supervisor = supervisor
+
+    @property
+    def litellm_model(self) -> str:
+        # `transformers serve DIR` pins DIR and refuses any other model name, so the name sent is the path.
+        return f"openai/{self.model_dir}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the server now running (it changes with every restart)."""
+        return self._supervisor.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._supervisor.restarts
+
+    def check(self) -> None:
+        """Raise ServerError once the server has stopped serving for good (its restarts are used up)."""
+        if self._supervisor.failure is not None:
+            raise ServerError(self._supervisor.failure)
+
+    async def recovered(self) -> None:
+        """After a call to the server failed with a server or connection error: have the server checked at
+        once (and restarted if it stopped serving) and wait for the verdict, so that the call's retry meets a
+        serving server. Raises ServerError once the server has failed for good."""
+        ticket = self._supervisor.request_check()
+        while not self._supervisor.checked(ticket):
+            await asyncio.sleep(0.1)
+        self.check()
+
+
+@contextmanager
+def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
+    """Run `transformers serve` for the duration of the block, supervised; always stopped on exit."""
+    port = cfg.port or free_port(cfg.host)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if cfg.cpu_threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
+    with supervised_server(
+        _serve_command(model_dir, cfg, port), model_dir, cfg, port, log_path, env
+    ) as server:
+        yield server
+
+
+@contextmanager
+def supervised_server(
+    command: list[str],
+    model_dir: Path,
+    cfg: LocalServerConfig,
+    port: int,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalServer]:
+    """Any OpenAI-compatible server `command` listening on `cfg.host:port`, under a Supervisor for the
+    duration of the block (`local_server` gives it the `transformers serve` command)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = f"http://{cfg.host}:{port}"
+    supervisor = Supervisor(command, env or dict(os.environ), root, str(model_dir), cfg, log_path)
+    try:
+        supervisor.start()
+        kv_cache_tokens = cfg.kv_cache_tokens if cfg.continuous_batching else None
+        yield LocalServer(f"{root}/v1", Path(model_dir), supervisor, kv_cache_tokens)
+    finally:
+        supervisor.close()
 
 
 def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[str]:
@@ -70,70 +127,3 @@ def _serve_command(model_dir: Path, cfg: LocalServerConfig, port: int) -> list[s
             str(cfg.kv_cache_tokens // block),
         ]
     return command
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, timeout: float, log_path: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
-            raise ServerError(f"the local model server exited with code {process.returncode}:\n{tail}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ServerError(
-        f"the local model server did not answer {url} within {timeout:.0f} s "
-        f"(raise local_server.startup_timeout; its log is {log_path})"
-    )
-
-
-def _die_with_parent() -> None:
-    """Runs in the server's child process: ask Linux to SIGTERM it when the CLI process dies, even by SIGKILL,
-    so that a killed run never leaves an orphaned model server holding memory and a port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
-@contextmanager
-def local_server(model_dir: Path, cfg: LocalServerConfig, log_path: Path) -> Iterator[LocalServer]:
-    """Run `transformers serve` for the duration of the block; always stopped on exit, also on errors."""
-    port = cfg.port or free_port(cfg.host)
-    command = _serve_command(model_dir, cfg, port)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    if cfg.cpu_threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cfg.cpu_threads)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("starting local judge server: %s", " ".join(command))
-    with open(log_path, "ab") as server_log:
-        # A new session, so stopping it also stops any worker processes it spawned.
-        process = subprocess.Popen(
-            command,
-            stdout=server_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (only calls prctl; safe before exec)
-        )
-    try:
-        _wait_healthy(f"http://{cfg.host}:{port}/health", process, cfg.startup_timeout, log_path)
-        kv_cache_tokens = cfg.kv_cache_tokens if cfg.continuous_batching else None
-        yield LocalServer(f"http://{cfg.host}:{port}/v1", Path(model_dir), kv_cache_tokens)
-    finally:
-        _stop(process)

@@ -3,7 +3,9 @@
 Judge failures (timeouts, 429, 5xx, lost connections, unreadable replies) never raise: after the retries
 they come back as `JudgeResult(ok=False, error=<kind>)`, so the caller records a failed judgment instead of
 a made-up score; so does a prompt that cannot fit the endpoint's context, without being sent. Only
-configuration problems (bad key, unknown model, refused request) raise `JudgeError`, naming the fix. LiteLLM is imported on the first call, not at import time (it takes seconds).
+configuration problems (bad key, unknown model, refused request) raise `JudgeError`, naming the fix, and so
+does a local judge server that failed for good (`ServerError`, see `on_endpoint_error`). LiteLLM is imported
+on the first call, not at import time (it takes seconds).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -28,7 +30,7 @@ from tenacity import (
 )
 
 from mpo_agents.config import JudgeConfig
-from mpo_agents.errors import JudgeError
+from mpo_agents.errors import JudgeError, ServerError
 from mpo_agents.judges.cache import JudgmentCache, cache_key
 from mpo_agents.judges.context_window import ContextCheck, ContextWindow, prompt_of
 from mpo_agents.judges.records import CallLog, CallRecord
@@ -57,6 +59,8 @@ BAD_REQUEST = "bad_request"
 RETRYABLE = frozenset({TIMEOUT, RATE_LIMITED, SERVER_ERROR, CONNECTION, EMPTY, UNPARSEABLE, TRUNCATED})
 PARSE_FAILURES = frozenset({EMPTY, UNPARSEABLE, TRUNCATED})
 FATAL = frozenset({AUTH, NOT_FOUND, BAD_REQUEST})
+# The endpoint itself may be down: worth `on_endpoint_error` (a timeout is more often a busy server).
+ENDPOINT_DOWN = frozenset({SERVER_ERROR, CONNECTION})
 # A greedy model repeats the same unreadable reply; retries after one sample at least this warm.
 PARSE_RETRY_TEMPERATURE = 0.7
 
@@ -158,10 +162,14 @@ class JudgeClient:
         deployments: Sequence[Deployment] = (),
         fallbacks: Sequence[Deployment] = (),
         context_window: ContextWindow | None = None,
+        on_endpoint_error: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`api_base`/`api_key` serve `cfg.model`; `deployments` are more endpoints load-balanced with it and
         `fallbacks` endpoints tried in order when a call fails on all of them (both through LiteLLM's Router).
-        `context_window` is `cfg.model`'s (default: `cfg.context_tokens`, else LiteLLM's, asked on first use)."""
+        `context_window` is `cfg.model`'s (default: `cfg.context_tokens`, else LiteLLM's, asked on first use).
+        `on_endpoint_error` is awaited after an attempt fails with a server or connection error, before the
+        retry: for the local judge server, it has the server checked (restarted if it stopped serving) and
+        raises ServerError once it failed for good."""
         self.role = role
         self.cfg = cfg
         self.cache = cache if cfg.cache else None
@@ -179,6 +187,7 @@ class JudgeClient:
         chained = attempt_budget(cfg, len(self._primary), len(self._fallbacks)) if self.routed else 1
         self._stall_limit = chained * cfg.timeout + min(5.0, 0.5 + 0.1 * cfg.timeout)
         self.call_log = call_log
+        self._on_endpoint_error = on_endpoint_error
         self._stats = JudgeStats()
         self._usage: dict[tuple[int | None, str], Usage] = {}
         self._lock = threading.Lock()
@@ -236,7 +245,7 @@ class JudgeClient:
         )
         try:
             last: _Attempt = await retrying(attempt_once)
-        except JudgeError:
+        except (JudgeError, ServerError):
             self._count_call(ok=False)
             raise
         self._count_call(ok=last.error is None)
@@ -403,6 +412,8 @@ class JudgeClient:
             raise JudgeError(self._fatal_message(error, detail or "")) from failure
         if error is not None:
             logger.debug("%s attempt %d failed: %s %s", self.role, number, error, detail or "")
+        if error in ENDPOINT_DOWN and self._on_endpoint_error is not None:
+            await self._on_endpoint_error()
         return _Attempt(value, reply, error, prompt_tokens, completion_tokens, detail)
 
     async def _call(self, request: _Request, temperature: float, resources: _LoopResources) -> Any:
