@@ -87,11 +87,12 @@ def local_server_window(
 ) -> ContextWindow | None:
     """The local server's context for one endpoint, counted with the served model's tokenizer: the configured
     `context_tokens`, else the model's positions or the server's KV cache, whichever is smaller."""
-    from mpo_agents.judges.context_window import ContextWindow, local_model_window
+    from mpo_agents.judges.context_window import ContextWindow, local_model_window, tokenizer_dir
 
     if endpoint.context_tokens:
         source = f"{where}.context_tokens"
-        return ContextWindow(endpoint.context_tokens, source, server.litellm_model, server.model_dir)
+        tokenizer = tokenizer_dir(server.model_dir)
+        return ContextWindow(endpoint.context_tokens, source, server.litellm_model, tokenizer)
     return local_model_window(server.model_dir, server.kv_cache_tokens, server.litellm_model)
 
 

@@ -28,12 +28,16 @@ class LocalServer:
     """The local judge server as the run sees it: where it listens, and what a failed call does about it."""
 
     def __init__(
-        self, url: str, model_dir: Path, supervisor: Supervisor, kv_cache_tokens: int | None = None
+        self,
+        url: str,
+        model_dir: Path,
+        supervisor: Supervisor | None = None,
+        kv_cache_tokens: int | None = None,
     ) -> None:
         self.url = url  # OpenAI-compatible base URL, ending in /v1
         self.model_dir = Path(model_dir)
         self.kv_cache_tokens = kv_cache_tokens  # continuous batching's cache: no one call may need more
-        self._supervisor = supervisor
+        self._supervisor = supervisor  # None: a server this process does not own (nothing to restart)
 
     @property
     def litellm_model(self) -> str:
@@ -43,21 +47,23 @@ class LocalServer:
     @property
     def pid(self) -> int | None:
         """The process id of the server now running (it changes with every restart)."""
-        return self._supervisor.pid
+        return self._supervisor.pid if self._supervisor else None
 
     @property
     def restarts(self) -> int:
-        return self._supervisor.restarts
+        return self._supervisor.restarts if self._supervisor else 0
 
     def check(self) -> None:
         """Raise ServerError once the server has stopped serving for good (its restarts are used up)."""
-        if self._supervisor.failure is not None:
+        if self._supervisor is not None and self._supervisor.failure is not None:
             raise ServerError(self._supervisor.failure)
 
     async def recovered(self) -> None:
         """After a call to the server failed with a server or connection error: have the server checked at
         once (and restarted if it stopped serving) and wait for the verdict, so that the call's retry meets a
         serving server. Raises ServerError once the server has failed for good."""
+        if self._supervisor is None:
+            return
         ticket = self._supervisor.request_check()
         while not self._supervisor.checked(ticket):
             await asyncio.sleep(0.1)

@@ -78,9 +78,16 @@ def test_a_prompt_that_kills_the_batching_worker_gets_the_server_restarted(servi
     caplog.set_level(logging.WARNING, logger="mpo_agents.supervisor")
     restarts = serving.restarts
 
-    # transformers 5.23: the continuous-batching worker dies on a prompt its KV cache cannot hold; the
-    # process lives on, every call then gets 503 "CB worker is dead", and /health answers 503.
-    failed = ask(judge(serving, retries=0), LONG_PROMPT)
+    # Our client never sends a prompt the server's KV cache cannot hold (recorded as failed, not sent)...
+    refused = ask(judge(serving, retries=0), LONG_PROMPT)
+    assert not refused.ok and refused.error == "context_window" and serving.restarts == restarts
+    # ... but another client of the server may. transformers 5.23: the continuous-batching worker dies on
+    # such a prompt; the process lives on, every call then gets 503 "CB worker is dead", /health answers 503.
+    killer = {"model": str(serving.model_dir), "prompt": LONG_PROMPT, "max_tokens": 2}
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{serving.url}/completions", json=killer, timeout=60)
+
+    failed = ask(judge(serving, retries=0), "the cat")
 
     assert not failed.ok and failed.error == "server_error"  # a failed judgment, never a score
     assert serving.restarts == restarts + 1

@@ -53,7 +53,13 @@ def local_model_window(model_dir: Path, kv_cache_tokens: int | None, model: str)
     if not limits:
         return None
     tokens, source = min(limits)
-    return ContextWindow(tokens, source, model, tokenizer_dir=Path(model_dir))
+    return ContextWindow(tokens, source, model, tokenizer_dir=tokenizer_dir(model_dir))
+
+
+def tokenizer_dir(model_dir: Path) -> Path | None:
+    """Where the served model's tokenizer is, or None for a server whose model is no local directory (its
+    prompts are then counted by LiteLLM)."""
+    return Path(model_dir) if (Path(model_dir) / "tokenizer_config.json").is_file() else None
 
 
 def _max_position_embeddings(model_dir: Path) -> int | None:
