@@ -268,21 +268,7 @@ class JudgeClient:
     def _not_sent(self, request: _Request, reason: str, started: float) -> JudgeResult:
         """A call failed before sending (its prompt does not fit): logged as attempt 0 with the reason, so the
         call log still explains the failed judgment; not retried, as the same prompt cannot fit later."""
-        self._record(
-            self._call_record(
-                request,
-                timestamp=datetime.now(UTC).isoformat(),
-                attempt=0,
-                temperature=self.cfg.temperature,
-                reply=None,
-                finish_reason=None,
-                error=CONTEXT_WINDOW,
-                error_detail=reason,
-                latency_s=0.0,
-                prompt_tokens=0,
-                completion_tokens=0,
-            )
-        )
+        self._record_unsent(request, reply=None, error=CONTEXT_WINDOW, detail=reason)
         self._count_call(ok=False)
         logger.warning("%s call not sent: %s", self.role, reason)
         return JudgeResult(
@@ -297,13 +283,16 @@ class JudgeClient:
             detail=reason,
         )
 
-    def _from_cache(self, request: _Request, key: str, started: float) -> JudgeResult | None:
-        """A stored reply for this exact request, parsed again (the parser may have changed); logged as an
-        attempt with `cached` set and no tokens, so the call log still explains every score."""
-        reply = self.cache.get(key)
-        value = request.parse(reply) if reply is not None else None
-        if value is None:
-            return None
+    def _record_unsent(
+        self,
+        request: _Request,
+        *,
+        reply: str | None,
+        error: str | None,
+        detail: str | None,
+        cached: bool = False,
+    ) -> None:
+        """Log a call that sent no request (answered from the cache, or refused before sending) as attempt 0."""
         self._record(
             self._call_record(
                 request,
@@ -312,14 +301,23 @@ class JudgeClient:
                 temperature=self.cfg.temperature,
                 reply=reply,
                 finish_reason=None,
-                error=None,
-                error_detail=None,
+                error=error,
+                error_detail=detail,
                 latency_s=0.0,
                 prompt_tokens=0,
                 completion_tokens=0,
-                cached=True,
+                cached=cached,
             )
         )
+
+    def _from_cache(self, request: _Request, key: str, started: float) -> JudgeResult | None:
+        """A stored reply for this exact request, parsed again (the parser may have changed); logged as an
+        attempt with `cached` set and no tokens, so the call log still explains every score."""
+        reply = self.cache.get(key)
+        value = request.parse(reply) if reply is not None else None
+        if value is None:
+            return None
+        self._record_unsent(request, reply=reply, error=None, detail=None, cached=True)
         self._count_call(ok=True)
         return JudgeResult(
             ok=True,
