@@ -64,7 +64,14 @@ def saved_config(run_dir: Path) -> MPOConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    return MPOConfig(**yaml.safe_load(path.read_text()))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return MPOConfig(**(data if isinstance(data, dict) else {"": data}))
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged or was edited into an invalid config ({str(exc).splitlines()[0]}); restore it "
+            "from a copy (it is the config the run was started with)"
+        ) from exc
 
 
 def update_saved_config(run_dir: Path, config: MPOConfig, **sections: dict[str, Any]) -> MPOConfig:
@@ -396,6 +403,13 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     directory = RunDirectory(run_dir)
     if config.output.checkpointer == "sqlite" and not directory.checkpoint_db.exists():
         return []
+    if config.output.checkpointer == "sqlite":
+        from mpo_agents.integrity import sqlite_problem
+
+        if problem := sqlite_problem(directory.checkpoint_db):
+            raise CheckpointError(
+                f"{directory.checkpoint_db} is damaged ({problem}); `mpo check {run_dir}` says how to recover"
+            )
 
     async def read() -> list[dict[str, Any]]:
         async with open_checkpointer(config, directory, os.environ) as (saver, thread):
