@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import ValidationError
 
 from mpo_agents import distributed
-from mpo_agents.config import MPOConfig, redacted_dump
+from mpo_agents.config import MPOConfig, format_validation_error, redacted_dump
 from mpo_agents.errors import CheckpointError, ConfigError, StorageError
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import RunDirectory, append_jsonl, atomic_write_text, storage_error
@@ -68,9 +69,10 @@ def saved_config(run_dir: Path) -> MPOConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
         return MPOConfig(**(data if isinstance(data, dict) else {"": data}))
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        why = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0]
         raise CheckpointError(
-            f"{path} is damaged or was edited into an invalid config ({str(exc).splitlines()[0]}); restore it "
-            "from a copy (it is the config the run was started with)"
+            f"{path} is damaged or was edited into an invalid config ({why}); restore it from a copy (it is "
+            "the config the run was started with)"
         ) from exc
 
 
