@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -62,13 +63,26 @@ def postgres_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:
     return [*run_command(run_dir, model_dir, url), "--set", "output.checkpointer=postgres"]
 
 
-def test_a_killed_run_resumes_from_postgres(tmp_path, tiny_model_dir, postgres_url, monkeypatch):
+@pytest.fixture(scope="module")
+def postgres_reference(tmp_path_factory, tiny_model_dir, postgres_url) -> Path:
+    """An uninterrupted run with its graph checkpoints in Postgres."""
+    from judge_server import JudgeServer
+
+    reference = tmp_path_factory.mktemp("postgres") / "uninterrupted"
+    with JudgeServer(latency=0.05) as server, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPO_POSTGRES_URL", postgres_url)  # the subprocess inherits it
+        finish(mpo(*postgres_args(reference, tiny_model_dir, server.url)))
+    return reference
+
+
+def test_a_killed_run_resumes_from_postgres(
+    tmp_path, tiny_model_dir, postgres_url, postgres_reference, monkeypatch
+):
     from judge_server import JudgeServer
 
     monkeypatch.setenv("MPO_POSTGRES_URL", postgres_url)  # the subprocesses inherit it
+    reference = postgres_reference
     with JudgeServer(latency=0.05) as server:
-        reference = tmp_path / "uninterrupted"
-        finish(mpo(*postgres_args(reference, tiny_model_dir, server.url)))
         run_dir = tmp_path / "killed"
         process = mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
         wait_for((run_dir, "samples/iter-0002.jsonl"), process)
@@ -132,3 +146,30 @@ def test_redact_hides_passwords_in_both_url_and_keyword_forms():
     assert redact("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact("host=h user=u password=pw dbname=db") == "host=h user=u password=*** dbname=db"
     assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_run_stopped_after_its_rollout_resumes_from_postgres_after_its_directory_moved(
+    tmp_path, tiny_model_dir, postgres_url, postgres_reference, judge_server, monkeypatch
+):
+    monkeypatch.setenv("MPO_POSTGRES_URL", postgres_url)
+    server = judge_server(latency=1.0)  # a slow judge: the score node after the rollout is in flight a while
+    run_dir = tmp_path / "first-disk" / "run"
+    process = mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
+    wait_for((run_dir, "rollouts/iter-0002.jsonl"), process)
+    seen = len(server.requests)
+    while len(server.requests) == seen:  # the score node asks the judge: the rollout is committed
+        assert process.poll() is None, "the run ended before scoring iteration 2"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    moved = tmp_path / "second-disk" / "run"
+    shutil.move(run_dir, moved)
+    server.latency = 0.05
+    resumed = finish(mpo("resume", str(moved)))
+    assert "Run finished: 4/4 iterations" in " ".join(resumed.split())
+    expected, got = summary(postgres_reference), summary(moved)
+    assert got.pop("iterations") == expected.pop("iterations") == [1, 2, 3, 4]
+    weights, reference_weights = got.pop("weights"), expected.pop("weights")
+    assert got == expected
+    assert all((weights[name] == reference_weights[name]).all() for name in reference_weights)
