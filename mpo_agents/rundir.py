@@ -165,9 +165,11 @@ def repair_torn_tail(path: Path, handle: Any) -> int:
     size = path.stat().st_size
     if size == 0:
         return 0
-    content = path.read_bytes()
-    if content.endswith(b"\n"):
-        return size
+    with open(path, "rb") as reader:  # a call log may be large: read its last byte, and all only if torn
+        reader.seek(size - 1)
+        if reader.read(1) == b"\n":
+            return size
+        content = path.read_bytes()
     start = content.rfind(b"\n") + 1
     if _record_or_none(content[start:]) is not None:
         handle.write(b"\n")
