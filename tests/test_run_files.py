@@ -9,13 +9,15 @@ import os
 import resource
 import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from mpo_agents.errors import ConfigError, RunFileError, StorageError
+from mpo_agents.errors import ConfigError, RunFileError
 from mpo_agents.integrity import sqlite_problem
 from mpo_agents.policy.checkpoints import (
     COMPLETE_MARKER,
@@ -94,37 +96,73 @@ def test_run_directory_records_metrics_once_per_iteration(tmp_path):
 # -- writing under real OS failures ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def file_size_limit():
-    """Writes past 600 bytes fail with EFBIG, a real OS failure that needs no root (SIGXFSZ ignored so the
-    process gets the error instead of being killed)."""
-    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (600, previous[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
-        signal.signal(signal.SIGXFSZ, handler)
+def under_file_size_limit(code: str, tmp_path: Path) -> dict:
+    """Run `code` (which sets `result`) in a child process whose files cannot grow past 600 bytes: writes
+    beyond fail with EFBIG, a real OS failure that needs no root. A child, because the limit would also stop
+    this process's own output to a log file. SIGXFSZ is ignored, so the write fails instead of killing it."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (600, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    program = "\n".join(
+        [
+            "import json",
+            "from pathlib import Path",
+            f"tmp = Path({str(tmp_path)!r})",
+            code,
+            "print(json.dumps(result))",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,  # noqa: PLW1509 (only sets a limit and a signal disposition before exec)
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
 
 
-def test_a_refused_append_names_the_file_and_leaves_no_partial_line(tmp_path, file_size_limit):
-    path = tmp_path / "metrics.jsonl"
-    append_jsonl(path, {"iteration": 1, "note": "x" * 200})
-    before = path.read_bytes()
-    with pytest.raises(StorageError, match=r"cannot write .*metrics.jsonl: the file grew past") as caught:
-        append_jsonl(path, {"iteration": 2, "note": "y" * 500})
-    assert caught.value.fix and path.read_bytes() == before  # the partial bytes were taken back
+def test_a_refused_append_names_the_file_and_leaves_no_partial_line(tmp_path):
+    result = under_file_size_limit(
+        """
+from mpo_agents.errors import StorageError
+from mpo_agents.rundir import append_jsonl
+path = tmp / "metrics.jsonl"
+append_jsonl(path, {"iteration": 1, "note": "x" * 200})
+before = path.read_bytes()
+try:
+    append_jsonl(path, {"iteration": 2, "note": "y" * 500})
+    result = {"raised": None}
+except StorageError as exc:
+    result = {"raised": str(exc), "fix": exc.fix, "unchanged": path.read_bytes() == before}
+""",
+        tmp_path,
+    )
+    assert result["raised"].endswith("metrics.jsonl: the file grew past the file system's limit")
+    assert result["fix"] and result["unchanged"]  # the partial bytes were taken back
 
 
-def test_a_refused_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path, file_size_limit):
-    from mpo_agents.rundir import atomic_write_text
-
-    path = tmp_path / "state.json"
-    atomic_write_text(path, "old")
-    with pytest.raises(StorageError, match="state.json"):
-        atomic_write_text(path, "x" * 1000)
-    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+def test_a_refused_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    result = under_file_size_limit(
+        """
+from mpo_agents.errors import StorageError
+from mpo_agents.rundir import atomic_write_text
+path = tmp / "state.json"
+atomic_write_text(path, "old")
+try:
+    atomic_write_text(path, "x" * 1000)
+    result = {"raised": None}
+except StorageError as exc:
+    result = {"raised": str(exc), "text": path.read_text(), "files": sorted(p.name for p in tmp.iterdir())}
+""",
+        tmp_path,
+    )
+    assert "state.json" in result["raised"]
+    assert result["text"] == "old" and result["files"] == ["state.json"]
 
 
 @pytest.mark.parametrize(
