@@ -120,7 +120,7 @@ def under_file_size_limit(code: str, tmp_path: Path) -> dict:
         capture_output=True,
         text=True,
         timeout=60,
-        preexec_fn=limit,  # noqa: PLW1509 (only sets a limit and a signal disposition before exec)
+        preexec_fn=limit,  # only sets a limit and a signal disposition before exec
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])
