@@ -208,26 +208,56 @@ def _read_rows(
     """(line number, record) of every non-blank line."""
     if not path.is_file():
         raise error(f"{path} does not exist")
-    content = path.read_bytes()
-    lines = content.split(b"\n")  # a complete file ends in a line break: its last piece is empty
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for line in jsonl_lines(path.read_bytes()):
+        if isinstance(line.error, UnicodeDecodeError):
+            where = f"byte {line.error.start + 1} of the line"
+            raise error(f"{path} line {line.number} is not UTF-8 text ({where})") from line.error
+        if isinstance(line.error, json.JSONDecodeError):
+            if torn_tail_ok and line.unterminated:
+                break
+            why = f"{line.error.msg}, column {line.error.colno}"
+            raise error(f"{path} line {line.number} is not JSON ({why})") from line.error
+        if not isinstance(line.value, dict):
+            raise error(f"{path} line {line.number} is a JSON {type(line.value).__name__}, not an object")
+        rows.append((line.number, line.value))
+    return rows
+
+
+@dataclass(frozen=True)
+class JsonlLine:
+    """One non-blank line of a JSONL file: its value, or the error that stopped it being read."""
+
+    number: int  # 1-based
+    offset: int  # of the line's first byte in the file
+    unterminated: bool  # no line break after it: the file's last line, perhaps an append cut short
+    value: Any = None
+    error: UnicodeDecodeError | json.JSONDecodeError | None = None
+
+
+def jsonl_lines(data: bytes) -> Iterator[JsonlLine]:
+    """Every non-blank line of a JSONL file's bytes, parsed, or with why it could not be (not UTF-8, not JSON);
+    callers word the errors. Lines are split on bytes, not text: one bad byte spoils one line only, and a JSON
+    string holding a U+2028 (which `str.splitlines` breaks on) stays whole. A BOM before the first line (some
+    editors write one) is not part of it."""
+    pieces = data.split(b"\n")  # a complete file ends in a line break: its last piece is empty
+    offset = 0
+    for number, raw in enumerate(pieces, start=1):
+        start, offset = offset, offset + len(raw) + 1
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw, start = raw[3:], start + 3
+        unterminated = number == len(pieces)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield JsonlLine(number, start, unterminated, error=exc)
+            continue
+        if not text.strip():
             continue
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise error(f"{path} line {number} is not UTF-8 text (byte {exc.start + 1} of the line)") from exc
-        try:
-            row = json.loads(text)
+            yield JsonlLine(number, start, unterminated, value=json.loads(text))
         except json.JSONDecodeError as exc:
-            if torn_tail_ok and number == len(lines):
-                break
-            raise error(f"{path} line {number} is not JSON ({exc.msg}, column {exc.colno})") from exc
-        if not isinstance(row, dict):
-            raise error(f"{path} line {number} is a JSON {type(row).__name__}, not an object")
-        rows.append((number, row))
-    return rows
+            yield JsonlLine(number, start, unterminated, error=exc)
 
 
 def _record_or_none(line: bytes) -> dict[str, Any] | None:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from mpo_agents.errors import ConfigError
+from mpo_agents.rundir import jsonl_lines
 
 SHOWN_PROBLEMS = 10  # a whole file of bad lines would bury the message; the count says how many more
 SHOWN_LONG_PROMPTS = 3
@@ -56,32 +56,18 @@ def _dataset_rows(path: Path, split: str) -> Any:
 
 
 def _jsonl_rows(data: bytes) -> list[Row]:
-    """Lines split on bytes, not text: one bad byte then spoils one line only, and a JSON string holding a
-    U+2028 (which `str.splitlines` breaks on) stays whole."""
     rows = []
-    offset = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        start, offset = offset, offset + len(raw) + 1
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM some editors write; not part of the JSON
-            raw, start = raw[3:], start + 3
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            byte = raw[exc.start]
+    for line in jsonl_lines(data):
+        where = f"line {line.number}"
+        if isinstance(line.error, UnicodeDecodeError):
+            byte, at = line.error.object[line.error.start], line.offset + line.error.start
             rows.append(
-                Row(
-                    f"line {number}",
-                    None,
-                    f"is not valid UTF-8 (byte 0x{byte:02x} at byte offset {start + exc.start} of the file)",
-                )
+                Row(where, None, f"is not valid UTF-8 (byte 0x{byte:02x} at byte offset {at} of the file)")
             )
-            continue
-        if not line.strip():
-            continue
-        try:
-            rows.append(Row(f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            rows.append(Row(f"line {number}", None, f"is not JSON: {exc.msg} (column {exc.colno})"))
+        elif line.error is not None:
+            rows.append(Row(where, None, f"is not JSON: {line.error.msg} (column {line.error.colno})"))
+        else:
+            rows.append(Row(where, line.value))
     return rows
 
 
