@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from langgraph.runtime import Runtime
 
@@ -29,7 +30,7 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         if len(versions) > 1:
             # GRPO compares a completion with its group; scores on two rubric scales are not comparable.
             raise RuntimeError(f"one batch scored under several rubric versions: {sorted(versions)}")
-        rollouts = _rollouts(ctx, state["rollout_path"])
+        rollouts = _rollouts(ctx.run_dir.locate(state["rollout_path"]))
         rewards = [training_reward(sample, ctx.config) for sample in state["batch"]]
         stats = apply_update(ctx, iteration, rollouts, rewards)
     else:
@@ -89,7 +90,7 @@ def replay_updates(
         on_status(
             f"replaying the update of iteration {iteration} (of {iterations.start}..{iterations.stop - 1})"
         )
-        rollouts = _rollouts(ctx, ctx.run_dir.relative(ctx.run_dir.rollouts_path(iteration)))
+        rollouts = _rollouts(ctx.run_dir.rollouts_path(iteration))
         stats = apply_update(ctx, iteration, rollouts, stored_rewards(ctx, iteration))
         log.info("replayed the update of iteration %d: step %d, %s", iteration, ctx.policy.step, stats)
 
@@ -103,8 +104,8 @@ def stored_rewards(ctx: RunContext, iteration: int) -> list[float | None]:
     return [training_reward(sample, ctx.config) for sample in read_jsonl(ctx.run_dir.samples_path(iteration))]
 
 
-def _rollouts(ctx: RunContext, stored_path: str) -> list[Rollout]:
-    return [Rollout.from_dict(item) for item in read_jsonl(ctx.run_dir.locate(stored_path))]
+def _rollouts(path: Path) -> list[Rollout]:
+    return [Rollout.from_dict(item) for item in read_jsonl(path)]
 
 
 def judge_usage_metrics(ctx: RunContext, iteration: int) -> dict[str, float]:
