@@ -330,7 +330,7 @@ def _checked(run_dir: Path) -> Any:
     from mpo_agents.integrity import check_run
 
     with console.status("checking the run directory"):
-        check = check_run(run_dir, os.environ, every_checkpoint=False)
+        check = check_run(run_dir, os.environ, thorough=False)
     for finding in check.findings:
         if finding.level in ("repair", "warning"):
             console.print(

@@ -54,9 +54,11 @@ class RunCheck:
         self.findings.append(Finding(level, shown, problem, action))
 
 
-def check_run(run_dir: Path, environ: Mapping[str, str], *, every_checkpoint: bool = True) -> RunCheck:
-    """Everything `mpo check` verifies. Without `every_checkpoint` (what `mpo resume` asks), policy checkpoints
-    are verified newest first only until one is good: the older ones are not read."""
+def check_run(run_dir: Path, environ: Mapping[str, str], *, thorough: bool = True) -> RunCheck:
+    """Everything `mpo check` verifies. Without `thorough` (what `mpo resume` asks), only what a resume reads:
+    policy checkpoints newest first until one is good, and of the JSONL files the small logs and the rollouts
+    and samples the next nodes or a replay read (not those of finished iterations, nor the judge call logs,
+    which grow large; a damaged one there is named when something reads it)."""
     from mpo_agents.runner import saved_config
 
     directory = RunDirectory(Path(run_dir))
@@ -67,12 +69,12 @@ def check_run(run_dir: Path, environ: Mapping[str, str], *, every_checkpoint: bo
         check.add("error", "config.yaml", str(exc).splitlines()[0], "")  # the message says what to do
         return check
     state = _graph_state(check, config, directory, environ)
-    _check_jsonl_files(check, directory, state)
-    _check_rubrics(check, directory)
-    _check_judge_cache(check, directory)
     if state is not None:
         _check_state_paths(check, directory, state)
-        _check_policy(check, config, directory, state, every_checkpoint)
+        _check_policy(check, config, directory, state, thorough)  # sets what a resume replays
+    _check_jsonl_files(check, directory, _needed_files(directory, state, check.replay), thorough)
+    _check_rubrics(check, directory)
+    _check_judge_cache(check, directory)
     return check
 
 
@@ -144,9 +146,10 @@ def sqlite_problem(path: Path) -> str | None:
 
 
 # --- run files -----------------------------------------------------------------------------------------------
-def _check_jsonl_files(check: RunCheck, directory: RunDirectory, state: GraphState | None) -> None:
-    needed = _needed_files(directory, state)
+def _check_jsonl_files(check: RunCheck, directory: RunDirectory, needed: set[Path], thorough: bool) -> None:
     for path in sorted(directory.root.rglob("*.jsonl")):
+        if not thorough and path not in needed and path.name not in APPENDED:
+            continue
         appended = path.name in APPENDED or path.parent.name == "calls"
         try:
             read_jsonl(path, torn_tail_ok=appended)
@@ -170,13 +173,16 @@ def _torn_tail(path: Path) -> bool:
     return bool(content) and not content.endswith(b"\n")
 
 
-def _needed_files(directory: RunDirectory, state: GraphState | None) -> set[Path]:
-    """Run files a resumed run reads: the window's samples and the rollouts of the iteration in progress."""
+def _needed_files(directory: RunDirectory, state: GraphState | None, replay: range) -> set[Path]:
+    """Run files a resumed run reads: the window's samples, the rollouts of the iteration in progress, and the
+    rollouts and samples of the updates it applies again."""
     if state is None:
         return set()
     paths = {directory.locate(entry) for entry in state.values.get("window", [])}
     if state.values.get("rollout_path"):
         paths.add(directory.locate(state.values["rollout_path"]))
+    for iteration in replay:
+        paths |= {directory.rollouts_path(iteration), directory.samples_path(iteration)}
     return paths
 
 
@@ -255,7 +261,7 @@ def _check_state_paths(check: RunCheck, directory: RunDirectory, state: GraphSta
 
 # --- policy checkpoints --------------------------------------------------------------------------------------
 def _check_policy(
-    check: RunCheck, config: Any, directory: RunDirectory, state: GraphState, every_checkpoint: bool
+    check: RunCheck, config: Any, directory: RunDirectory, state: GraphState, thorough: bool
 ) -> None:
     from mpo_agents.policy.checkpoints import (
         DAMAGED_SUFFIX,
@@ -273,7 +279,7 @@ def _check_policy(
             check.add(
                 "note", path, "a damaged checkpoint moved aside earlier", "delete it once you have looked"
             )
-    if every_checkpoint and chosen is not None:
+    if thorough and chosen is not None:
         older = sorted(
             p for p in directory.policy_dir.glob("iter-*") if p.is_dir() and (p / "COMPLETE").is_file()
         )
