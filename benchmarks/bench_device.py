@@ -3,7 +3,7 @@
 Each repeat runs `python -m mpo_agents run` with `policy.device=cpu` (the baseline, always first) and then
 with each other device of `--devices`, on the same model and config; everything else is the `auto` plan (on
 CUDA: bf16 where the GPU has it; on CPU: fp32). The judge is the project's scripted test judge
-(tests/judge_server.py, a FastAPI server in a thread of this process on 127.0.0.1), so the numbers are the
+(tests/support/judge_server.py, a FastAPI server in a thread of this process on 127.0.0.1), so the numbers are the
 policy's. From each run's `timings.jsonl`, `metrics.jsonl` and `rollouts/` this reads, over iterations 2 and
 later (iteration 1 is the warm-up: model load, first kernels): mean seconds of the rollout, score and
 policy_update nodes and of a whole iteration (every node, meta steps included), new tokens/s while sampling,
@@ -85,15 +85,15 @@ RATIOS = ("rollout s", "policy_update s", "iteration s")
 
 
 def word_count_rule() -> Callable[[str, dict[str, Any]], str]:
-    """The test judge's scripted rule (tests/judge_server.py KeywordRule), scoring by word count.
+    """The test judge's scripted rule (tests/support/judge_server.py KeywordRule), scoring by word count.
 
     KeywordRule scores a response by how often it says "good"; a small or random policy almost never does, so
     every rollout would score 0, every GRPO group would have zero advantages and the update would be a step
     with a zero gradient: not the work a real run does. Scoring the word count modulo 6 instead gives the
     rollouts of one prompt different rewards, so the update back-propagates a real loss. Meta prompts keep the
     rule's fixed replies."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from judge_server import KeywordRule
+    sys.path.insert(0, str(ROOT))
+    from tests.support.judge_server import KeywordRule
 
     class WordCountRule(KeywordRule):
         def count(self, prompt_text: str) -> int | None:
@@ -393,8 +393,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-device-") as tmp:
         work = Path(tmp)
         model = prepare_model(args, work)
-        rule = word_count_rule()  # puts tests/ on sys.path
-        from judge_server import JudgeServer
+        rule = word_count_rule()  # puts the repository on sys.path
+        from tests.support.judge_server import JudgeServer
 
         try:
             with JudgeServer(rule) as judge:

@@ -25,15 +25,14 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
-
-from judge_server import JudgeServer
 
 from mpo_agents.config import load_config
 from mpo_agents.prompts import load_prompt
 from mpo_agents.runner import execute, new_run_dir
+from tests.support.judge_server import JudgeServer
 
 
 def judge_reply(prompt: str, request: dict) -> str:

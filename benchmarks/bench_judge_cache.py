@@ -15,14 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from judge_bench import API_KEY, bench_config, essay_batch  # sets up the environment and tests/ on sys.path
-from judge_server import JudgeServer
+from judge_bench import (  # sets up the environment and the repository on sys.path
+    API_KEY,
+    bench_config,
+    essay_batch,
+)
 
 from mpo_agents.judges.cache import JudgmentCache
 from mpo_agents.judges.client import JudgeClient
 from mpo_agents.judges.records import CallLog
-from mpo_agents.scoring import Scorer
+from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task
+from tests.support.judge_server import JudgeServer
 
 
 def main() -> None:

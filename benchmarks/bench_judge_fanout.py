@@ -25,7 +25,7 @@ from judge_bench import API_KEY, bench_config, essay_batch, judge_server_process
 from mpo_agents.context import judge_panel
 from mpo_agents.judges.cache import JudgmentCache
 from mpo_agents.judges.records import CallLog
-from mpo_agents.scoring import Scorer
+from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task
 
 LATENCY = 0.2

@@ -20,7 +20,7 @@ from judge_bench import bench_config, essay_batch, judge_server_process
 
 from mpo_agents.context import judge_panel
 from mpo_agents.judges.records import CallLog
-from mpo_agents.scoring import Scorer
+from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task
 
 FAULT_KINDS = "500,429,timeout,garbage,empty,truncated"

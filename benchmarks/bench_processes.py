@@ -1,6 +1,6 @@
-"""One MPO policy step taken by one process against the same step shared by N processes (mpo_agents/distributed.py).
+"""One MPO policy step taken by one process against the same step shared by N processes (mpo_agents/parallel.py).
 
-Both sides run `tests/distributed_update.py` under torchrun, on the same model, prompts, rollouts and rewards: the
+Both sides run `tests/support/distributed_update.py` under torchrun, on the same model, prompts, rollouts and rewards: the
 baseline as one process with N torch threads, the other as N processes with one thread each (the same cores).
 On CPU the processes talk over gloo, on GPUs over NCCL (one GPU per process). Printed: seconds of the
 `generate` and `update` commands on each side, and last `ratio: X` = N-process update seconds / one-process
@@ -22,11 +22,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tests" / "distributed_update.py"
+SCRIPT = ROOT / "tests" / "support" / "distributed_update.py"
 
 
 def launch(processes: int, threads: int, config: Path, batch: Path, out: Path) -> dict:
-    from mpo_agents.serving import free_port
+    from mpo_agents.judges.local_server import free_port
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
     command += ["--master-port", str(free_port()), str(SCRIPT), str(config), str(batch), str(out)]

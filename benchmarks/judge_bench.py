@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path.insert(0, str(TESTS))
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests" / "support"
+sys.path.insert(0, str(REPO))
 
 import httpx
 
@@ -30,7 +31,7 @@ API_KEY = "sk-bench"
 
 @contextmanager
 def judge_server_process(latency: float, *extra: str) -> Iterator[str]:
-    """`tests/judge_server.py` on a free loopback port in a subprocess; yields its /v1 URL."""
+    """`tests/support/judge_server.py` on a free loopback port in a subprocess; yields its /v1 URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -19,7 +19,6 @@ from typing import Literal
 from langgraph.graph import END, START, StateGraph
 
 from mpo_agents.context import RunContext
-from mpo_agents.metalevel import MetaNode
 from mpo_agents.nodes import (
     meta_analyze,
     meta_merge,
@@ -30,6 +29,7 @@ from mpo_agents.nodes import (
     score,
 )
 from mpo_agents.nodes.meta_level import knob, meta_level_node, rubric_commit
+from mpo_agents.plugins import MetaNode
 from mpo_agents.state import MPOState
 
 META_STAGES = ("meta_prescreen", "meta_analyze", "meta_refine", "meta_merge")

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from mpo_agents.judges.client import JudgeClient
     from mpo_agents.judges.context_window import ContextWindow
     from mpo_agents.judges.ensemble import JudgePanel
+    from mpo_agents.judges.local_server import LocalServer
     from mpo_agents.judges.records import CallLog
     from mpo_agents.judges.routing import Deployment
     from mpo_agents.policy.base import PolicyBackend
     from mpo_agents.policy.grpo import TRLGRPOPolicy
-    from mpo_agents.serving import LocalServer
 
 LOCAL_SERVER_KEY = "sk-local"  # the local server checks no key; the OpenAI client insists on sending one
 

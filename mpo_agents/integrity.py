@@ -122,9 +122,9 @@ def _graph_state(check: RunCheck, config: Any, directory: RunDirectory, environ:
 
 
 async def _read_state(config: Any, directory: RunDirectory, environ: Mapping[str, str]) -> GraphState:
-    from graphs.mpo import build_graph
-    from mpo_agents.checkpointing import open_checkpointer
-    from mpo_agents.metalevel import load_meta_nodes
+    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graphs.mpo import build_graph
+    from mpo_agents.plugins import load_meta_nodes
 
     async with open_checkpointer(config, directory, environ) as (saver, thread):
         app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
@@ -263,7 +263,7 @@ def _check_state_paths(check: RunCheck, directory: RunDirectory, state: GraphSta
 def _check_policy(
     check: RunCheck, config: Any, directory: RunDirectory, state: GraphState, thorough: bool
 ) -> None:
-    from mpo_agents.policy.checkpoints import (
+    from mpo_agents.policy.weight_checkpoints import (
         DAMAGED_SUFFIX,
         checkpoint_index,
         usable_checkpoint,

@@ -17,9 +17,10 @@ from typing import Any
 
 import jinja2
 
+from mpo_agents.bundled import PROMPTS_DIR
 from mpo_agents.errors import ConfigError
 
-DEFAULT_PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+DEFAULT_PROMPTS_DIR = PROMPTS_DIR
 COMMON_DIR = "_common"
 _TURN_MARKER = re.compile(r"^--- (system|user|assistant) ---\s*$", re.MULTILINE)
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)

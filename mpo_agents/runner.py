@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from mpo_agents import distributed
+from mpo_agents import parallel
 from mpo_agents.config import MPOConfig, format_validation_error, redacted_dump
 from mpo_agents.errors import CheckpointError, ConfigError, StorageError
 from mpo_agents.rubrics import RubricStore
@@ -158,30 +158,30 @@ def _execute(
     from langgraph.types import Command
     from transformers.utils import logging as hf_logging
 
-    from mpo_agents.checkpointing import check_checkpointer
     from mpo_agents.context import build_context
-    from mpo_agents.metalevel import load_meta_nodes
+    from mpo_agents.graph_checkpoints import check_checkpointer
+    from mpo_agents.judges.local_server import local_server
+    from mpo_agents.plugins import load_meta_nodes
     from mpo_agents.policy import latest_checkpoint, resolve_model_dir
-    from mpo_agents.serving import local_server
 
     # Loading bars of every model load and save would scroll the progress bar away; the run log has the facts.
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
-    channel = distributed.join(environ)  # None unless launched in several processes
+    channel = parallel.join(environ)  # None unless launched in several processes
     try:
         # A missing plug-in fails now, before minutes of loading.
         meta_nodes = load_meta_nodes(config.meta_nodes)
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
-            distributed.check_world(config, channel)
+            parallel.check_world(config, channel)
         task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
     except BaseException:
         if channel is not None:
-            distributed.abandon(channel)
+            parallel.abandon(channel)
         raise
     if channel is not None:
-        distributed.announce(channel, config, run_dir.root)
+        parallel.announce(channel, config, run_dir.root)
     if check is not None:
         _set_aside_damage(check, run_dir)
     with ExitStack() as stack:
@@ -197,7 +197,7 @@ def _execute(
         ctx = build_context(config, run_dir, environ, task, server)
         if channel is not None:
             status(f"policy replicas ready in {channel.world_size} processes")
-            ctx.policy = distributed.ShardedPolicy(ctx.policy, channel)
+            ctx.policy = parallel.ShardedPolicy(ctx.policy, channel)
         stack.push(_policy_closer(ctx.policy))  # complete the dashboards' files however the run ends
         if check is not None:
             _restore_policy(ctx, check, status)
@@ -273,7 +273,7 @@ def _policy_closer(policy: Any) -> Callable[..., bool]:
     instead (its followers may be stuck inside the failed command and cannot take a `stop`)."""
 
     def close(kind: type[BaseException] | None, error: BaseException | None, trace: Any) -> bool:
-        if kind is not None and isinstance(policy, distributed.ShardedPolicy):
+        if kind is not None and isinstance(policy, parallel.ShardedPolicy):
             policy.abandon()
         else:
             policy.close()
@@ -285,8 +285,8 @@ def _policy_closer(policy: Any) -> Callable[..., bool]:
 async def _drive(
     ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any], environ: Mapping[str, str]
 ) -> RunOutcome:
-    from graphs.mpo import build_graph
-    from mpo_agents.checkpointing import open_checkpointer
+    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graphs.mpo import build_graph
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -396,9 +396,9 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     model is loaded."""
     import os
 
-    from graphs.mpo import build_graph
-    from mpo_agents.checkpointing import open_checkpointer
-    from mpo_agents.metalevel import load_meta_nodes
+    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graphs.mpo import build_graph
+    from mpo_agents.plugins import load_meta_nodes
 
     run_dir = Path(run_dir)
     config = saved_config(run_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpo_agents.metalevel import Decision, MetaView
+from mpo_agents.plugins import Decision, MetaView
 
 
 @dataclass

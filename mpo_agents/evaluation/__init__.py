@@ -53,7 +53,7 @@ def run_elo(
     from mpo_agents.evaluation.tournament import Tournament, summarize
     from mpo_agents.judges.cache import JudgmentCache
     from mpo_agents.judges.records import CallLog
-    from mpo_agents.judging import local_server_for
+    from mpo_agents.scoring.offline import local_server_for
     from mpo_agents.tasks import build_task
 
     generations, task_name = load_systems(paths)

@@ -41,7 +41,7 @@ class Source:
 
 def resolve_source(source: Path | str, config: MPOConfig, system: str | None = None) -> Source:
     """A run directory (has `config.yaml`) or a model; a run's checkpoint is its newest complete one."""
-    from mpo_agents.policy.checkpoints import latest_checkpoint
+    from mpo_agents.policy.weight_checkpoints import latest_checkpoint
     from mpo_agents.rundir import CONFIG_FILE, RunDirectory
 
     path = Path(source)
@@ -67,8 +67,8 @@ def resolve_source(source: Path | str, config: MPOConfig, system: str | None = N
 def load_model(source: Source, config: MPOConfig) -> tuple[Any, Any, str]:
     """(model, tokenizer, device) ready for generation: a checkpoint's full weights, or its LoRA adapter merged
     into the base model, or the base model itself."""
-    from mpo_agents.policy.checkpoints import ADAPTER_DIR, MODEL_DIR
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
+    from mpo_agents.policy.weight_checkpoints import ADAPTER_DIR, MODEL_DIR
 
     device = resolve_device(config.policy)
     dtype = resolve_dtype(config.policy, device)

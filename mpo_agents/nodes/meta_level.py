@@ -17,7 +17,7 @@ from langgraph.types import interrupt
 
 from mpo_agents.context import RunContext
 from mpo_agents.errors import RubricRejected
-from mpo_agents.metalevel.api import SCHEDULE_KNOBS, Decision, MetaNode, MetaView
+from mpo_agents.plugins.api import SCHEDULE_KNOBS, Decision, MetaNode, MetaView
 from mpo_agents.rubrics import RubricVersion, diff_rubrics, validate_rewrite
 from mpo_agents.rundir import append_jsonl
 from mpo_agents.state import MPOState

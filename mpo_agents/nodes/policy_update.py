@@ -14,7 +14,7 @@ from langgraph.runtime import Runtime
 from mpo_agents.context import RunContext
 from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
 from mpo_agents.rundir import UPDATE_REWARDS, atomic_write_text, read_jsonl
-from mpo_agents.scoring import training_reward
+from mpo_agents.scoring.scorer import training_reward
 from mpo_agents.state import MPOState
 
 log = logging.getLogger(__name__)

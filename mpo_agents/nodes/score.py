@@ -1,4 +1,4 @@
-"""score: every completion is scored against the current rubric, concurrently (see mpo_agents/scoring.py)."""
+"""score: every completion is scored against the current rubric, concurrently (see mpo_agents/scoring/scorer.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from langgraph.runtime import Runtime
 from mpo_agents.context import RunContext
 from mpo_agents.errors import JudgeOutage
 from mpo_agents.rundir import write_jsonl
-from mpo_agents.scoring import Scorer
+from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.state import MPOState
 
 

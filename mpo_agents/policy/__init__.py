@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from mpo_agents.policy.base import PolicyBackend, Rollout
 
 if TYPE_CHECKING:
-    from mpo_agents.policy.checkpoints import (
+    from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy
+    from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
+    from mpo_agents.policy.weight_checkpoints import (
         checkpoint_dir,
         checkpoint_index,
         latest_checkpoint,
@@ -23,8 +25,6 @@ if TYPE_CHECKING:
         usable_checkpoint,
         verify_checkpoint,
     )
-    from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy
-    from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
 
 _LAZY = {
     "TRLGRPOPolicy": "mpo_agents.policy.grpo",
@@ -33,15 +33,15 @@ _LAZY = {
     "resolve_device": "mpo_agents.policy.models",
     "resolve_dtype": "mpo_agents.policy.models",
     "load_policy_model": "mpo_agents.policy.models",
-    "save_checkpoint": "mpo_agents.policy.checkpoints",
-    "load_checkpoint": "mpo_agents.policy.checkpoints",
-    "latest_checkpoint": "mpo_agents.policy.checkpoints",
-    "prune_checkpoints": "mpo_agents.policy.checkpoints",
-    "checkpoint_dir": "mpo_agents.policy.checkpoints",
-    "checkpoint_index": "mpo_agents.policy.checkpoints",
-    "quarantine": "mpo_agents.policy.checkpoints",
-    "usable_checkpoint": "mpo_agents.policy.checkpoints",
-    "verify_checkpoint": "mpo_agents.policy.checkpoints",
+    "save_checkpoint": "mpo_agents.policy.weight_checkpoints",
+    "load_checkpoint": "mpo_agents.policy.weight_checkpoints",
+    "latest_checkpoint": "mpo_agents.policy.weight_checkpoints",
+    "prune_checkpoints": "mpo_agents.policy.weight_checkpoints",
+    "checkpoint_dir": "mpo_agents.policy.weight_checkpoints",
+    "checkpoint_index": "mpo_agents.policy.weight_checkpoints",
+    "quarantine": "mpo_agents.policy.weight_checkpoints",
+    "usable_checkpoint": "mpo_agents.policy.weight_checkpoints",
+    "verify_checkpoint": "mpo_agents.policy.weight_checkpoints",
 }
 
 __all__ = [

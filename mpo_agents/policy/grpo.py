@@ -4,11 +4,11 @@ The trainer is built once. Each `update()` replays rollouts the graph already sa
 `rollout_func` hands TRL the stored token ids, a reward function looks the judge's scores up by rollout key,
 and TRL's own `training_step` computes rewards -> group advantages -> loss -> backward. We then do what the
 HF training loop does after a step: clip, optimizer step, scheduler step, zero grads, `global_step += 1`.
-`tests/test_policy_grpo.py` checks that this equals `GRPOTrainer.train()` on the same inputs.
+`tests/integration/test_policy_grpo.py` checks that this equals `GRPOTrainer.train()` on the same inputs.
 
 With `policy.lora.enabled` the trainer gets a PEFT `LoraConfig` and wraps the base model itself: only the
 adapter trains, and TRL computes the KL reference with the adapter disabled, i.e. on the same base weights (no
-second model copy). `tests/test_lora.py` covers that mode.
+second model copy). `tests/integration/test_lora.py` covers that mode.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ class TRLGRPOPolicy:
         is left out of the group mean/std (nan-aware) and its advantage is forced to 0 (grpo_trainer.py,
         `unscorable_mask`, ~line 2759, and `nan_to_num(advantages)`, ~line 2810). So failed judgments neither
         bias the baseline nor move the policy. Raises ValueError when no reward at all is usable, unless
-        `require_scored` is off: one process's share of a batch (see `mpo_agents.distributed`) may hold only
+        `require_scored` is off: one process's share of a batch (see `mpo_agents.parallel`) may hold only
         failed judgments while the batch as a whole does not.
         """
         started = time.perf_counter()
@@ -340,13 +340,13 @@ class TRLGRPOPolicy:
     # --- checkpoints ----------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Atomic checkpoint (weights, or the adapter alone in LoRA mode; optimizer, scheduler, step, RNGs)."""
-        from mpo_agents.policy.checkpoints import save_checkpoint
+        from mpo_agents.policy.weight_checkpoints import save_checkpoint
 
         save_checkpoint(self, directory)
 
     def load(self, directory: Path, verify: bool = True) -> None:
         """Restore a checkpoint written by `save` (see `load_checkpoint`)."""
-        from mpo_agents.policy.checkpoints import load_checkpoint
+        from mpo_agents.policy.weight_checkpoints import load_checkpoint
 
         load_checkpoint(self, directory, verify=verify)
         if self.vllm is not None:
@@ -393,7 +393,7 @@ def _build_trainer(
         )
     deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     if deepspeed is not None and deepspeed.zero_stage == 3:
-        from mpo_agents.distributed import SHARDED_PARAMETERS
+        from mpo_agents.parallel import SHARDED_PARAMETERS
 
         raise ConfigError(SHARDED_PARAMETERS.format(what="DeepSpeed ZeRO stage 3"))
     if lora is not None:

@@ -90,6 +90,6 @@ def checkpoint_holds_lora(directory: Path | None) -> bool | None:
     """Whether a policy checkpoint holds a LoRA adapter; None without a checkpoint."""
     if directory is None:
         return None
-    from mpo_agents.policy.checkpoints import ADAPTER_DIR
+    from mpo_agents.policy.weight_checkpoints import ADAPTER_DIR
 
     return (Path(directory) / ADAPTER_DIR).is_dir()

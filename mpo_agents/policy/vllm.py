@@ -2,7 +2,7 @@
 
 `policy.rollout.backend: vllm` swaps only who samples: the graph still gets token ids it can replay, and the
 update is still TRL's `training_step` on those ids (our GRPOConfig keeps `use_vllm=False`, so the loss is the
-one `tests/test_policy_grpo.py` checks against `GRPOTrainer.train()`; vLLM's sampling logprobs are not used,
+one `tests/integration/test_policy_grpo.py` checks against `GRPOTrainer.train()`; vLLM's sampling logprobs are not used,
 which is TRL's `vllm_importance_sampling_correction=False`).
 
 The two modes are TRL's:
@@ -14,7 +14,7 @@ The two modes are TRL's:
 Weights reach vLLM as TRL pushes them (`sync_weights`: LoRA adapters merged first, sharded parameters gathered):
 before the first rollout (vLLM started from the base model on disk, and a resumed policy differs from it) and
 before the first rollout after every update or checkpoint load. Like TRL's own generation, this is collective:
-every process of a multi-process run takes part (mpo_agents/distributed.py runs `generate` on all of them).
+every process of a multi-process run takes part (mpo_agents/parallel.py runs `generate` on all of them).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from mpo_agents.bundled import EXAMPLE_DATA_DIR
 from mpo_agents.config import TaskConfig
 from mpo_agents.errors import ConfigError, RubricRejected
 from mpo_agents.prompts import DEFAULT_PROMPTS_DIR, load_prompt
@@ -21,8 +22,6 @@ from mpo_agents.tasks.data import (
     shape_problem,
     unusable_records_error,
 )
-
-EXAMPLES_DATA_DIR = Path(__file__).resolve().parents[2] / "examples" / "data"
 
 
 @dataclass
@@ -72,7 +71,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------------
     @property
     def data_path(self) -> Path:
-        return Path(self.config.data_path or EXAMPLES_DATA_DIR / self.default_data_file)
+        return Path(self.config.data_path or EXAMPLE_DATA_DIR / self.default_data_file)
 
     def load_records(self) -> list[dict[str, Any]]:
         """The usable records in file order, cut to `task.max_prompts` (see `checked_records`)."""

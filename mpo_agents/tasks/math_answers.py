@@ -6,7 +6,7 @@ comparison would mark ``\\frac12`` wrong against ``\\frac{1}{2}`` or ``10\\text{
 This module maps both sides to one canonical string (the same idea as the string normaliser that ships with
 the MATH benchmark, re-implemented here) and, for plain numbers, compares values instead of spellings.
 
-Deliberate choices, all of which are exercised by ``tests/test_math_answers.py``:
+Deliberate choices, all of which are exercised by ``tests/unit/test_math_answers.py``:
 
 * ``1,000`` is a thousands separator only when the *whole* answer looks like a grouped number
   (``-?d{1,3}(,ddd)+``); ``1,2`` or ``(1,000)`` keep their commas and are lists/tuples, so ``1,2`` is not ``12``.

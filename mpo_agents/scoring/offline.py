@@ -1,0 +1,192 @@
+"""Judging outside a training run: `mpo score` (a JSONL of completions under a rubric), `mpo rejudge` (failed
+judgments of a run, again) and `mpo hacking-check` share one judge session and the training run's `Scorer`, so
+what they report is what training would have seen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mpo_agents.errors import ConfigError
+from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
+from mpo_agents.rundir import read_checked_jsonl, read_jsonl, write_jsonl
+from mpo_agents.scoring.scorer import Scorer
+from mpo_agents.state import ScoredSample
+
+if TYPE_CHECKING:
+    from mpo_agents.config import MPOConfig
+    from mpo_agents.judges.local_server import LocalServer
+    from mpo_agents.tasks import Task
+
+T = TypeVar("T")
+RETRYABLE_STATUSES = ("judge_failed", "unparseable")
+
+
+@contextmanager
+def judge_session(
+    config: MPOConfig, environ: Mapping[str, str], work_dir: Path
+) -> Iterator[tuple[Task, Scorer]]:
+    """The task and a scorer on the configured judge (starting the local judge server if the config uses one);
+    calls are logged to `work_dir/calls/judge.jsonl`."""
+    from mpo_agents.context import judge_panel
+    from mpo_agents.judges.records import CallLog
+    from mpo_agents.tasks import build_task
+
+    task = build_task(config.task)
+    with local_server_for(config, "judge", work_dir) as server:
+        judge = judge_panel(
+            config, environ, server, call_log=CallLog(work_dir / "calls" / "judge.jsonl"), cache=None
+        )
+        yield task, Scorer(task, judge, config)
+
+
+@contextmanager
+def local_server_for(config: MPOConfig, role: str, work_dir: Path) -> Iterator[LocalServer | None]:
+    """The local model server while the block runs, when the judge role uses it (else None); its log goes to
+    `work_dir/server.log`."""
+    with ExitStack() as stack:
+        server = None
+        if config.uses_local_server(role):
+            from mpo_agents.judges.local_server import local_server
+            from mpo_agents.policy import resolve_model_dir
+
+            model_dir = resolve_model_dir(config.local_server.model)
+            server = stack.enter_context(
+                local_server(model_dir, config.local_server, work_dir / "server.log")
+            )
+        yield server
+
+
+def run_scoring(scorer: Scorer, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work` on an event loop and close the judge's connections after it."""
+
+    async def go() -> T:
+        try:
+            return await work()
+        finally:
+            await scorer.judge.aclose()
+
+    return asyncio.run(go())
+
+
+def rubric_from_file(task: Task, path: Path) -> RubricVersion:
+    """A rubric file as version 0: criteria, or for per-cluster tasks a guideline applied to every cluster."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--rubric {path} does not exist")
+    text = Path(path).read_text(encoding="utf-8")
+    if task.meta_style == "per_cluster":
+        initial = task.initial_rubric()
+        return RubricVersion.of_guidelines(
+            text, {}, low=initial.low, high=initial.high, version=0, parent=None, iteration=0
+        )
+    return RubricVersion.of(parse_rubric(text)[0], version=0, parent=None, iteration=0)
+
+
+def pending_sample(
+    key: str,
+    index: int,
+    task: Task,
+    record: dict[str, Any],
+    completion: str,
+    truncated: bool,
+    rubric_version: int,
+) -> ScoredSample:
+    return ScoredSample(
+        key=key,
+        prompt_index=index,
+        prompt=task.prompt_text(record),
+        completion=completion,
+        truncated=truncated,
+        score=None,
+        reward=None,
+        status="pending",
+        rationale="",
+        rubric_version=rubric_version,
+    )
+
+
+def load_pairs(path: Path, task: Task) -> list[tuple[dict[str, Any], str, bool]]:
+    """(record, completion, truncated) per line of a JSONL whose lines hold the task's record fields plus
+    `completion` (and optionally `truncated`)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"--input {path} does not exist")
+    pairs = []
+    for number, raw in enumerate(read_checked_jsonl(path, (), "completions to score"), start=1):
+        if "completion" not in raw:
+            raise ConfigError(f"--input {path} line {number} has no 'completion' field")
+        record = task.normalize_record({k: v for k, v in raw.items() if k not in ("completion", "truncated")})
+        problem = task.record_problem(record)
+        if problem is not None:
+            raise ConfigError(
+                f"--input {path} line {number} {problem} (task {task.name} reads {', '.join(task.required_fields)})"
+            )
+        pairs.append((record, str(raw["completion"]), bool(raw.get("truncated", False))))
+    if not pairs:
+        raise ConfigError(f"--input {path} holds no lines")
+    records = task.prepare_records([record for record, _, _ in pairs])
+    return [(record, completion, truncated) for record, (_, completion, truncated) in zip(records, pairs)]
+
+
+def score_file(
+    scorer: Scorer, rubric: RubricVersion, pairs: list[tuple[dict, str, bool]]
+) -> list[ScoredSample]:
+    state = rubric.to_state()
+    samples = [
+        pending_sample(f"line-{i + 1}", i, scorer.task, record, completion, truncated, rubric.version)
+        for i, (record, completion, truncated) in enumerate(pairs)
+    ]
+
+    async def work() -> list[ScoredSample]:
+        return list(
+            await asyncio.gather(
+                *(
+                    scorer.score(state, record, sample, iteration=0)
+                    for (record, _, _), sample in zip(pairs, samples)
+                )
+            )
+        )
+
+    return run_scoring(scorer, work)
+
+
+def rejudge_run(scorer: Scorer, run_dir: Path) -> dict[int, tuple[int, int]]:
+    """Judge again every sample of a run whose judgment failed, under the rubric version that scored its batch,
+    and rewrite its samples file in place (atomically). Returns {iteration: (failed before, recovered)}.
+
+    The policy is not re-run and updates already applied are not redone: this repairs the record that the
+    meta-judge's window, reports and analyses read.
+    """
+    versions = {v.version: v for v in RubricStore(run_dir / "rubrics").versions()}
+    per_iteration = scorer.config.trainer.prompts_per_iteration
+
+    async def one_file(path: Path) -> tuple[int, tuple[int, int]] | None:
+        iteration = int(path.stem.split("-")[1])
+        samples = read_jsonl(path)
+        failed = [i for i, s in enumerate(samples) if s["status"] in RETRYABLE_STATUSES]
+        if not failed:
+            return None
+        records = scorer.task.batch(iteration, per_iteration)
+        results = await asyncio.gather(
+            *(
+                scorer.score(
+                    versions[samples[i]["rubric_version"]].to_state(),
+                    records[samples[i]["prompt_index"]],
+                    {**samples[i], "status": "pending"},
+                    iteration,
+                )
+                for i in failed
+            )
+        )
+        for i, result in zip(failed, results, strict=True):
+            samples[i] = result
+        write_jsonl(path, samples)
+        return iteration, (len(failed), sum(r["status"] not in RETRYABLE_STATUSES for r in results))
+
+    async def work() -> dict[int, tuple[int, int]]:
+        found = [await one_file(path) for path in sorted((run_dir / "samples").glob("iter-*.jsonl"))]
+        return dict(item for item in found if item)
+
+    return run_scoring(scorer, work)

@@ -1,0 +1,63 @@
+"""Every shipped task config and baseline, run for real with SmolLM2 as policy, judge and meta-judge (slow:
+several minutes each on 2 CPU cores; `python -m pytest -m slow tests/integration/test_examples.py`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mpo_agents.rundir import read_jsonl
+from tests.support import REPO
+
+EXAMPLES = REPO / "examples"
+TASK_CONFIGS = sorted(
+    p
+    for p in EXAMPLES.glob("*.yaml")
+    if p.stem in {"essay_writing", "summarization", "ethical_reasoning", "math_reasoning"}
+)
+BASELINES = sorted((EXAMPLES / "baselines").glob("*.yaml"))
+
+
+def run(config: Path, run_dir: Path, *sets: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpo_agents",
+            "run",
+            str(config),
+            "--run-dir",
+            str(run_dir),
+            *[x for s in sets for x in ("--set", s)],
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+        cwd=EXAMPLES.parent,
+        env={**os.environ, "OPENAI_API_KEY": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: p.stem)
+def test_task_example_runs_a_meta_step(tmp_path, config):
+    run(config, tmp_path / "run")
+    assert [m["iteration"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    # The meta step ran through all stages: a new version, or a refusal with its reason.
+    versions = list((tmp_path / "run" / "rubrics").glob("v*.json"))
+    assert len(versions) == 2 or (tmp_path / "run" / "rubrics" / "rejected.jsonl").exists()
+    assert (tmp_path / "run" / "meta" / "iter-0002" / "cases.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", BASELINES, ids=lambda p: p.stem)
+def test_baseline_keeps_its_rubric(tmp_path, config):
+    run(config, tmp_path / "run", "schedule.iterations=1")
+    assert [p.name for p in (tmp_path / "run" / "rubrics").glob("v*.json")] == ["v0000.json"]
+    assert not (tmp_path / "run" / "calls" / "meta_judge.jsonl").exists()

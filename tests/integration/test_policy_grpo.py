@@ -1,0 +1,402 @@
+"""TRLGRPOPolicy: the update is TRL's own GRPO step, generation is seeded, failed judgments, checkpoints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+torch = pytest.importorskip("torch")  # offline env vars are set by conftest.py before this import
+
+from mpo_agents.config import GenerationConfig, PolicyConfig, TrainerConfig
+from mpo_agents.errors import CheckpointError, ConfigError
+from mpo_agents.policy import PolicyBackend, Rollout
+from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy, grpo_config
+from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
+from mpo_agents.policy.weight_checkpoints import (
+    COMPLETE_MARKER,
+    checkpoint_dir,
+    latest_checkpoint,
+    prune_checkpoints,
+)
+from tests.support.tiny_model import build_tiny_model
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Write about a cat."}],
+    [{"role": "user", "content": "Write a short poem about the river city, please."}],
+]
+GEN = GenerationConfig(max_new_tokens=12, temperature=0.9)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning barriers
+    made this module 3-4x slower (31 s vs 8.5 s measured). Restored for other modules."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def trainer_config(**changes: object) -> TrainerConfig:
+    # A large learning rate so one step visibly moves a random tiny model; beta > 0 exercises the ref model.
+    values = {
+        "learning_rate": 1e-2,
+        "beta": 0.04,
+        "num_generations": 4,
+        "prompts_per_iteration": 2,
+        "max_prompt_length": 64,
+    }
+    values.update(changes)
+    return TrainerConfig(**values)
+
+
+def make_policy(model_dir: Path, work_dir: Path, cfg: TrainerConfig | None = None) -> TRLGRPOPolicy:
+    policy_cfg = PolicyConfig(model=str(model_dir), device="cpu", dtype="float32", generation=GEN)
+    return build_policy(policy_cfg, cfg or trainer_config(), work_dir)
+
+
+def rewards_for(rollouts: list[Rollout]) -> list[float | None]:
+    # Distinct scores within each group (so advantages are non-zero) that depend on the completion itself.
+    return [float(len(r.completion_ids) % 5) + 0.5 * r.generation_index for r in rollouts]
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def max_rel_error(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
+    assert ours.keys() == theirs.keys()
+    a = torch.cat([ours[k].flatten() for k in sorted(ours)])
+    b = torch.cat([theirs[k].flatten() for k in sorted(theirs)])
+    return float((a - b).norm() / b.norm())
+
+
+# --- 1. the update is TRL's --------------------------------------------------------------------------------
+def trl_reference_step(
+    model_dir: Path, rollouts: list[Rollout], rewards: list[float | None], cfg: TrainerConfig, out: Path
+) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One step of TRL's own `GRPOTrainer.train()` on the stored rollouts: its rollout_func replays them and its
+    reward function looks scores up by key (written here independently of `mpo_agents.policy.grpo`).
+    Returns (loss, pre-clip grad norm, gradients at on_pre_optimizer_step, parameters after the step)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    scores = {r.key: s for r, s in zip(rollouts, rewards, strict=True)}
+
+    def replay(prompts: list, trainer: object) -> dict:
+        assert len(prompts) == len(rollouts)
+        return {
+            "prompt_ids": [r.prompt_ids for r in rollouts],
+            "completion_ids": [r.completion_ids for r in rollouts],
+            "logprobs": None,
+            "key": [r.key for r in rollouts],
+        }
+
+    def lookup(prompts: list, completions: list, key: list[str], **_: object) -> list[float | None]:
+        return [scores[k] for k in key]
+
+    captured: dict[str, torch.Tensor] = {}
+
+    class CaptureGrads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            captured.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+
+    model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
+    args = grpo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[lookup],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["unused"] * cfg.prompts_per_iteration}),
+        processing_class=tokenizer,
+        rollout_func=replay,
+        callbacks=[CaptureGrads()],
+    )
+    result = trainer.train()
+    grad_norm = next(log["grad_norm"] for log in trainer.state.log_history if "grad_norm" in log)
+    return result.training_loss, float(grad_norm), captured, params(trainer.model)
+
+
+def unclip(grads: dict[str, torch.Tensor], norm: float, max_norm: float) -> dict[str, torch.Tensor]:
+    """Undo `clip_grad_norm_` (same formula as torch) to recover the pre-clip gradients."""
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    return {k: g / coef for k, g in grads.items()}
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "failed"),
+    [("grpo", []), ("dapo", [2])],  # grpo's loss value is ~0 by construction; dapo's is not
+)
+def test_update_equals_trl_train_step(
+    base_dir: Path, tmp_path: Path, loss_type: str, failed: list[int]
+) -> None:
+    cfg = trainer_config(loss_type=loss_type, max_grad_norm=0.5)  # beta=0.04: the reference model is used
+    policy = make_policy(base_dir, tmp_path / "ours", cfg)
+    rollouts = policy.generate(CONVERSATIONS, cfg.num_generations, seed=3, key_prefix="it0")
+    rewards = rewards_for(rollouts)
+    for index in failed:
+        rewards[index] = None
+
+    ours: dict[str, torch.Tensor] = {}
+    optimizer = policy.trainer.optimizer.optimizer  # the torch optimizer inside accelerate's wrapper
+    hook = optimizer.register_step_pre_hook(
+        lambda *_: ours.update({n: p.grad.detach().clone() for n, p in policy.model.named_parameters()})
+    )
+    metrics = policy.update(rollouts, rewards)
+    hook.remove()
+
+    loss, norm, theirs, their_params = trl_reference_step(base_dir, rollouts, rewards, cfg, tmp_path / "ref")
+
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
+    assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert metrics["grad_norm"] > cfg.max_grad_norm  # the clip path is exercised too
+    # Peak resident memory of this process on CPU: at least the model, its reference copy and Adam's state.
+    assert metrics["peak_memory_mb"] > sum(p.numel() for p in policy.model.parameters()) * 4 * 3 / 2**20
+    assert max_rel_error(ours, theirs) < 1e-5
+    pre_ours = unclip(ours, metrics["grad_norm"], cfg.max_grad_norm)
+    assert max_rel_error(pre_ours, unclip(theirs, norm, cfg.max_grad_norm)) < 1e-5
+    # Adam's first step is ~lr*sign(grad), so entries with near-zero gradients turn a 1e-7 gradient difference
+    # into a visibly different step; compare the whole update by norm instead (measured ~2e-5).
+    initial = params(load_policy_model(base_dir, "cpu", torch.float32)[0])
+    after = params(policy.model)
+    ours_update = {k: after[k] - initial[k] for k in after}
+    their_update = {k: their_params[k] - initial[k] for k in after}
+    assert max_rel_error(ours_update, their_update) < 1e-3
+    assert metrics["kl"] == 0.0  # first step: policy == reference
+    assert metrics["step"] == 1.0 and policy.step == 1
+
+
+def test_grpo_config_mirrors_our_config(tmp_path: Path) -> None:
+    cfg = trainer_config(loss_type="dr_grpo", scale_rewards="batch", epsilon=0.3, weight_decay=0.1, seed=7)
+    args = grpo_config(cfg, GEN, "cpu", torch.float32, tmp_path)
+    assert (args.learning_rate, args.beta, args.loss_type, args.scale_rewards) == (
+        1e-2,
+        0.04,
+        "dr_grpo",
+        "batch",
+    )
+    assert (args.epsilon, args.weight_decay, args.seed, args.max_grad_norm) == (0.3, 0.1, 7, 1.0)
+    assert (args.num_generations, args.per_device_train_batch_size, args.steps_per_generation) == (4, 8, 1)
+    assert (args.max_completion_length, args.temperature, args.top_p) == (12, 0.9, 1.0)
+    assert args.num_iterations == 1 and not args.bf16 and not args.fp16 and args.use_cpu
+    assert args.lr_scheduler_type == "constant" and not args.gradient_checkpointing
+
+
+def test_reference_model_is_the_initial_policy(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path)
+    initial = params(policy.model)
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=0, key_prefix="a")
+    policy.update(rollouts, rewards_for(rollouts))
+    second = policy.update(rollouts, rewards_for(rollouts))
+    reference = dict(policy.trainer.ref_model.named_parameters())
+    assert all(torch.equal(initial[k], reference[k]) for k in initial)
+    assert second["kl"] > 0.0
+
+
+# --- 2. generation -------------------------------------------------------------------------------------------
+def teach_eos(model_dir: Path, out_dir: Path) -> Path:
+    """A copy of the tiny model trained for a few steps to answer with an immediate <|im_end|>."""
+    model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
+    text = tokenizer.apply_chat_template(CONVERSATIONS[0], add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tokenizer(text + "<|im_end|>", add_special_tokens=False)["input_ids"]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(30):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def check_rollout_shape(policy: TRLGRPOPolicy, rollouts: list[Rollout], groups: int, size: int) -> None:
+    eos = set(policy.trainer.eos_token_ids)
+    assert [(r.prompt_index, r.generation_index) for r in rollouts] == [
+        (p, g) for p in range(groups) for g in range(size)
+    ]
+    for r in rollouts:
+        assert r.key == f"it7-p{r.prompt_index}-g{r.generation_index}"
+        assert r.completion == policy.tokenizer.decode(r.completion_ids, skip_special_tokens=True)
+        assert not eos & set(r.completion_ids[:-1])  # cut right after the first EOS
+        if r.truncated:
+            assert len(r.completion_ids) == GEN.max_new_tokens and r.completion_ids[-1] not in eos
+        else:
+            assert r.completion_ids[-1] in eos
+
+
+def test_generate_is_seeded_grouped_and_flags_truncation(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path / "a")
+    assert isinstance(policy, PolicyBackend)
+    first = policy.generate(CONVERSATIONS, 3, seed=11, key_prefix="it7")
+    again = policy.generate(CONVERSATIONS, 3, seed=11, key_prefix="it7")
+    other = policy.generate(CONVERSATIONS, 3, seed=12, key_prefix="it7")
+    assert len(first) == 6 and [r.to_dict() for r in first] == [r.to_dict() for r in again]
+    assert [r.completion_ids for r in first] != [r.completion_ids for r in other]
+    assert Rollout.from_dict(first[0].to_dict()) == first[0]
+    assert first[0].prompt_ids == first[2].prompt_ids != first[3].prompt_ids
+    check_rollout_shape(policy, first, groups=2, size=3)
+    assert any(r.truncated for r in first)  # a random 512-token model rarely says EOS within 12 tokens
+    assert policy.model.training  # back in train mode for the next update
+
+    eos_policy = make_policy(teach_eos(base_dir, tmp_path / "eos"), tmp_path / "b")
+    ended = eos_policy.generate(CONVERSATIONS, 4, seed=0, key_prefix="it7")
+    check_rollout_shape(eos_policy, ended, groups=2, size=4)
+    assert any(not r.truncated for r in ended)
+
+
+def test_generate_left_truncates_long_prompts(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path, trainer_config(max_prompt_length=10))
+    rollouts = policy.generate([[{"role": "user", "content": "cat " * 50}]], 2, seed=0, key_prefix="x")
+    full = policy.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "cat " * 50}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
+    assert rollouts[0].prompt_ids == list(full)[-10:]  # the assistant header survives
+
+
+# --- 3. failed judgments ----------------------------------------------------------------------------------------
+def test_none_rewards_get_zero_advantage_and_all_none_raises(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path)
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=5, key_prefix="n")
+    rewards = rewards_for(rollouts)
+    rewards[1] = rewards[6] = None
+    before = params(policy.model)
+    metrics = policy.update(rollouts, rewards)
+    assert metrics["num_failed"] == 2.0 and metrics["num_scored"] == 6.0
+    # TRL's completion log (private, but it is exactly the behaviour we rely on): unscorable rows get advantage 0
+    # and the others are normalised without them.
+    advantages = list(policy.trainer._logs["advantages"])
+    assert advantages[1] == 0.0 and advantages[6] == 0.0
+    assert sum(advantages[0:4]) == pytest.approx(0.0, abs=1e-5)
+    assert any(not torch.equal(before[k], p) for k, p in params(policy.model).items())
+
+    with pytest.raises(ValueError, match="None"):
+        policy.update(rollouts, [None] * len(rollouts))
+    assert policy.step == 1
+
+
+def test_update_refuses_misgrouped_batches(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path)
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=5, key_prefix="m")
+    with pytest.raises(ValueError, match="prompt-major"):
+        policy.update(rollouts[1:] + rollouts[:1], rewards_for(rollouts))
+    with pytest.raises(ValueError, match="multiple"):
+        policy.update(rollouts[:3], rewards_for(rollouts[:3]))
+    assert policy.step == 0
+
+
+# --- 4. checkpoints ---------------------------------------------------------------------------------------------
+def test_checkpoint_round_trip_resumes_bitwise(base_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    original = make_policy(base_dir, tmp_path / "a")
+    batch1 = original.generate(CONVERSATIONS, 4, seed=1, key_prefix="it0")
+    original.update(batch1, rewards_for(batch1))
+    original.save(checkpoint_dir(root, original.step))
+    batch2 = original.generate(CONVERSATIONS, 4, seed=2, key_prefix="it1")
+    continued = original.update(batch2, rewards_for(batch2))
+
+    resumed = make_policy(base_dir, tmp_path / "b")  # fresh process stand-in: built from the BASE model
+    resumed.load(latest_checkpoint(root))
+    assert resumed.step == 1
+    assert resumed.generate(CONVERSATIONS, 4, seed=2, key_prefix="it1") == batch2
+    replayed = resumed.update(batch2, rewards_for(batch2))
+
+    assert replayed["loss"] == continued["loss"] and replayed["kl"] == continued["kl"]
+    ours, theirs = params(resumed.model), params(original.model)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert resumed.step == original.step == 2
+
+
+def test_incomplete_checkpoints_are_ignored_and_pruning_keeps_newest(base_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    policy = make_policy(base_dir, tmp_path / "a")
+    for step in (1, 2, 3):
+        policy.trainer.state.global_step = step
+        policy.save(checkpoint_dir(root, step))
+    assert latest_checkpoint(root) == checkpoint_dir(root, 3)
+    # What a SIGKILL mid-save leaves: a staging dir (even with a plausible name) without COMPLETE.
+    killed = checkpoint_dir(root, 4).with_name("iter-000004.tmp")
+    (killed / "model").mkdir(parents=True)
+    unmarked = checkpoint_dir(root, 5)
+    unmarked.mkdir()
+    assert latest_checkpoint(root) == checkpoint_dir(root, 3)
+    with pytest.raises(CheckpointError):
+        policy.load(unmarked)
+
+    deleted = prune_checkpoints(root, keep=2)
+    assert sorted(p.name for p in deleted) == ["iter-000001"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        "iter-000002",
+        "iter-000003",
+        "iter-000004.tmp",
+        "iter-000005",
+    ]
+    assert (checkpoint_dir(root, 3) / COMPLETE_MARKER).is_file()
+
+    policy.save(checkpoint_dir(root, 3))  # saving a step again (re-run node after a resume) replaces it whole
+    assert latest_checkpoint(root) == checkpoint_dir(root, 3)
+    assert not checkpoint_dir(root, 3).with_name("iter-000003.tmp").exists()
+
+
+def test_model_resolution_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="policy.model"):
+        resolve_model_dir(str(tmp_path / "nope"))
+    assert resolve_dtype(PolicyConfig(device="cpu"), "cpu") == torch.float32
+    with pytest.raises(ConfigError, match="policy.dtype"):
+        resolve_dtype(PolicyConfig(device="cpu", dtype="float16"), "cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device(PolicyConfig(device="auto")) in ("cpu", "mps")
+        with pytest.raises(ConfigError, match="policy.device"):
+            resolve_device(PolicyConfig(device="cuda"))
+
+
+# --- real model ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_converts_generates_and_updates(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    # A second process converting into the same cache at the same time waits on the lock and reuses the result.
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from mpo_agents.policy.models import resolve_model_dir as r; print(r('smollm2-135m', {str(cache)!r}))",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    model_dir = resolve_model_dir("smollm2-135m", cache_dir=cache)
+    assert other.communicate(timeout=300)[0].strip() == str(model_dir) and other.returncode == 0
+    assert resolve_model_dir("smollm2-135m", cache_dir=cache) == model_dir
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [model_dir.name]
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "chat_template.jinja").is_file()
+    gen = GenerationConfig(max_new_tokens=64)
+    policy_cfg = PolicyConfig(model=str(model_dir), device="cpu", dtype="float32", generation=gen)
+    policy = build_policy(
+        policy_cfg, TrainerConfig(num_generations=4, prompts_per_iteration=2), tmp_path / "w"
+    )
+    conversations = [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Write one sentence about rivers."}],
+    ]
+    rollouts = policy.generate(conversations, 4, seed=0, key_prefix="it0")
+    assert len(rollouts) == 8 and any(r.completion.strip() for r in rollouts)
+    metrics = policy.update(rollouts, [float(len(r.completion) % 7) for r in rollouts])
+    assert metrics["grad_norm"] > 0 and policy.step == 1
+    policy.save(checkpoint_dir(tmp_path / "ckpt", 1))
+    assert latest_checkpoint(tmp_path / "ckpt") == checkpoint_dir(tmp_path / "ckpt", 1)
