@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from judge_bench import API_KEY, bench_config, essay_batch, judge_server_process
 
-from mpo_agents.context import judge_panel
+from mpo_agents.judges.build import judge_panel
 from mpo_agents.judges.cache import JudgmentCache
 from mpo_agents.judges.records import CallLog
 from mpo_agents.scoring.scorer import Scorer

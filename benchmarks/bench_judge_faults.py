@@ -18,7 +18,7 @@ from pathlib import Path
 
 from judge_bench import bench_config, essay_batch, judge_server_process
 
-from mpo_agents.context import judge_panel
+from mpo_agents.judges.build import judge_panel
 from mpo_agents.judges.records import CallLog
 from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task

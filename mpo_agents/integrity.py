@@ -59,7 +59,7 @@ def check_run(run_dir: Path, environ: Mapping[str, str], *, thorough: bool = Tru
     policy checkpoints newest first until one is good, and of the JSONL files the small logs and the rollouts
     and samples the next nodes or a replay read (not those of finished iterations, nor the judge call logs,
     which grow large; a damaged one there is named when something reads it)."""
-    from mpo_agents.runner import saved_config
+    from mpo_agents.run_config import saved_config
 
     directory = RunDirectory(Path(run_dir))
     check = RunCheck(directory.root)

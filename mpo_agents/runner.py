@@ -13,14 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-from pydantic import ValidationError
-
 from mpo_agents import parallel
-from mpo_agents.config import MPOConfig, format_validation_error, redacted_dump
+from mpo_agents.config import MPOConfig
 from mpo_agents.errors import CheckpointError, ConfigError, StorageError
 from mpo_agents.rubrics import RubricStore
-from mpo_agents.rundir import RunDirectory, append_jsonl, atomic_write_text, storage_error
+from mpo_agents.run_config import saved_config, write_config
+from mpo_agents.rundir import CHECKPOINT_DB, RunDirectory, append_jsonl, storage_error
 
 if TYPE_CHECKING:
     from mpo_agents.integrity import RunCheck
@@ -50,45 +48,14 @@ def new_run_dir(config: MPOConfig, run_dir: Path | None) -> RunDirectory:
         or Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{config.task.name}"
     )
     root = Path(root)
-    if (root / "checkpoints.sqlite").exists():
+    if (root / CHECKPOINT_DB).exists():
         raise ConfigError(
             f"{root} already holds a run; continue it with `mpo resume {root}` or pick another --run-dir"
         )
     directory = RunDirectory(root)
     config = config.model_copy(update={"output": config.output.model_copy(update={"run_dir": root})})
-    atomic_write_text(directory.config_path, yaml.safe_dump(redacted_dump(config), sort_keys=False))
+    write_config(directory.config_path, config)
     return directory
-
-
-def saved_config(run_dir: Path) -> MPOConfig:
-    """The config a run was started with, exactly (the environment does not re-apply on resume)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return MPOConfig(**(data if isinstance(data, dict) else {"": data}))
-    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
-        why = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"{path} is damaged or was edited into an invalid config ({why}); restore it from a copy (it is "
-            "the config the run was started with)"
-        ) from exc
-
-
-def update_saved_config(run_dir: Path, config: MPOConfig, **sections: dict[str, Any]) -> MPOConfig:
-    """The run's config with some fields changed, validated and written back (a resume that changes the
-    budget must be remembered by the next resume)."""
-    data = config.model_dump()
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    try:
-        updated = MPOConfig(**data)
-    except ValueError as exc:
-        raise ConfigError(f"invalid change to the run's config: {exc}") from exc
-    path = Path(run_dir) / "config.yaml"
-    atomic_write_text(path, yaml.safe_dump(redacted_dump(updated), sort_keys=False))
-    return updated
 
 
 def initial_state(config: MPOConfig, task: Task, store: RubricStore) -> dict[str, Any]:

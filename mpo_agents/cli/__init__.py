@@ -305,8 +305,8 @@ def resume(
     ):
         return
     from mpo_agents.graph_checkpoints import has_graph_checkpoints
+    from mpo_agents.run_config import saved_config, update_saved_config
     from mpo_agents.rundir import RunDirectory
-    from mpo_agents.runner import saved_config, update_saved_config
 
     try:
         config = saved_config(run_dir)
@@ -362,8 +362,9 @@ def review(
     deciding = bool(flags) or edit is not None  # only a decision continues the run; showing needs no policy
     if deciding and _launch_or_follow(arguments, num_processes, accelerate_config):
         return
+    from mpo_agents.run_config import saved_config
     from mpo_agents.rundir import RunDirectory
-    from mpo_agents.runner import pending_reviews, saved_config
+    from mpo_agents.runner import pending_reviews
 
     try:
         pending = pending_reviews(run_dir)
@@ -665,7 +666,7 @@ def rejudge(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -
     _prepare_environment()
     import os
 
-    from mpo_agents.runner import saved_config
+    from mpo_agents.run_config import saved_config
     from mpo_agents.scoring.offline import judge_session, rejudge_run
 
     try:

@@ -49,8 +49,8 @@ def run_elo(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Judge the tournament (resuming from `output_dir/verdicts.jsonl`), rate it, write `elo.json`."""
-    from mpo_agents.context import judge_client
     from mpo_agents.evaluation.tournament import Tournament, summarize
+    from mpo_agents.judges.build import judge_client
     from mpo_agents.judges.cache import JudgmentCache
     from mpo_agents.judges.records import CallLog
     from mpo_agents.scoring.offline import local_server_for

@@ -104,7 +104,7 @@ class MetaJudgeAudit:
 
     def _client(self, view: MetaView):
         """The meta-judge's client, or one for the model in this node's settings (its calls logged apart)."""
-        from mpo_agents.context import judge_client
+        from mpo_agents.judges.build import judge_client
 
         ctx = view.context
         if not self.judge:

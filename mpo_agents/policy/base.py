@@ -80,3 +80,19 @@ class PolicyBackend(Protocol):
     def close(self) -> None:
         """Flush and close the dashboards at the end of a run."""
         ...
+
+
+class TrainerState(Protocol):
+    """What a weight checkpoint saves and restores of a TRL-trained policy: its model and tokenizer, the TRL
+    trainer holding the optimizer and scheduler, the step, and whether the model is a LoRA adapter on its base."""
+
+    model: Any
+    tokenizer: Any
+    trainer: Any
+    lora: Any  # the LoRA settings, None for full fine-tuning
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def is_lora(self) -> bool: ...

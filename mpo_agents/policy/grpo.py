@@ -608,7 +608,8 @@ def build_policy(
     raises ConfigError before the model loads. `resume_from`: the checkpoint the caller will load, which decides
     LoRA under `policy.lora.enabled: auto` (see policy/plan.py)."""
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
-    from mpo_agents.policy.plan import checkpoint_holds_lora, device_memory_bytes, plan_training
+    from mpo_agents.policy.plan import device_memory_bytes, plan_training
+    from mpo_agents.policy.weight_checkpoints import checkpoint_holds_lora
 
     check_report_to(trainer_cfg.report_to)
     device = resolve_device(policy_cfg)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -84,12 +83,3 @@ def plan_training(
     else:
         reasons.append(f"policy.gradient_checkpointing={str(checkpointing).lower()}")
     return TrainingPlan(lora=lora, gradient_checkpointing=bool(checkpointing), reasons=tuple(reasons))
-
-
-def checkpoint_holds_lora(directory: Path | None) -> bool | None:
-    """Whether a policy checkpoint holds a LoRA adapter; None without a checkpoint."""
-    if directory is None:
-        return None
-    from mpo_agents.policy.weight_checkpoints import ADAPTER_DIR
-
-    return (Path(directory) / ADAPTER_DIR).is_dir()

@@ -38,7 +38,7 @@ from mpo_agents.errors import CheckpointError
 from mpo_agents.rundir import writing
 
 if TYPE_CHECKING:
-    from mpo_agents.policy.grpo import TRLGRPOPolicy
+    from mpo_agents.policy.base import TrainerState
 
 COMPLETE_MARKER = "COMPLETE"
 MODEL_DIR = "model"
@@ -64,7 +64,7 @@ def checkpoint_dir(root: Path, index: int) -> Path:
 
 
 def save_checkpoint(
-    policy: TRLGRPOPolicy,
+    policy: TrainerState,
     directory: Path,
     process_rng: dict[int, dict[str, Any]] | None = None,
     rank: int = 0,
@@ -101,7 +101,7 @@ def save_checkpoint(
         _swap_into_place(staging, directory)
 
 
-def _write_contents(policy: TRLGRPOPolicy, staging: Path, process_rng: dict[int, dict[str, Any]]) -> None:
+def _write_contents(policy: TrainerState, staging: Path, process_rng: dict[int, dict[str, Any]]) -> None:
     from safetensors.torch import save_file
 
     from mpo_agents.policy.models import quiet_progress_bars
@@ -144,7 +144,7 @@ def _write_contents(policy: TRLGRPOPolicy, staging: Path, process_rng: dict[int,
     (staging / STATE_FILE).write_text(text)
 
 
-def is_deepspeed(policy: TRLGRPOPolicy) -> bool:
+def is_deepspeed(policy: TrainerState) -> bool:
     """Whether accelerate runs the policy's trainer under DeepSpeed (ZeRO stage 1 or 2)."""
     return bool(getattr(policy.trainer, "is_deepspeed_enabled", False))
 
@@ -163,7 +163,7 @@ def _swap_into_place(staging: Path, directory: Path) -> None:
         shutil.rmtree(previous)
 
 
-def load_checkpoint(policy: TRLGRPOPolicy, directory: Path, rank: int = 0, verify: bool = True) -> None:
+def load_checkpoint(policy: TrainerState, directory: Path, rank: int = 0, verify: bool = True) -> None:
     """Restore weights (or the LoRA adapter), optimizer, scheduler, step and RNG states written by
     `save_checkpoint`. Process `rank` of a multi-process run takes its own saved torch RNG state; one the
     checkpoint does not hold (more processes than when it was written) keeps its current state.
@@ -254,7 +254,7 @@ def _load_weights(model: Any, model_dir: Path) -> None:
             live[name].copy_(value)
 
 
-def _lora_shape(policy: TRLGRPOPolicy) -> dict[str, Any] | None:
+def _lora_shape(policy: TrainerState) -> dict[str, Any] | None:
     """What makes an adapter loadable into another: None for full fine-tuning. (Dropout is left out: it does
     not change the adapter's function, so it may differ on resume.)"""
     if policy.lora is None:
@@ -267,7 +267,7 @@ def _lora_shape(policy: TRLGRPOPolicy) -> dict[str, Any] | None:
     }
 
 
-def _check_kind(policy: TRLGRPOPolicy, saved: dict[str, Any] | None, directory: Path) -> None:
+def _check_kind(policy: TrainerState, saved: dict[str, Any] | None, directory: Path) -> None:
     """Refuse a LoRA checkpoint in a full fine-tuning config and the reverse (checkpoints written before LoRA
     existed have no `lora` entry: full), and an adapter of another shape."""
     saved_lora = saved is not None
@@ -539,3 +539,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def checkpoint_holds_lora(directory: Path | None) -> bool | None:
+    """Whether a policy checkpoint holds a LoRA adapter; None without a checkpoint."""
+    if directory is None:
+        return None
+    return (Path(directory) / ADAPTER_DIR).is_dir()

@@ -31,7 +31,7 @@ def judge_session(
 ) -> Iterator[tuple[Task, Scorer]]:
     """The task and a scorer on the configured judge (starting the local judge server if the config uses one);
     calls are logged to `work_dir/calls/judge.jsonl`."""
-    from mpo_agents.context import judge_panel
+    from mpo_agents.judges.build import judge_panel
     from mpo_agents.judges.records import CallLog
     from mpo_agents.tasks import build_task
 

@@ -12,8 +12,9 @@ import pytest
 
 from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
+from mpo_agents.run_config import saved_config
 from mpo_agents.rundir import RunDirectory, read_jsonl
-from mpo_agents.runner import execute, new_run_dir, saved_config
+from mpo_agents.runner import execute, new_run_dir
 from tests.support import TEST_ENV, run_overrides
 
 

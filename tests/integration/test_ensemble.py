@@ -9,7 +9,7 @@ import json
 import pytest
 
 from mpo_agents.config import load_config
-from mpo_agents.context import judge_panel
+from mpo_agents.judges.build import judge_panel
 from mpo_agents.judges.ensemble import agreement, combine
 from mpo_agents.judges.records import CallLog
 from mpo_agents.rubrics import RubricVersion, parse_rubric

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from mpo_agents.config import JudgeConfig
-from mpo_agents.context import judge_client, resolve_endpoint
 from mpo_agents.judges import CallLog
+from mpo_agents.judges.build import judge_client, resolve_endpoint
 from mpo_agents.judges.context_window import litellm_window
 from mpo_agents.judges.local_server import LocalServer
 from tests.integration.test_judge_client import MESSAGES, judge, log_lines, make_client

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from mpo_agents.config import JudgeConfig, load_config
-from mpo_agents.context import judge_client
+from mpo_agents.judges.build import judge_client
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.judges.records import CallLog
 from tests.support import TEST_ENV, run_overrides

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from mpo_agents.config import JudgeConfig, LocalServerConfig
-from mpo_agents.context import judge_client
 from mpo_agents.errors import ServerError
+from mpo_agents.judges.build import judge_client
 from mpo_agents.judges.client import JudgeClient, JudgeResult
 from mpo_agents.judges.local_server import LocalServer, free_port, local_server, supervised_server
 from tests.support import REPO, TEST_ENV, run_overrides

@@ -8,10 +8,11 @@ import json
 import re
 
 import pytest
-from mpo_agents.graphs.mpo import build_meta_step_graph
 
 from mpo_agents.config import load_config
-from mpo_agents.context import RunContext, build_judges
+from mpo_agents.context import RunContext
+from mpo_agents.graphs.mpo import build_meta_step_graph
+from mpo_agents.judges.build import build_judges
 from mpo_agents.meta import sample_cases, stratified_cluster_cases
 from mpo_agents.rubrics import (
     Rubric,

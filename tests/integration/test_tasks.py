@@ -9,8 +9,8 @@ import json
 import pytest
 
 from mpo_agents.config import MPOConfig, TaskConfig, load_config
-from mpo_agents.context import build_judges
 from mpo_agents.errors import ConfigError
+from mpo_agents.judges.build import build_judges
 from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
 from mpo_agents.rundir import RunDirectory, read_jsonl, write_jsonl
 from mpo_agents.runner import execute, new_run_dir

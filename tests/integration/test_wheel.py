@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,18 @@ import pytest
 from mpo_agents.rundir import read_jsonl, write_jsonl
 from tests.support import REPO, TEST_ENV
 
+UNTRACKED = (
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "runs",
+    "__pycache__",
+    ".*_cache",
+    ".gpu",
+)
 TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
 
 
@@ -31,11 +44,15 @@ def _setuptools_is_recent() -> bool:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # From a copy of the tracked tree: a build in the checkout would leave build/ and *.egg-info behind, and a
+    # stale build/lib (modules since renamed) would end up in the next wheel.
+    source = tmp_path_factory.mktemp("source") / "mpo-agents"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*UNTRACKED))
     # Without build isolation when this environment can build it (offline, seconds); else pip fetches the
     # build backend that pyproject.toml asks for.
     no_isolation = ["--no-build-isolation"] if _setuptools_is_recent() else []
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_isolation, "-w", out, REPO],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *no_isolation, "-w", out, source],
         check=True,
         capture_output=True,
         timeout=300,

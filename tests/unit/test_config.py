@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mpo_agents.config import load_config
-from mpo_agents.context import resolve_endpoint
 from mpo_agents.errors import ConfigError
+from mpo_agents.judges.build import resolve_endpoint
 from tests.support import REPO
 
 

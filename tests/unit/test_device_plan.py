@@ -25,9 +25,10 @@ from mpo_agents.config import (
 )
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.grpo import build_policy
-from mpo_agents.policy.plan import checkpoint_holds_lora, full_finetune_bytes, plan_training
+from mpo_agents.policy.plan import full_finetune_bytes, plan_training
 from mpo_agents.policy.tokens import left_pad
 from mpo_agents.policy.vllm import VLLMRollouts, check_vllm
+from mpo_agents.policy.weight_checkpoints import checkpoint_holds_lora
 
 GIB = 2**30
 CONVERSATIONS = [

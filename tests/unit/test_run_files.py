@@ -275,7 +275,7 @@ def test_a_truncated_sqlite_file_is_reported_damaged(tmp_path):
 
 def test_a_damaged_saved_config_is_an_error_that_says_what_to_do(tmp_path):
     from mpo_agents.errors import CheckpointError
-    from mpo_agents.runner import saved_config
+    from mpo_agents.run_config import saved_config
 
     (tmp_path / "config.yaml").write_text("task: [unclosed\n")
     with pytest.raises(CheckpointError, match=r"config.yaml is damaged .*restore it from a copy"):
