@@ -56,7 +56,7 @@ class TaskConfig(_Section):
     shuffle_seed: int = Field(42, description="Seed for the order in which prompts are drawn.")
     initial_rubric: Path | None = Field(
         None,
-        description="Rubric file for version 0; None uses the task's `prompts/<task>/initial_rubric.md`.",
+        description="Rubric file for version 0; None uses the task's `prompts/<task>/rubrics/initial.md`.",
     )
     prompts_dir: Path | None = Field(
         None, description="Folder of prompt files; None uses the repository's `prompts/`."

@@ -23,6 +23,8 @@ from mpo_agents.tasks.data import (
     unusable_records_error,
 )
 
+INITIAL_RUBRIC = "rubrics/initial.md"  # in the task's prompt folder, beside the fixed baselines
+
 
 @dataclass
 class GuardResult:
@@ -133,9 +135,15 @@ class Task:
         return load_prompt(self.name, role, api, self.prompts_dir)
 
     def initial_rubric_text(self) -> str:
-        path = self.config.initial_rubric or self.prompts_dir / self.name / "initial_rubric.md"
+        path = self.config.initial_rubric or self.prompts_dir / self.name / INITIAL_RUBRIC
         if not Path(path).is_file():
-            raise ConfigError(f"task.initial_rubric: {path} does not exist")
+            moved = Path(path).parent.parent / "initial_rubric.md"
+            hint = (
+                f" (the task's starting rubric moved from {moved.name} to {INITIAL_RUBRIC})"
+                if moved.is_file()
+                else ""
+            )
+            raise ConfigError(f"task.initial_rubric: {path} does not exist{hint}")
         return Path(path).read_text(encoding="utf-8").strip()
 
     def initial_rubric(self) -> RubricVersion:
@@ -144,7 +152,7 @@ class Task:
         try:
             rubric, _ = parse_rubric(text)
         except RubricRejected as exc:
-            source = self.config.initial_rubric or f"prompts/{self.name}/initial_rubric.md"
+            source = self.config.initial_rubric or f"prompts/{self.name}/{INITIAL_RUBRIC}"
             raise ConfigError(f"task.initial_rubric: {source} is not a rubric: {exc}") from exc
         return RubricVersion.of(rubric, version=0, parent=None, iteration=0)
 

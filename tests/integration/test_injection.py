@@ -56,7 +56,7 @@ def test_grader_directed_text_is_flagged(text, flags):
 def test_every_grader_address_hack_is_flagged_and_no_reference_is(task):
     for line in (PROMPTS / task / "hacking.jsonl").read_text().splitlines():
         case = json.loads(line)
-        rubric = (PROMPTS / task / "initial_rubric.md").read_text()
+        rubric = (PROMPTS / task / "rubrics" / "initial.md").read_text()
         assert grader_address_flags(case["hacks"]["grader_address"]), case["case"]
         assert not grader_address_flags(case["reference"]) and not echoes_rubric(case["reference"], rubric)
 
