@@ -14,11 +14,19 @@ from typing import Any, Literal
 
 from mpo_agents.errors import MPOError, RunFileError
 from mpo_agents.judges.cache import CACHE_FILE
-from mpo_agents.rundir import RunDirectory, read_jsonl
+from mpo_agents.rundir import (
+    CONFIG_FILE,
+    META_LEVELS_FILE,
+    METRICS_FILE,
+    REJECTED_FILE,
+    TIMINGS_FILE,
+    RunDirectory,
+    read_jsonl,
+)
 
 Level = Literal["error", "warning", "repair", "note"]
 # Files the run appends to line by line: a last line without its line break is an interrupted append.
-APPENDED = ("metrics.jsonl", "timings.jsonl", "meta_levels.jsonl", "rejected.jsonl")
+APPENDED = (METRICS_FILE, TIMINGS_FILE, META_LEVELS_FILE, REJECTED_FILE)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def check_run(run_dir: Path, environ: Mapping[str, str], *, thorough: bool = Tru
     try:
         config = saved_config(directory.root)
     except (MPOError, ValueError) as exc:
-        check.add("error", "config.yaml", str(exc).splitlines()[0], "")  # the message says what to do
+        check.add("error", CONFIG_FILE, str(exc).splitlines()[0], "")  # the message says what to do
         return check
     state = _graph_state(check, config, directory, environ)
     if state is not None:
@@ -155,7 +163,7 @@ def _check_jsonl_files(check: RunCheck, directory: RunDirectory, needed: set[Pat
             read_jsonl(path, torn_tail_ok=appended)
         except RunFileError as exc:
             required = path in needed or appended and path.parent.name != "eval"
-            level: Level = "error" if required and path.name != "timings.jsonl" else "warning"
+            level: Level = "error" if required and path.name != TIMINGS_FILE else "warning"
             problem, _, advice = str(exc).partition("; ")
             check.add(level, path, problem.replace(f"{path} ", "", 1), advice)
             continue

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mpo_agents.errors import RubricRejected
-from mpo_agents.rundir import append_jsonl, atomic_write_text, read_jsonl
+from mpo_agents.rundir import REJECTED_FILE, append_jsonl, atomic_write_text, read_jsonl
 
 # "Criterion 2: text (0-5 points)"; also accepts "- text (0-5 points)" bullets, "(-3 to 0 points)", "[0-5 pts]".
 _ITEM_HEADER = re.compile(r"^\s*(?:[-*•]\s*|\d+[.)]\s*)?\**\s*criterion\s+\d+\s*\**\s*[:.)]", re.IGNORECASE)
@@ -313,7 +313,7 @@ class RubricStore:
         record = {"iteration": iteration, "reason": reason, "text": text}
         if record in self.rejections():
             return
-        append_jsonl(self.directory / "rejected.jsonl", record)
+        append_jsonl(self.directory / REJECTED_FILE, record)
 
     def versions(self) -> list[RubricVersion]:
         return [
@@ -322,7 +322,7 @@ class RubricStore:
         ]
 
     def rejections(self) -> list[dict]:
-        path = self.directory / "rejected.jsonl"
+        path = self.directory / REJECTED_FILE
         return read_jsonl(path, torn_tail_ok=True) if path.exists() else []
 
 

@@ -17,8 +17,14 @@ from typing import Any
 
 from mpo_agents.errors import ConfigError, RunFileError, StorageError
 
+# Every file a run directory holds, named once (the folders are SUBDIRS below).
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_DB = "checkpoints.sqlite"
+METRICS_FILE = "metrics.jsonl"  # one line per finished iteration
+TIMINGS_FILE = "timings.jsonl"  # seconds per node, for `mpo report`
+META_LEVELS_FILE = "meta_levels.jsonl"  # what each meta-level plug-in decided
+REJECTED_FILE = "rejected.jsonl"  # in rubrics/: rewrites that were refused, and why
+RUN_LOG = "run.log"
 UPDATE_REWARDS = "rewards"  # key of an update's stats file (`updates/iter-N.json`) holding its rewards
 SUBDIRS = ("rubrics", "samples", "rollouts", "policy", "updates", "meta", "calls")
 
@@ -272,7 +278,7 @@ def _advice(path: Path | str) -> str:
     """What a person can do about a damaged run file, by what the file is for."""
     path = Path(path)
     parts = set(path.parts)
-    if path.name == "metrics.jsonl":
+    if path.name == METRICS_FILE:
         return (
             "it is the log of finished iterations (the progress bar and reports read it, training does "
             "not): fix or delete that line"
@@ -326,7 +332,7 @@ class RunDirectory:
 
     @property
     def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_FILE
 
     @property
     def policy_dir(self) -> Path:
@@ -361,6 +367,18 @@ class RunDirectory:
 
     def calls_path(self, role: str) -> Path:
         return self.root / "calls" / f"{role}.jsonl"
+
+    @property
+    def timings_path(self) -> Path:
+        return self.root / TIMINGS_FILE
+
+    @property
+    def meta_levels_path(self) -> Path:
+        return self.root / META_LEVELS_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / RUN_LOG
 
     @property
     def tensorboard_dir(self) -> Path:

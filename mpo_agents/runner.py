@@ -270,7 +270,7 @@ async def _drive(
             run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
             app = build_graph(meta_nodes).compile(checkpointer=saver)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
-            timings = NodeTimings(ctx.run_dir.root / "timings.jsonl", current)
+            timings = NodeTimings(ctx.run_dir.timings_path, current)
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
             # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
             # Streaming a finished graph simply yields nothing.

@@ -12,7 +12,7 @@ import yaml
 
 from mpo_agents.errors import ConfigError
 from mpo_agents.rubrics import RubricStore, RubricVersion, diff_rubrics
-from mpo_agents.rundir import read_checked_jsonl
+from mpo_agents.rundir import CONFIG_FILE, META_LEVELS_FILE, METRICS_FILE, read_checked_jsonl
 
 _ITER_DIR = re.compile(r"iter-(\d+)$")
 
@@ -84,18 +84,18 @@ def read_jsonl_file(path: Path) -> list[dict[str, Any]]:
 def load_run(path: Path) -> RunData:
     """Everything the report shows of one run directory. Raises ConfigError if `path` is not one."""
     path = Path(path)
-    if not (path / "config.yaml").is_file() and not (path / "metrics.jsonl").is_file():
+    if not (path / CONFIG_FILE).is_file() and not (path / METRICS_FILE).is_file():
         raise ConfigError(
             f"{path} is not a run directory (it has neither config.yaml nor metrics.jsonl); "
             "pass the folder given to `mpo run --run-dir`"
         )
     config = _config(path)
-    metrics = sorted(read_jsonl_file(path / "metrics.jsonl"), key=lambda m: m.get("iteration", 0))
+    metrics = sorted(read_jsonl_file(path / METRICS_FILE), key=lambda m: m.get("iteration", 0))
     store_dir = path / "rubrics"
     # RubricStore creates its folder; a run without one is left untouched.
     store = RubricStore(store_dir) if store_dir.is_dir() else None
     versions = store.versions() if store else []
-    decisions = read_jsonl_file(path / "meta_levels.jsonl")
+    decisions = read_jsonl_file(path / META_LEVELS_FILE)
     telling = [
         d for d in decisions if d.get("verdict") or d.get("alarm") or d.get("error") or d.get("reason")
     ]
@@ -118,7 +118,7 @@ def load_run(path: Path) -> RunData:
 
 
 def _config(path: Path) -> dict[str, Any]:
-    file = path / "config.yaml"
+    file = path / CONFIG_FILE
     if not file.is_file():
         return {}
     try:
