@@ -3,6 +3,7 @@ the list must name every package in the tree, and each mapped folder must exist.
 
 from __future__ import annotations
 
+import ast
 import os
 import tomllib
 from pathlib import Path
@@ -30,3 +31,12 @@ def test_mapped_folders_are_the_ones_the_package_reads_in_a_checkout():
         "mpo_agents.example_data": EXAMPLE_DATA_DIR,
     }
     assert (REPO / "mpo_agents" / "graphs").resolve() == REPO / "graphs"
+
+
+def test_every_module_says_its_job_in_a_docstring():
+    undocumented = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "mpo_agents").rglob("*.py"))
+        if "__pycache__" not in path.parts and not ast.get_docstring(ast.parse(path.read_text()))
+    ]
+    assert undocumented == []
