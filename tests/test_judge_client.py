@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -16,6 +16,8 @@ import pytest
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
 from mpo_agents.judges import CallLog, JudgeClient, JudgeResult, parse_score
+from mpo_agents.judges.failures import FAILED_STATUSES
+from mpo_agents.state import SampleStatus
 
 API_KEY = "sk-test-Zq81-never-in-logs"
 MESSAGES = [
@@ -363,3 +365,7 @@ def test_importing_judges_does_not_load_litellm():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert probe.stdout.strip() == "[]"
+
+
+def test_failed_sample_statuses_are_sample_statuses():
+    assert set(FAILED_STATUSES) <= set(get_args(SampleStatus))

@@ -1,5 +1,5 @@
-"""How a judge call can fail: the one place failure kinds are spelled, and the classification of what LiteLLM
-raises (and of replies that cannot be read) into those kinds."""
+"""How a judge call can fail: the one place failure kinds and failed-sample statuses are spelled, and the
+classification of what LiteLLM raises (and of replies that cannot be read) into those kinds."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ PARSE_FAILURES = frozenset({EMPTY, UNPARSEABLE, TRUNCATED})
 FATAL = frozenset({AUTH, NOT_FOUND, BAD_REQUEST})
 # The endpoint itself may be down: worth `on_endpoint_error` (a timeout is more often a busy server).
 ENDPOINT_DOWN = frozenset({SERVER_ERROR, CONNECTION})
+
+# A sample's status when its judgment failed (one of `state.SampleStatus`): it has no score, the update leaves
+# it out, and `mpo rejudge` sends it again. Unparseable: the judge replied, but no reply could be read (a kind
+# in PARSE_FAILURES); judge failed: any other failure (endpoint errors after the retries, a prompt too long).
+STATUS_JUDGE_FAILED = "judge_failed"
+STATUS_UNPARSEABLE = "unparseable"
+FAILED_STATUSES = (STATUS_JUDGE_FAILED, STATUS_UNPARSEABLE)
 
 
 def classify(exc: BaseException) -> str | None:
