@@ -6,6 +6,10 @@ a made-up score; so does a prompt that cannot fit the endpoint's context, withou
 configuration problems (bad key, unknown model, refused request) raise `JudgeError`, naming the fix, and so
 does a local judge server that failed for good (`ServerError`, see `on_endpoint_error`). LiteLLM is imported
 on the first call, not at import time (it takes seconds).
+
+Beside it: failures.py (error kinds, exception classification), pools.py (per-event-loop connections and the
+request sent through them), usage.py (token and cost accounting), responses.py (reading a response) and
+litellm_import.py (the one import of LiteLLM).
 """
 
 from __future__ import annotations
