@@ -86,16 +86,17 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
 
 
 def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
-    import litellm
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOTrainer
 
+    from mpo_agents.litellm_import import import_litellm
     from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
     from mpo_agents.policy.grpo import grpo_config
     from mpo_agents.policy.models import load_policy_model
     from mpo_agents.tasks import build_task
 
+    litellm = import_litellm()  # as the judge client imports it (keep-alive below the server's)
     config = load_config(None, overrides(args, url, args.steps + 1))
     task = build_task(config.task)
     records = [task.batch(i, config.trainer.prompts_per_iteration) for i in range(1, args.steps + 2)]

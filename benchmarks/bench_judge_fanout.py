@@ -108,8 +108,9 @@ def main() -> None:
             """The same requests through `litellm.acompletion` alone: what LiteLLM itself costs here."""
             import json
 
-            import litellm
+            from mpo_agents.litellm_import import import_litellm
 
+            litellm = import_litellm()  # as the judge client imports it (keep-alive below the server's)
             gate = asyncio.Semaphore(args.concurrency)
 
             async def one(body: bytes) -> str:

@@ -288,9 +288,9 @@ class RubricVersion:
 def count_tokens(text: str) -> int:
     """Tokens of `text` in the cl100k encoding LiteLLM ships (offline); words x 1.3 if that is unavailable."""
     try:
-        import litellm
+        from mpo_agents.litellm_import import import_litellm
 
-        return int(litellm.token_counter(model="gpt-3.5-turbo", text=text))
+        return int(import_litellm().token_counter(model="gpt-3.5-turbo", text=text))
     except Exception:  # noqa: BLE001 - a length statistic must never stop a run
         return round(len(_WORD.findall(text)) * 1.3)
 

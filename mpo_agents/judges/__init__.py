@@ -3,9 +3,10 @@
 Cheap to import: LiteLLM itself is loaded on the first call.
 """
 
-from mpo_agents.judges.client import JudgeClient, JudgeResult, JudgeStats, nonempty
+from mpo_agents.judges.client import JudgeClient, JudgeResult, nonempty
 from mpo_agents.judges.parsing import extract_tag, parse_score
 from mpo_agents.judges.records import CallLog, CallRecord
+from mpo_agents.judges.usage import JudgeStats
 
 __all__ = [
     "CallLog",

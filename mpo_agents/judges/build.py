@@ -134,8 +134,9 @@ def judge_panel(
 
 def _check_provider_key(role: str, model: str, environ: Mapping[str, str]) -> None:
     """A hosted model without a key fails on the first call, minutes into a run; fail before starting."""
-    import litellm  # heavy; only needed when a hosted model is configured
+    from mpo_agents.litellm_import import import_litellm
 
+    litellm = import_litellm()  # heavy; only needed when a hosted model is configured
     report = litellm.validate_environment(model=model)
     missing = [name for name in report.get("missing_keys", []) if not environ.get(name)]
     if missing:

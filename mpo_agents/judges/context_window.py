@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mpo_agents.litellm_import import import_litellm
+
 
 def prompt_of(messages: list[dict[str, str]]) -> str:
     """The one text the completion API sends for chat messages."""
@@ -31,7 +33,7 @@ class ContextWindow:
 def litellm_window(model: str) -> ContextWindow | None:
     """LiteLLM's `max_input_tokens` for a model in its model map; None for one it does not know (self-hosted
     models: then nothing is checked)."""
-    import litellm
+    litellm = import_litellm()
 
     try:
         info = litellm.get_model_info(model)
@@ -114,7 +116,7 @@ class TokenCounter:
     def count(self, window: ContextWindow, messages: list[dict[str, str]], prompt: str | None) -> int:
         """Tokens of the chat `messages`, or of the completion API's `prompt` when it is given."""
         if window.tokenizer_dir is None:
-            import litellm
+            litellm = import_litellm()
 
             if prompt is None:
                 return int(litellm.token_counter(model=window.model, messages=messages))

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from statistics import fmean, median
 
-from mpo_agents.judges.client import JudgeClient, JudgeStats, Usage
+from mpo_agents.judges.client import JudgeClient
+from mpo_agents.judges.usage import JudgeStats, Usage
 
 
 @dataclass(frozen=True)

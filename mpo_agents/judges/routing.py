@@ -11,6 +11,7 @@ from typing import Any
 
 from mpo_agents.config import JudgeConfig
 from mpo_agents.judges.context_window import ContextWindow
+from mpo_agents.litellm_import import import_litellm
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def build_router(
 ) -> Any:
     """A Router whose model group `role` holds the primary deployments and whose groups `<role>-fallback-N`
     hold one fallback each, tried in order after the primary group fails."""
-    import litellm
+    litellm = import_litellm()
 
     def entry(group: str, deployment: Deployment) -> dict[str, Any]:
         params: dict[str, Any] = {

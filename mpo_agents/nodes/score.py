@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
 from mpo_agents.errors import JudgeOutage
+from mpo_agents.judges.failures import FAILED_STATUSES, STATUS_UNPARSEABLE
 from mpo_agents.rundir import write_jsonl
 from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.state import MPOState
@@ -22,7 +23,7 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     scored = await asyncio.gather(
         *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in state["batch"])
     )
-    failed = sum(s["status"] in ("judge_failed", "unparseable") for s in scored)
+    failed = sum(s["status"] in FAILED_STATUSES for s in scored)
     limit = ctx.config.scoring.max_failure_rate
     if limit is not None and scored and failed / len(scored) > limit:
         # Raised inside the node, so LangGraph commits nothing: a resume scores this batch again.
@@ -43,7 +44,7 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         "guarded": sum(s["status"] == "guarded" for s in scored),
         "exact_match_graded": sum(s.get("grader") == "exact_match" for s in scored),
         "judge_failures": failed,
-        "unparseable": sum(s["status"] == "unparseable" for s in scored),
+        "unparseable": sum(s["status"] == STATUS_UNPARSEABLE for s in scored),
         "truncated": sum(s["truncated"] for s in scored),
     }
     agreements = [s["agreement"] for s in scored if s.get("agreement") is not None]

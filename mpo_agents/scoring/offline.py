@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mpo_agents.errors import ConfigError
+from mpo_agents.judges.failures import FAILED_STATUSES
 from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
 from mpo_agents.rundir import read_checked_jsonl, read_jsonl, write_jsonl
 from mpo_agents.scoring.scorer import Scorer
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from mpo_agents.tasks import Task
 
 T = TypeVar("T")
-RETRYABLE_STATUSES = ("judge_failed", "unparseable")
 
 
 @contextmanager
@@ -165,7 +165,7 @@ def rejudge_run(scorer: Scorer, run_dir: Path) -> dict[int, tuple[int, int]]:
     async def one_file(path: Path) -> tuple[int, tuple[int, int]] | None:
         iteration = int(path.stem.split("-")[1])
         samples = read_jsonl(path)
-        failed = [i for i, s in enumerate(samples) if s["status"] in RETRYABLE_STATUSES]
+        failed = [i for i, s in enumerate(samples) if s["status"] in FAILED_STATUSES]
         if not failed:
             return None
         records = scorer.task.batch(iteration, per_iteration)
@@ -183,7 +183,7 @@ def rejudge_run(scorer: Scorer, run_dir: Path) -> dict[int, tuple[int, int]]:
         for i, result in zip(failed, results, strict=True):
             samples[i] = result
         write_jsonl(path, samples)
-        return iteration, (len(failed), sum(r["status"] not in RETRYABLE_STATUSES for r in results))
+        return iteration, (len(failed), sum(r["status"] not in FAILED_STATUSES for r in results))
 
     async def work() -> dict[int, tuple[int, int]]:
         found = [await one_file(path) for path in sorted((run_dir / "samples").glob("iter-*.jsonl"))]

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mpo_agents.judges.client import PARSE_FAILURES, JudgeResult
+from mpo_agents.judges.client import JudgeResult
 from mpo_agents.judges.ensemble import JudgePanel, agreement, combine
+from mpo_agents.judges.failures import PARSE_FAILURES, STATUS_JUDGE_FAILED, STATUS_UNPARSEABLE
 from mpo_agents.judges.injection import as_judge_data, echoes_rubric, grader_address_flags
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.rubrics import Criterion, RubricVersion
@@ -84,7 +85,7 @@ def parse_item_scores(reply: str, criteria: tuple[Criterion, ...]) -> list[dict[
 
 
 def _failure_status(result: JudgeResult) -> str:
-    return "unparseable" if result.error in PARSE_FAILURES else "judge_failed"
+    return STATUS_UNPARSEABLE if result.error in PARSE_FAILURES else STATUS_JUDGE_FAILED
 
 
 def _failure_note(result: JudgeResult) -> str:

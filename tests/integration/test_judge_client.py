@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -16,6 +17,8 @@ import pytest
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
 from mpo_agents.judges import CallLog, JudgeClient, JudgeResult, parse_score
+from mpo_agents.judges.failures import FAILED_STATUSES
+from mpo_agents.state import SampleStatus
 from tests.support import REPO
 
 API_KEY = "sk-test-Zq81-never-in-logs"
@@ -364,3 +367,68 @@ def test_importing_judges_does_not_load_litellm():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert probe.stdout.strip() == "[]"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+KEEPALIVE = "AIOHTTP_KEEPALIVE_TIMEOUT"
+KEEPALIVE_PROBE = """
+import asyncio, os, sys
+import mpo_agents, mpo_agents.cli, mpo_agents.judges
+from mpo_agents.config import JudgeConfig
+from mpo_agents.judges import JudgeClient
+
+imported = os.environ.get("AIOHTTP_KEEPALIVE_TIMEOUT")
+cfg = JudgeConfig(model="hosted_vllm/test-judge", timeout=5.0, retries=0)
+client = JudgeClient("judge", cfg, api_base=sys.argv[1], api_key="sk-probe", call_log=None)
+built = os.environ.get("AIOHTTP_KEEPALIVE_TIMEOUT")
+
+async def call():
+    try:
+        return await client.complete([{"role": "user", "content": "<response>good</response>"}])
+    finally:
+        await client.aclose()
+
+result = asyncio.run(call())
+from litellm.constants import AIOHTTP_KEEPALIVE_TIMEOUT as read_by_litellm
+print(imported, built, os.environ.get("AIOHTTP_KEEPALIVE_TIMEOUT"), read_by_litellm, result.ok)
+"""
+
+
+def test_importing_mpo_agents_leaves_the_keepalive_variable_alone():
+    # The package sets nothing in the environment of whoever imports it; only the first use of LiteLLM does.
+    env = {k: v for k, v in os.environ.items() if k != KEEPALIVE}
+    code = f"import os, mpo_agents, mpo_agents.cli, mpo_agents.judges; print(os.environ.get({KEEPALIVE!r}))"
+    probe = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert probe.stdout.strip() == "None"
+
+
+@pytest.mark.parametrize(("users", "expected"), [(None, "4"), ("7", "7")])
+def test_the_first_judge_call_sets_the_keepalive_default_and_keeps_a_users_own(judge_server, users, expected):
+    server = judge_server()
+    env = {k: v for k, v in os.environ.items() if k != KEEPALIVE}
+    if users is not None:
+        env[KEEPALIVE] = users
+    probe = subprocess.run(
+        [sys.executable, "-c", KEEPALIVE_PROBE, server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+        cwd=ROOT,
+    )
+    before = "None" if users is None else users
+    # Not on import nor when a client is built; on the first call, before LiteLLM is imported and reads it.
+    assert probe.stdout.split() == [before, before, expected, expected, "True"], probe.stderr
+
+
+def test_failed_sample_statuses_are_sample_statuses():
+    assert set(FAILED_STATUSES) <= set(get_args(SampleStatus))

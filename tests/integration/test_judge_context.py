@@ -13,6 +13,7 @@ from mpo_agents.judges import CallLog
 from mpo_agents.judges.build import judge_client, resolve_endpoint
 from mpo_agents.judges.context_window import litellm_window
 from mpo_agents.judges.local_server import LocalServer
+from mpo_agents.litellm_import import import_litellm
 from tests.integration.test_judge_client import MESSAGES, judge, log_lines, make_client
 
 LONG = [{"role": "user", "content": "<response>" + "a good essay " * 400 + "</response>"}]
@@ -44,8 +45,7 @@ def test_a_prompt_over_the_context_fails_without_a_request(judge_server, tmp_pat
 
 
 def test_the_reply_budget_counts_against_the_context(judge_server, tmp_path):
-    import litellm
-
+    litellm = import_litellm()
     server = judge_server()
     prompt_tokens = litellm.token_counter(model="hosted_vllm/test-judge", messages=MESSAGES)
     fits = make_client(server, tmp_path, context_tokens=prompt_tokens + 16, max_tokens=16)

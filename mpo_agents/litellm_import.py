@@ -1,0 +1,29 @@
+"""LiteLLM, imported on first use (it takes seconds), with the environment it reads when it is imported.
+
+Every import of LiteLLM in mpo_agents goes through `import_litellm`, which first sets
+AIOHTTP_KEEPALIVE_TIMEOUT=4 in the process environment unless it is already set (a user's own value is kept):
+LiteLLM reads that variable once, at its first import, so it must be there before. Importing mpo_agents
+itself changes no environment variable; the first judge call (or anything else that needs LiteLLM) does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+KEEPALIVE_VARIABLE = "AIOHTTP_KEEPALIVE_TIMEOUT"
+KEEPALIVE_DEFAULT = "4"
+
+
+def import_litellm() -> Any:
+    """The `litellm` module, imported (once) with our default for its aiohttp keep-alive, its banner off."""
+    # LiteLLM's aiohttp transport keeps idle connections for 120 s, but uvicorn-based servers (vLLM,
+    # `transformers serve`, our test server) close them after 5 s: a call that picks up a connection the
+    # server is closing fails with "Connection error". Read once when LiteLLM is imported, so set here,
+    # before any import of it.
+    os.environ.setdefault(KEEPALIVE_VARIABLE, KEEPALIVE_DEFAULT)
+    import litellm
+
+    # Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
+    litellm.suppress_debug_info = True
+    return litellm
