@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
+from mpo_agents.cache_dir import default_cache_dir
 from mpo_agents.rubrics import RubricVersion
 from mpo_agents.tasks.base import GuardResult, Task
 from mpo_agents.tasks.registry import register_task
@@ -33,7 +34,7 @@ class MathReasoning(Task):
             self.config.cluster_by,
             self.config.clusters_per_subject,
             seed=self.config.shuffle_seed,
-            cache_dir=_cluster_cache_dir(),
+            cache_dir=default_cache_dir() / "clusters",
         )
         return [{**record, "cluster": key} for record, key in zip(records, keys, strict=True)]
 
@@ -89,9 +90,3 @@ class MathReasoning(Task):
         if answers_equivalent(predicted, record["answer"]):
             return GuardResult(MATH_SCORE_HIGH, f"boxed answer {predicted!r} equals the gold answer")
         return GuardResult(MATH_SCORE_LOW, f"boxed answer {predicted!r} differs from {record['answer']!r}")
-
-
-def _cluster_cache_dir():
-    from mpo_agents.policy.models import default_cache_dir
-
-    return default_cache_dir() / "clusters"
