@@ -10,13 +10,11 @@ from typing import Any, ClassVar, Literal
 from mpo_agents.cache_dir import default_cache_dir
 from mpo_agents.rubrics import RubricVersion
 from mpo_agents.tasks.base import GuardResult, Task
-from mpo_agents.tasks.registry import register_task
 
 MATH_SCORE_LOW, MATH_SCORE_HIGH = 0.0, 5.0  # the paper's one integer 0-5, whatever the guidelines say
 _WORD = re.compile(r"\b\w+\b")
 
 
-@register_task
 class MathReasoning(Task):
     name: ClassVar[str] = "math_reasoning"
     default_data_file: ClassVar[str] = "math.jsonl"
