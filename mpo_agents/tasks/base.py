@@ -38,6 +38,10 @@ class Task:
 
     name: ClassVar[str]
     default_data_file: ClassVar[str]
+    # Where the task's own files are when the config names none: `default_data_dir / default_data_file` and
+    # `default_prompts_dir / name / <role>.md`. A task in a package of its own points these into its package.
+    default_data_dir: ClassVar[Path] = EXAMPLE_DATA_DIR
+    default_prompts_dir: ClassVar[Path] = DEFAULT_PROMPTS_DIR
     prompt_field: ClassVar[str] = "prompt"
     # Fields a record must have (after `normalize_record`); named in the error when one is missing or empty.
     required_fields: ClassVar[tuple[str, ...]] = ("prompt",)
@@ -71,7 +75,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------------
     @property
     def data_path(self) -> Path:
-        return Path(self.config.data_path or EXAMPLE_DATA_DIR / self.default_data_file)
+        return Path(self.config.data_path or self.default_data_dir / self.default_data_file)
 
     def load_records(self) -> list[dict[str, Any]]:
         """The usable records in file order, cut to `task.max_prompts` (see `checked_records`)."""
@@ -127,7 +131,7 @@ class Task:
     # -- prompts ------------------------------------------------------------------------------------------
     @property
     def prompts_dir(self) -> Path:
-        return self.config.prompts_dir or DEFAULT_PROMPTS_DIR
+        return self.config.prompts_dir or self.default_prompts_dir
 
     def prompt(self, role: str, api: str = "chat"):
         return load_prompt(self.name, role, api, self.prompts_dir)
