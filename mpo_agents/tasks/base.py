@@ -50,6 +50,12 @@ class Task:
     meta_style: ClassVar[Literal["merge", "per_cluster"]] = "merge"
     default_guard_score: ClassVar[float] = 0.0
     default_min_reasoning_words: ClassVar[int] = 0
+    # The scorer the judge scores this task's completions with (mpo_agents/scoring/scorers.py), when the task
+    # has its own way of judging (math: "plan_then_execute"); None uses the one `scoring.mode` names.
+    judge_scorer: ClassVar[str | None] = None
+    # The record field holding a reference answer the judge and the meta-judge may compare with (math: the
+    # worked solution); None when the task has none.
+    reference_field: ClassVar[str | None] = None
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
     # How the run's prompts measure against the policy's limit; None when they were not measured.
@@ -153,8 +159,8 @@ class Task:
         return RubricVersion.of(rubric, version=0, parent=None, iteration=0)
 
     def reference_of(self, record: dict[str, Any]) -> str | None:
-        """A reference answer the meta-judge may compare with (math: the worked solution); None if none."""
-        return None
+        """The record's reference answer (`reference_field`), for the judge and the meta-judge; None if none."""
+        return record.get(self.reference_field) if self.reference_field else None
 
     def evaluation_reference(self, record: dict[str, Any]) -> str | None:
         """What `mpo eval` compares a test response with (summary, gold verdict, gold answer); None if nothing."""

@@ -23,6 +23,9 @@ class MathReasoning(Task):
     meta_style: ClassVar[Literal["merge", "per_cluster"]] = "per_cluster"
     default_guard_score: ClassVar[float] = 0.0
     default_min_reasoning_words: ClassVar[int] = 30
+    # The judge writes a grading plan from the worked solution and the cluster's guideline, then follows it.
+    judge_scorer: ClassVar[str | None] = "plan_then_execute"
+    reference_field: ClassVar[str | None] = "solution"
 
     def prepare_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from mpo_agents.tasks.clustering import assign_clusters
@@ -56,9 +59,6 @@ class MathReasoning(Task):
             parent=None,
             iteration=0,
         )
-
-    def reference_of(self, record: dict[str, Any]) -> str | None:
-        return record.get("solution")
 
     def evaluation_reference(self, record: dict[str, Any]) -> str | None:
         return record.get("answer") or None
