@@ -1,18 +1,19 @@
 """A judge role made of several models (`judge.ensemble`): every member scores every judgment and the scores
 are combined per criterion (mean, median or majority). How often the members agree is a metric of its own.
 
-`JudgePanel` holds the members and sums their accounting; the combining itself is done by the Scorer with the
-pure functions below, so that a one-member panel costs nothing extra.
+`JudgePanel` holds the members and sums their accounting; the pure functions below combine their scores, and
+the Scorer calls them only for a panel of several, so that a one-member panel costs nothing extra.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from statistics import fmean, median
+from typing import Any
 
 from mpo_agents.judges.client import JudgeClient
 from mpo_agents.judges.usage import JudgeStats, Usage
@@ -75,6 +76,24 @@ def combine(scores: Sequence[float], how: str) -> float:
         middle = median(scores)  # a tie (e.g. 3 vs 4 with two members) goes to the score nearest the middle
         return float(min(tied, key=lambda score: (abs(score - middle), score)))
     raise ValueError(f"unknown aggregation {how!r}; use mean, median or majority")
+
+
+def nearest(scores: Sequence[float], value: float) -> int:
+    """Which member's score is nearest a combined `value` (the first, on a tie): its rationale speaks for it."""
+    return min(range(len(scores)), key=lambda k: abs(scores[k] - value))
+
+
+def combine_items(members: Sequence[Sequence[Mapping[str, Any]]], how: str) -> list[dict[str, Any]]:
+    """One list of per-criterion items from each member's items: per criterion the members' scores combined,
+    with the rationale of the member nearest the result."""
+    items = []
+    for number, column in enumerate(zip(*members), start=1):
+        scores = [item["score"] for item in column]
+        value = combine(scores, how)
+        items.append(
+            {"criterion": number, "score": value, "rationale": column[nearest(scores, value)]["rationale"]}
+        )
+    return items
 
 
 def agreement(columns: Sequence[Sequence[float]]) -> float | None:

@@ -1,8 +1,14 @@
-"""Reading a judge's verdict out of free text: a score in a range, or the content of an XML-ish tag."""
+"""Reading a judge's verdict out of its reply: a score in a range, the content of an XML-ish tag, every
+criterion's score from a JSON reply, and the rationale before the score line."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpo_agents.rubrics import Criterion
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 # An optional scale after the number: "4/5", "4 / 5", "4 out of 5".
@@ -24,6 +30,8 @@ _LEADING = re.compile(
 _FRACTION = re.compile(
     rf"(?<![\w./])(?P<num>{_NUMBER})\s*(?:/|out\s+of)\s*(?P<den>{_NUMBER})(?![\w/]|\.\d)", re.IGNORECASE
 )
+_SCORE_LINE = re.compile(r"^\W*score\b.*$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
+_JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
 
 def extract_tag(reply: str, tag: str) -> str | None:
@@ -77,3 +85,50 @@ def _in_range(match: re.Match[str], low: float, high: float) -> float | None:
     if denominator is not None and float(denominator) != float(high):
         return None  # scored on another scale; rescaling would invent precision the judge did not give
     return value if low <= value <= high else None
+
+
+def rationale_of(reply: str) -> str:
+    """The judge's reasoning: its reply up to the score line, without the 'Reason:' label."""
+    text = _SCORE_LINE.split(reply, maxsplit=1)[0].strip()
+    return re.sub(r"^\W*reason\W*", "", text, flags=re.IGNORECASE).strip()
+
+
+def parse_item_scores(reply: str, criteria: tuple[Criterion, ...]) -> list[dict[str, Any]] | None:
+    """Every criterion's rationale and score from a JSON reply, or None if any is missing or out of range.
+
+    Accepts `{"items": [...]}` or a bare list, each entry `{"criterion": N, "rationale": "...", "score": S}`,
+    inside a code fence or surrounded by prose.
+    """
+    fenced = _JSON_FENCE.search(reply)
+    text = fenced.group(1) if fenced else reply
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return None
+    entries = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        return None
+    found: dict[int, dict[str, Any]] = {}
+    for position, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            return None
+        number = entry.get("criterion", position)
+        score = entry.get("score")
+        if not isinstance(number, int) or isinstance(score, bool) or not isinstance(score, int | float):
+            return None
+        if not 1 <= number <= len(criteria) or number in found:
+            return None
+        criterion = criteria[number - 1]
+        if not criterion.low <= score <= criterion.high:
+            return None
+        found[number] = {
+            "criterion": number,
+            "score": float(score),
+            "rationale": str(entry.get("rationale", "")),
+        }
+    if len(found) != len(criteria):
+        return None
+    return [found[n] for n in sorted(found)]

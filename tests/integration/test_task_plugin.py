@@ -1,0 +1,57 @@
+"""A user's task is a package: examples/task_plugin installed with pip, found through its entry point, its own
+tests passing, and a short training run on it through the CLI against a real HTTP judge."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from mpo_agents.rubrics import RubricStore
+from mpo_agents.rundir import RunDirectory, read_jsonl
+from tests.integration.test_cli import mpo
+from tests.integration.test_score_cli import as_options
+from tests.support import EXAMPLES, REPO, TEST_ENV, run_overrides
+
+EXAMPLE = EXAMPLES / "task_plugin"
+TOPICS = {record["topic"] for record in read_jsonl(EXAMPLE / "haiku_task" / "data" / "haiku_topics.jsonl")}
+
+
+def test_a_task_from_the_example_package_is_installed_discovered_and_trained_on(
+    tmp_path, tiny_model_dir, judge_server
+):
+    target = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run(
+        [*pip, "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=300
+    )
+    env = {**os.environ, **TEST_ENV, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
+    own_tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        check=False,
+        cwd=EXAMPLE,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
+
+    server = judge_server()
+    sets = run_overrides(
+        tiny_model_dir,
+        server.url,
+        **{"task.name": "haiku_writing", "schedule.iterations": 1, "schedule.meta_every": 1},
+    )
+    result = mpo("run", *as_options(sets), "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    run = tmp_path / "run"
+    samples = read_jsonl(RunDirectory(run).samples_path(1))
+    assert len(samples) == 8 and {sample["prompt"] for sample in samples} <= TOPICS
+    assert all(sample["status"] in ("scored", "guarded") for sample in samples)
+    # The judge was told about the task by the package's own prompt files, filled into mpo-agents' judge prompt.
+    judged = [str(request) for request in server.requests if "Haiku topic:" in str(request)]
+    assert judged and all("poetry teacher" in request for request in judged)
+    first = RubricStore(run / "rubrics").versions()[0]  # version 0: the package's initial_rubric.md
+    assert "Imagery" in first.text and [c.high for c in first.parsed().criteria] == [2, 3]
