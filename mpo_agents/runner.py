@@ -24,6 +24,7 @@ from mpo_agents.rundir import RunDirectory, append_jsonl, atomic_write_text, sto
 
 if TYPE_CHECKING:
     from mpo_agents.integrity import RunCheck
+    from mpo_agents.parallel import ControlChannel
     from mpo_agents.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def execute(
     on_status: Callable[[str], None] | None = None,
     review: dict[str, Any] | None = None,
     check: RunCheck | None = None,
+    channel: ControlChannel | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
@@ -115,11 +117,14 @@ def execute(
     ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). A resumed run
     passes the `check` of its directory (`mpo_agents.integrity`): the policy checkpoint it names is restored,
     damaged ones are moved aside and updates they held are applied again. `on_status` gets what the run is
-    doing now; `on_warning` what the user should read before it goes on (also in run.log).
+    doing now; `on_warning` what the user should read before it goes on (also in run.log). In a launch of several
+    processes, process 0 passes its `channel` (`mpo_agents.parallel.join`); the others follow, never execute.
 
     A write into the run directory that the operating system refuses raises StorageError, whatever wrote it."""
     try:
-        return _execute(config, run_dir, environ, fresh, on_event, on_status, review, check, on_warning)
+        return _execute(
+            config, run_dir, environ, fresh, on_event, on_status, review, check, channel, on_warning
+        )
     except Exception as exc:
         error = _storage_error(exc, run_dir)
         if error is None:
@@ -153,6 +158,7 @@ def _execute(
     on_status: Callable[[str], None] | None,
     review: dict[str, Any] | None,
     check: RunCheck | None,
+    channel: ControlChannel | None,
     on_warning: Callable[[str], None] | None,
 ) -> RunOutcome:
     from langgraph.types import Command
@@ -168,13 +174,12 @@ def _execute(
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
-    channel = parallel.join(environ)  # None unless launched in several processes
     try:
         # A missing plug-in fails now, before minutes of loading.
         meta_nodes = load_meta_nodes(config.meta_nodes)
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
-            parallel.check_world(config, channel)
+            parallel.check_world(config, channel, environ)
         task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
     except BaseException:
         if channel is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from mpo_agents.cli.common import console, fail, interrupted, prepare_environmen
 from mpo_agents.cli.launch import AccelerateConfig, NumProcesses, launch_or_follow, repeat
 from mpo_agents.cli.progress import ProgressView, judge_failures
 from mpo_agents.errors import MPOError, StorageError
+
+if TYPE_CHECKING:
+    from mpo_agents.parallel import ControlChannel
 
 
 def run(
@@ -36,10 +39,9 @@ def run(
     """Start an MPO run: rollout → score → meta (prescreen, analyze, refine, merge) → policy_update, checkpointed."""
     prepare_environment()
     arguments = ["run", *([str(config_path)] if config_path else []), *repeat("--set", set_)]
-    if launch_or_follow(
+    channel = launch_or_follow(
         [*arguments, *repeat("--run-dir", [run_dir] if run_dir else [])], num_processes, accelerate_config
-    ):
-        return
+    )
     from mpo_agents.config import load_config
     from mpo_agents.runner import new_run_dir
 
@@ -47,7 +49,7 @@ def run(
     try:
         config = load_config(config_path, set_ or [])
         directory = new_run_dir(config, run_dir)
-        _run(config, directory, fresh=True)
+        _run(config, directory, channel, fresh=True)
     except StorageError as exc:
         storage_failed(exc, directory.root if directory else run_dir)
     except MPOError as exc:
@@ -70,10 +72,9 @@ def resume(
     """Continue a stopped or killed run where its last checkpoint left it (no update is lost or repeated)."""
     prepare_environment()
     budget = [] if budget_usd is None else [str(budget_usd)]
-    if launch_or_follow(
+    channel = launch_or_follow(
         ["resume", str(run_dir), *repeat("--budget-usd", budget)], num_processes, accelerate_config
-    ):
-        return
+    )
     from mpo_agents.graph_checkpoints import has_graph_checkpoints
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import saved_config, update_saved_config
@@ -84,7 +85,7 @@ def resume(
             config = update_saved_config(run_dir, config, schedule={"budget_usd": budget_usd})
         if not has_graph_checkpoints(config, RunDirectory(run_dir)):
             raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
-        _run(config, RunDirectory(run_dir), fresh=False, check=_checked(run_dir))
+        _run(config, RunDirectory(run_dir), channel, fresh=False, check=_checked(run_dir))
     except StorageError as exc:
         storage_failed(exc, run_dir)
     except MPOError as exc:
@@ -109,8 +110,7 @@ def review(
     flags = [flag for flag, on in (("--accept", accept), ("--reject", reject)) if on]
     arguments = ["review", str(run_dir), *flags, *repeat("--edit", [edit] if edit else []), "--note", note]
     deciding = bool(flags) or edit is not None  # only a decision continues the run; showing needs no policy
-    if deciding and launch_or_follow(arguments, num_processes, accelerate_config):
-        return
+    channel = launch_or_follow(arguments, num_processes, accelerate_config) if deciding else None
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import pending_reviews, saved_config
 
@@ -136,6 +136,7 @@ def review(
         _run(
             saved_config(run_dir),
             RunDirectory(run_dir),
+            channel,
             fresh=False,
             review=decision,
             check=_checked(run_dir),
@@ -186,8 +187,14 @@ def check(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
 
 
 def _run(
-    config: Any, run_dir: Any, fresh: bool, review: dict[str, Any] | None = None, check: Any = None
+    config: Any,
+    run_dir: Any,
+    channel: ControlChannel | None,
+    fresh: bool,
+    review: dict[str, Any] | None = None,
+    check: Any = None,
 ) -> None:
+    """Drive the run on process 0 (`channel`: the other processes of a multi-process launch), with progress."""
     from mpo_agents.rubrics import RubricStore
     from mpo_agents.rundir import log_to_file
     from mpo_agents.runner import execute
@@ -205,6 +212,7 @@ def _run(
             on_status=lambda message: view.progress.update(view.task, description=message),
             review=review,
             check=check,
+            channel=channel,
             on_warning=lambda message: view.progress.console.print(f"[yellow]warning:[/] {message}"),
         )
     verb = {"finished": "finished", "awaiting_review": "paused for review"}.get(outcome.status, "stopped")
