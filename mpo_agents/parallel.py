@@ -1,6 +1,7 @@
-"""The protocol of one MPO run across several processes (GPUs): process 0 drives the graph, the others serve
-policy replicas. Launching (`mpo run --num-processes N`, `accelerate launch -m mpo_agents run ...`) is the CLI's
-job (`mpo_agents.cli.launch`); it joins each process and hands this module the channel and the policy builder.
+"""The protocol of one MPO run across several processes (GPUs): process 0 drives the graph, the others
+serve policy replicas. Launching (`mpo run --num-processes N`, `accelerate launch -m mpo_agents run ...`) is
+the CLI's job (`mpo_agents.cli.launch`); it joins each process and hands this module the channel and the
+policy builder.
 
 Process layout. Process 0 runs everything a single-process run does: the LangGraph graph, the judges and the
 meta-judge, the run directory and the graph checkpoints. Every other process ("follower") only holds a replica of

@@ -1,5 +1,5 @@
-"""Several processes from one command: re-launching `mpo` under `accelerate launch`, the checks that belong to
-launching, and each launched process joining the run (process 0 drives it, the others serve a policy replica)."""
+"""Several processes from one command: re-launching `mpo` under `accelerate launch`, the checks that belong
+to launching, and each launched process joining the run (process 0 drives it, the others serve a replica)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def launch_or_follow(
 ) -> ControlChannel | None:
     """Multi-process runs. Asked for several processes: re-launch `mpo <arguments>` under `accelerate launch`
     (never returns). Inside such a launch, process 0 gets its channel to the others, for the runner; a process
-    other than 0 serves its policy replica, and its command ends there (typer.Exit). None: a single process."""
+    other than 0 serves its policy replica, and its command ends there (typer.Exit). None: one process."""
     from mpo_agents import parallel
 
     try:

@@ -3,7 +3,8 @@ evaluation commands."""
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import (
     BarColumn,
@@ -15,12 +16,32 @@ from rich.progress import (
 )
 
 from mpo_agents.cli.common import console
+from mpo_agents.events import BudgetExhausted, NodeFinished, ReviewRequested, RunEvent, StopRequested
+
+if TYPE_CHECKING:
+    from langgraph.graph.state import CompiledStateGraph
+
+    from mpo_agents.config import MetaNodeConfig
+
+
+# What the bar says while a node runs, by node name; the order of the nodes is the graph's own (`next_nodes`).
+# A node not named here (a meta-level plug-in) shows its own name.
+LABELS = {
+    "meta": "meta step",
+    "meta_prescreen": "meta: prescreen",
+    "meta_analyze": "meta: analyze",
+    "meta_refine": "meta: refine",
+    "meta_merge": "meta: merge",
+    "rubric_commit": "rubric decision",
+    "policy_update": "update",
+}
 
 
 class ProgressView:
-    """A rich progress bar over iterations with the latest reward, judge failures and rubric version."""
+    """A rich progress bar over iterations with the latest reward, judge failures and rubric version; it shows
+    the `runner.execute` events it is handed (`on_event`)."""
 
-    def __init__(self, total: int, done: list[dict[str, Any]]):
+    def __init__(self, total: int, done: list[dict[str, Any]], meta_nodes: list[MetaNodeConfig]):
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -34,31 +55,35 @@ class ProgressView:
         self.failures = judge_failures(done)  # a resumed run keeps counting
         self.tokens = sum((m.get("judge_tokens") or 0) + (m.get("meta_judge_tokens") or 0) for m in done)
         self.cost = sum((m.get("judge_cost_usd") or 0) + (m.get("meta_judge_cost_usd") or 0) for m in done)
+        self.meta_nodes = meta_nodes
 
-    def on_event(self, node: str, update: dict[str, Any]) -> None:
-        if node == "__over_budget__":
-            self.progress.console.print(
-                f"[yellow]Judge budget reached[/]: ${update['spent_usd']:.4f} of ${update['budget_usd']:.4f} "
-                "(schedule.budget_usd); stopping at this checkpoint."
-            )
-            return
-        if node == "__stop_requested__":
-            self.progress.console.print(
-                "[yellow]Stopping after the current node (Ctrl-C again to abort now)…"
-            )
-            return
-        following = {
-            "rollout": "score",
-            "score": "meta step / update",
-            "meta_prescreen": "meta: analyze",
-            "meta_analyze": "meta: refine",
-            "meta_refine": "meta: merge",
-            "meta_merge": "rubric decision",
-            "meta": "rubric decision",
-            "rubric_commit": "update",
-            "policy_update": "rollout",
-        }
-        self.progress.update(self.task, description=following.get(node, node))
+    @functools.cached_property
+    def following(self) -> dict[str, list[str]]:
+        """The nodes that may run after each node, asked of the run's graph when the first node finishes (by
+        then the run has loaded its meta-level nodes, so a bad one fails there, not here)."""
+        from mpo_agents.graphs.mpo import build_graph
+        from mpo_agents.plugins import load_meta_nodes
+
+        return next_nodes(build_graph(load_meta_nodes(self.meta_nodes)).compile())
+
+    def on_event(self, event: RunEvent) -> None:
+        say = self.progress.console.print
+        match event:
+            case NodeFinished(node=node, update=update):
+                self._node_finished(node, update)
+            case BudgetExhausted(spent_usd=spent, budget_usd=budget):
+                say(
+                    f"[yellow]Judge budget reached[/]: ${spent:.4f} of ${budget:.4f} (schedule.budget_usd); "
+                    "stopping at this checkpoint."
+                )
+            case StopRequested():
+                say("[yellow]Stopping after the current node (Ctrl-C again to abort now)…")
+            case ReviewRequested():
+                say("  [yellow]a rubric change waits for review[/]")
+
+    def _node_finished(self, node: str, update: dict[str, Any]) -> None:
+        after = [LABELS.get(name, name) for name in self.following.get(node, [])]
+        self.progress.update(self.task, description=" / ".join(after) or node)
         if node == "meta_merge" and not update.get("proposal"):
             self.progress.console.print("  meta-judge rubric rewrite rejected (see rubrics/rejected.jsonl)")
         if node == "rubric_commit" and "rubric" in update:
@@ -69,8 +94,6 @@ class ProgressView:
             )
         elif node == "rubric_commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
             self.progress.console.print("  rubric rewrite rejected (see rubrics/rejected.jsonl)")
-        if node == "__review__":
-            self.progress.console.print("  [yellow]a rubric change waits for review[/]")
         if node == "policy_update":
             metrics = update.get("metrics", {})
             self.failures += metrics.get("judge_failures", 0) or 0
@@ -83,6 +106,27 @@ class ProgressView:
                 f"| judge tokens {self.tokens / 1000:.1f}k ${self.cost:.4f}"
             )
             self.progress.update(self.task, advance=1, stats=stats)
+
+
+def next_nodes(graph: CompiledStateGraph) -> dict[str, list[str]]:
+    """Each node's possible successors in a compiled graph, in the graph's node order. A subgraph's stages are
+    included: a stage is followed by the next stage, the last stage by the node after the subgraph."""
+    following: dict[str, list[str]] = {}
+    # With xray the subgraph's stages appear (as `meta:meta_prescreen`, ...) in place of the subgraph's node;
+    # the plain drawing's edges (`score` -> `meta`) win over the xray's (`score` -> `meta:meta_prescreen`).
+    for drawing in (graph.get_graph(xray=1), graph.get_graph()):
+        order = list(drawing.nodes)
+        found: dict[str, list[str]] = {}
+        for edge in sorted(drawing.edges, key=lambda edge: order.index(edge.target)):
+            if edge.target != "__end__":
+                found.setdefault(_local(edge.source), []).append(_local(edge.target))
+        following.update(found)
+    return following
+
+
+def _local(name: str) -> str:
+    """A drawn node's own name: `meta:meta_merge` -> `meta_merge`."""
+    return name.rpartition(":")[2]
 
 
 def judge_failures(metrics: list[dict[str, Any]]) -> int:

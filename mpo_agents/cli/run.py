@@ -194,14 +194,14 @@ def _run(
     review: dict[str, Any] | None = None,
     check: Any = None,
 ) -> None:
-    """Drive the run on process 0 (`channel`: the other processes of a multi-process launch), with progress."""
+    """Drive the run, with progress (on process 0 of a multi-process launch: `channel` to the others)."""
     from mpo_agents.rubrics import RubricStore
     from mpo_agents.rundir import log_to_file
     from mpo_agents.runner import execute
 
     log_to_file(run_dir.root / "run.log")
     total = config.schedule.iterations
-    view = ProgressView(total, run_dir.metrics())
+    view = ProgressView(total, run_dir.metrics(), config.meta_nodes)
     with view.progress:
         outcome = execute(
             config,
