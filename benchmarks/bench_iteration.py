@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import itertools
 
 from mpo_agents.config import load_config
+from mpo_agents.events import NodeFinished
 from mpo_agents.prompts import load_prompt
 from mpo_agents.runner import execute, new_run_dir
 from tests.support.judge_server import JudgeServer
@@ -69,8 +70,10 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
         run_dir,
         {"BENCH_KEY": "x"},
         fresh=True,
-        on_event=lambda node, update: (
-            finished.append(time.perf_counter()) if node == "policy_update" else None
+        on_event=lambda event: (
+            finished.append(time.perf_counter())
+            if isinstance(event, NodeFinished) and event.node == "policy_update"
+            else None
         ),
     )
     breakdown: dict[str, list[float]] = {}

@@ -1,5 +1,7 @@
-"""One MPO run across several processes (GPUs), launched by accelerate: `mpo run --num-processes N` or
-`accelerate launch -m mpo_agents run ...`.
+"""The protocol of one MPO run across several processes (GPUs): process 0 drives the graph, the others
+serve policy replicas. Launching (`mpo run --num-processes N`, `accelerate launch -m mpo_agents run ...`) is
+the CLI's job (`mpo_agents.cli.launch`); it joins each process and hands this module the channel and the
+policy builder.
 
 Process layout. Process 0 runs everything a single-process run does: the LangGraph graph, the judges and the
 meta-judge, the run directory and the graph checkpoints. Every other process ("follower") only holds a replica of
@@ -18,27 +20,31 @@ runs its share of it:
 Commands travel on a gloo group of their own, so the control plane never touches the GPUs. Judges run only on
 process 0 and scores travel with the rollouts, so a rubric change needs nothing on the followers: a batch is
 always scored by the rubric process 0 holds when it scores it.
+
+Nothing here is global: `join` returns the process's `ControlChannel`, which every other function takes.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
-import os
-import shlex
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.errors import ConfigError
+from mpo_agents.policy.plan import SHARDED_PARAMETERS
 
 if TYPE_CHECKING:
     from mpo_agents.config import MPOConfig
     from mpo_agents.policy.base import Rollout
     from mpo_agents.policy.grpo import TRLGRPOPolicy
+    from mpo_agents.rundir import RunDirectory
+
+# How a follower builds its replica of the run's policy, the same way process 0 builds its own.
+PolicyBuilder = Callable[["MPOConfig", "RunDirectory"], "TRLGRPOPolicy"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +103,10 @@ class ControlChannel:
         return collected or []
 
 
-_channel: ControlChannel | None = None
-
-
-def launched_world_size(environ: Mapping[str, str]) -> int:
-    """How many processes the launcher (accelerate, torchrun) started; 1 when run directly."""
-    return int(environ.get("WORLD_SIZE", "1") or 1)
-
-
-def join(environ: Mapping[str, str] = os.environ) -> ControlChannel | None:
-    """Join the process group the launcher set up (once per process); None for a single-process run."""
-    global _channel
-    if _channel is not None or launched_world_size(environ) <= 1:
-        return _channel
+def join() -> ControlChannel:
+    """Join the process group the launcher set up: once per process, and only in a launch of several processes
+    (`mpo_agents.cli.launch` decides). The channel is this process's whole part in the protocol: keep it and
+    pass it on."""
     import torch
     import torch.distributed as dist
     from accelerate import PartialState
@@ -118,9 +115,9 @@ def join(environ: Mapping[str, str] = os.environ) -> ControlChannel | None:
     # trainer later reuses this same state.
     state = PartialState(cpu=not torch.cuda.is_available())
     group = dist.new_group(backend="gloo", timeout=CONTROL_TIMEOUT)
-    _channel = ControlChannel(state.process_index, state.num_processes, group)
-    atexit.register(_at_exit, _channel)
-    return _channel
+    channel = ControlChannel(state.process_index, state.num_processes, group)
+    atexit.register(_at_exit, channel)
+    return channel
 
 
 def _at_exit(channel: ControlChannel) -> None:
@@ -143,8 +140,9 @@ def _at_exit(channel: ControlChannel) -> None:
             dist.destroy_process_group()
 
 
-def check_world(config: MPOConfig, channel: ControlChannel) -> None:
-    """Refuse, on process 0 and before any model loads, what several processes cannot run."""
+def check_world(config: MPOConfig, channel: ControlChannel, environ: Mapping[str, str]) -> None:
+    """Refuse, on process 0 and before any model loads, what several processes cannot run (`environ`: what the
+    launcher exported)."""
     import torch
 
     prompts = config.trainer.prompts_per_iteration
@@ -158,7 +156,7 @@ def check_world(config: MPOConfig, channel: ControlChannel) -> None:
             "policy.device is 'cpu' but the processes were launched on GPUs; use 'auto' or 'cuda', or launch "
             "a single process"
         )
-    check_sharding(os.environ)
+    check_sharding(environ)
 
 
 def check_sharding(environ: Mapping[str, str]) -> None:
@@ -172,19 +170,10 @@ def check_sharding(environ: Mapping[str, str]) -> None:
         raise ConfigError(SHARDED_PARAMETERS.format(what="DeepSpeed ZeRO stage 3"))
 
 
-SHARDED_PARAMETERS = (
-    "accelerate is configured for {what}, which shards the policy's parameters across processes; MPO samples "
-    "rollouts with each process's full copy of the policy and writes full checkpoints, so it supports DDP and "
-    "DeepSpeed ZeRO stages 1 and 2 (examples/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml). For a model "
-    "too large for one GPU, train a LoRA adapter (`policy.lora.enabled: true`)"
-)
-
-
-def follow(channel: ControlChannel) -> None:
-    """A follower's whole life: learn the run from process 0, build the policy replica, serve commands until
-    process 0 says stop."""
+def follow(channel: ControlChannel, build_policy: PolicyBuilder) -> None:
+    """A follower's whole life: learn the run from process 0, build the policy replica with `build_policy`,
+    serve commands until process 0 says stop."""
     from mpo_agents.config import MPOConfig
-    from mpo_agents.context import build_run_policy
     from mpo_agents.rundir import RunDirectory, log_to_file
 
     hello = channel.broadcast()
@@ -195,7 +184,7 @@ def follow(channel: ControlChannel) -> None:
     run_dir = RunDirectory(Path(hello["run_dir"]))
     log_to_file(run_dir.root / f"run.rank{channel.rank}.log")
     logger.info("process %d of %d follows the run in %s", channel.rank, channel.world_size, run_dir.root)
-    policy = build_run_policy(config, run_dir)
+    policy = build_policy(config, run_dir)
     try:
         while True:
             command, arguments = channel.broadcast()
@@ -367,46 +356,3 @@ def _checksum(policy: TRLGRPOPolicy) -> float:
 
 
 _COMMANDS = {"generate": _generate, "update": _update, "save": _save, "load": _load}
-
-
-# --- launching ---------------------------------------------------------------------------------------------------
-def launch_command(
-    mpo_arguments: Sequence[str], num_processes: int | None, accelerate_config: Path | None
-) -> list[str]:
-    """The `accelerate launch` command that runs `mpo <mpo_arguments>` in `num_processes` processes.
-
-    Without an accelerate config file, `--multi_gpu` makes accelerate start one process per rank with
-    torchrun (DDP over NCCL on GPUs; on a CPU-only machine the policy's `use_cpu` makes it gloo)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch"]
-    if accelerate_config is not None:
-        if not Path(accelerate_config).is_file():
-            raise ConfigError(f"--accelerate-config: {accelerate_config} does not exist")
-        command += ["--config_file", str(accelerate_config)]
-    elif num_processes is not None and num_processes > 1:
-        # A free rendezvous port: two runs on one machine must not both take accelerate's default 29500. The
-        # other flags are accelerate's defaults, spelled out so it does not print a warning about them; the
-        # precision is the policy's own (`policy.dtype` sets TRL's bf16/fp16, which wins over the launcher's).
-        from mpo_agents.judges.local_server import free_port
-
-        command += ["--multi_gpu", "--main_process_port", str(free_port())]
-        command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if num_processes is not None:
-        command += ["--num_processes", str(num_processes)]
-    return [*command, "-m", "mpo_agents", *mpo_arguments]
-
-
-def relaunch(mpo_arguments: Sequence[str], num_processes: int | None, accelerate_config: Path | None) -> None:
-    """Replace this process by `accelerate launch` of the same command in several processes."""
-    import torch
-
-    if num_processes is not None and num_processes < 1:
-        raise ConfigError("--num-processes must be at least 1")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus and num_processes is not None and num_processes > gpus:
-        raise ConfigError(
-            f"--num-processes {num_processes} asks for more processes than the {gpus} visible GPU(s); one "
-            "process drives one GPU"
-        )
-    command = launch_command(mpo_arguments, num_processes, accelerate_config)
-    print(f"launching: {shlex.join(command[1:])}", file=sys.stderr, flush=True)
-    os.execv(command[0], command)

@@ -1,4 +1,5 @@
-"""Start or resume a run: the local server, the context, the checkpointed graph, progress and clean stops."""
+"""Start or resume a run: the local server, the context, the checkpointed graph, typed events out, clean
+stops."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 from mpo_agents import parallel
 from mpo_agents.config import MPOConfig
 from mpo_agents.errors import CheckpointError, ConfigError, StorageError
+from mpo_agents.events import BudgetExhausted, NodeFinished, ReviewRequested, RunEvent, StopRequested
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.run_config import saved_config, write_config
 from mpo_agents.rundir import CHECKPOINT_DB, RunDirectory, append_jsonl, storage_error
 
 if TYPE_CHECKING:
     from mpo_agents.integrity import RunCheck
+    from mpo_agents.parallel import ControlChannel
     from mpo_agents.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ class RunOutcome:
     last_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-ProgressHook = Callable[[str, dict[str, Any]], None]
+ProgressHook = Callable[[RunEvent], None]
 
 
 def new_run_dir(config: MPOConfig, run_dir: Path | None) -> RunDirectory:
@@ -74,19 +77,24 @@ def execute(
     on_status: Callable[[str], None] | None = None,
     review: dict[str, Any] | None = None,
     check: RunCheck | None = None,
+    channel: ControlChannel | None = None,
     on_warning: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the graph until the schedule ends, a stop is requested (SIGINT: finish the node, then stop) or a
     rubric change waits for review; a local judge server that stopped serving for good raises ServerError.
+    `on_event` gets each `mpo_agents.events.RunEvent` as it happens (a node finished, the budget spent, ...).
     `review` resumes a run paused for review with that decision
     ({"decision": "accept" | "reject" | "edit", "text": ..., "note": ..., "reviewer": ...}). A resumed run
     passes the `check` of its directory (`mpo_agents.integrity`): the policy checkpoint it names is restored,
     damaged ones are moved aside and updates they held are applied again. `on_status` gets what the run is
-    doing now; `on_warning` what the user should read before it goes on (also in run.log).
+    doing now; `on_warning` what the user should read before it goes on (also in run.log). In a launch of
+    several processes, process 0 passes its `channel` (`mpo_agents.parallel.join`); the others follow.
 
     A write into the run directory that the operating system refuses raises StorageError, whatever wrote it."""
     try:
-        return _execute(config, run_dir, environ, fresh, on_event, on_status, review, check, on_warning)
+        return _execute(
+            config, run_dir, environ, fresh, on_event, on_status, review, check, channel, on_warning
+        )
     except Exception as exc:
         error = _storage_error(exc, run_dir)
         if error is None:
@@ -120,6 +128,7 @@ def _execute(
     on_status: Callable[[str], None] | None,
     review: dict[str, Any] | None,
     check: RunCheck | None,
+    channel: ControlChannel | None,
     on_warning: Callable[[str], None] | None,
 ) -> RunOutcome:
     from langgraph.types import Command
@@ -135,13 +144,12 @@ def _execute(
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     status = on_status or (lambda message: None)
-    channel = parallel.join(environ)  # None unless launched in several processes
     try:
         # A missing plug-in fails now, before minutes of loading.
         meta_nodes = load_meta_nodes(config.meta_nodes)
         check_checkpointer(config, environ)  # so does a Postgres checkpointer without its URL or its driver
         if channel is not None:
-            parallel.check_world(config, channel)
+            parallel.check_world(config, channel, environ)
         task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
     except BaseException:
         if channel is not None:
@@ -176,7 +184,7 @@ def _execute(
         inputs: Any = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
         if review is not None:
             inputs = Command(resume=review)
-        hook = on_event or (lambda node, update: None)
+        hook = on_event or (lambda event: None)
         return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
 
 
@@ -260,7 +268,7 @@ async def _drive(
 
     def request_stop() -> None:
         stop.set()
-        on_event("__stop_requested__", {})
+        on_event(StopRequested())
         # A second Ctrl-C interrupts at once; checkpoints stay consistent because every write is atomic.
         loop.remove_signal_handler(signal.SIGINT)
 
@@ -279,7 +287,7 @@ async def _drive(
             budget = Budget(ctx)
             ctx.check_server()  # the local judge server may have failed while the policy loaded
             if budget.exhausted():
-                on_event("__over_budget__", budget.report())
+                on_event(budget.report())
                 snapshot = await app.aget_state(run_config)
                 return _outcome(ctx, snapshot.values, "over_budget")
             async for namespace, chunk in app.astream(
@@ -290,12 +298,12 @@ async def _drive(
                         continue
                     if not (node == "meta" and not namespace):
                         timings.record(node, update or {})
-                    on_event(node, update or {})
+                    on_event(NodeFinished(node, update or {}))
                 # A local judge server that failed for good stops the run here, before a node would fail
                 # every judgment (a node that calls it raises the same error itself).
                 ctx.check_server()
                 if budget.exhausted():
-                    on_event("__over_budget__", budget.report())
+                    on_event(budget.report())
                     break
                 if stop.is_set():
                     break
@@ -305,7 +313,7 @@ async def _drive(
                 status = "over_budget"
             if snapshot.interrupts:
                 status = "awaiting_review"
-                on_event("__review__", {"reviews": [i.value for i in snapshot.interrupts]})
+                on_event(ReviewRequested(tuple(i.value for i in snapshot.interrupts)))
             return _outcome(ctx, snapshot.values, status)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
@@ -337,8 +345,9 @@ class Budget:
     def exhausted(self) -> bool:
         return self.limit is not None and self.spent() >= self.limit
 
-    def report(self) -> dict[str, float]:
-        return {"spent_usd": self.spent(), "budget_usd": self.limit or 0.0}
+    def report(self) -> BudgetExhausted:
+        """What the run tells its caller when it stops for the budget."""
+        return BudgetExhausted(spent_usd=self.spent(), budget_usd=self.limit or 0.0)
 
 
 class NodeTimings:

@@ -393,7 +393,7 @@ def _build_trainer(
         )
     deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     if deepspeed is not None and deepspeed.zero_stage == 3:
-        from mpo_agents.parallel import SHARDED_PARAMETERS
+        from mpo_agents.policy.plan import SHARDED_PARAMETERS
 
         raise ConfigError(SHARDED_PARAMETERS.format(what="DeepSpeed ZeRO stage 3"))
     if lora is not None:

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 # Full fine-tuning may take at most this share of the device: the rest is for activations, the rollouts' KV
 # cache, and (colocated) vLLM.
 FULL_FINETUNE_MEMORY_SHARE = 0.5
+# Why a launcher that shards the parameters is refused (said by the launch checks and by the trainer): every
+# process samples with its own full copy of the policy.
+SHARDED_PARAMETERS = (
+    "accelerate is configured for {what}, which shards the policy's parameters across processes; MPO samples "
+    "rollouts with each process's full copy of the policy and writes full checkpoints, so it supports DDP and "
+    "DeepSpeed ZeRO stages 1 and 2 (examples/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml). For a model "
+    "too large for one GPU, train a LoRA adapter (`policy.lora.enabled: true`)"
+)
 
 
 @dataclass(frozen=True)

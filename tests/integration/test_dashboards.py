@@ -12,6 +12,7 @@ import pytest
 
 from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
+from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.run_config import saved_config
 from mpo_agents.rundir import RunDirectory, read_jsonl
 from mpo_agents.runner import execute, new_run_dir
@@ -53,8 +54,8 @@ def start_run(tmp_path: Path, model_dir: Path, url: str, on_event=None, **extra)
 
 
 def test_tensorboard_gets_each_iteration_once_also_across_a_resume(tmp_path, tiny_model_dir, judge_server):
-    def ctrl_c_after_the_first_update(node: str, update: dict) -> None:
-        if node == "policy_update":
+    def ctrl_c_after_the_first_update(event: RunEvent) -> None:
+        if isinstance(event, NodeFinished) and event.node == "policy_update":
             signal.raise_signal(signal.SIGINT)  # the run stops at the next node boundary
 
     server = judge_server()

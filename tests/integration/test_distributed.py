@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from mpo_agents.cli.launch import launch_command
 from mpo_agents.config import MPOConfig
 from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.judges.local_server import free_port
-from mpo_agents.parallel import launch_command
 from mpo_agents.rundir import read_jsonl
 from tests.support import REPO, TEST_ENV, run_overrides
 
@@ -231,7 +231,7 @@ def test_uneven_prompt_share_is_refused_before_loading(tmp_path):
 
     config = MPOConfig(trainer={"prompts_per_iteration": 3})
     with pytest.raises(ConfigError, match="trainer.prompts_per_iteration is 3.*multiple of 2"):
-        check_world(config, ControlChannel(rank=0, world_size=2, group=None))
+        check_world(config, ControlChannel(rank=0, world_size=2, group=None), {})
 
 
 def test_a_refused_multi_process_run_ends_every_process_with_the_reason(tiny_model_dir, tmp_path):

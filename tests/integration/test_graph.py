@@ -8,6 +8,7 @@ import re
 import pytest
 
 from mpo_agents.config import load_config
+from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.rundir import read_jsonl
 from mpo_agents.runner import execute, new_run_dir
 from tests.support import TEST_ENV, run_overrides
@@ -16,10 +17,12 @@ from tests.support import TEST_ENV, run_overrides
 def run_loop(tmp_path, model_dir, server, **extra):
     config = load_config(None, run_overrides(model_dir, server.url, **extra))
     run_dir = new_run_dir(config, tmp_path / "run")
-    events: list[str] = []
-    outcome = execute(
-        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
-    )
+    events: list[str | type] = []
+
+    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
+        events.append(event.node if isinstance(event, NodeFinished) else type(event))
+
+    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
     return outcome, run_dir, events
 
 

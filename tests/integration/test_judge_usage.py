@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mpo_agents.config import load_config
+from mpo_agents.events import BudgetExhausted, NodeFinished, RunEvent
 from mpo_agents.rundir import read_jsonl
 from mpo_agents.runner import execute, new_run_dir
 from tests.support import TEST_ENV, run_overrides
@@ -69,12 +70,14 @@ def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
     )
     config = load_config(None, sets)
     run_dir = new_run_dir(config, tmp_path / "run")
-    events: list[str] = []
-    outcome = execute(
-        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
-    )
-    assert outcome.status == "over_budget" and "__over_budget__" in events
-    assert events.index("__over_budget__") == events.index("score") + 1  # stopped right after spending
+    events: list[str | type] = []
+
+    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
+        events.append(event.node if isinstance(event, NodeFinished) else type(event))
+
+    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
+    assert outcome.status == "over_budget" and BudgetExhausted in events
+    assert events.index(BudgetExhausted) == events.index("score") + 1  # stopped right after spending
     assert not run_dir.metrics_path.exists()  # no update was trained past the budget
 
     again = mpo("resume", str(run_dir.root), env=TEST_ENV)  # the same budget: refused at once, nothing spent

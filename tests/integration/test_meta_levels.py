@@ -16,6 +16,7 @@ import pytest
 
 from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
+from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.plugins.hacking_alarm import HackingAlarm
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import read_jsonl
@@ -45,10 +46,12 @@ def run(tmp_path, model_dir, server, nodes, **extra):
     sets.append(f"meta_nodes={json.dumps(nodes)}")
     config = load_config(None, sets)
     run_dir = new_run_dir(config, tmp_path / "run")
-    events: list[str] = []
-    outcome = execute(
-        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
-    )
+    events: list[str | type] = []
+
+    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
+        events.append(event.node if isinstance(event, NodeFinished) else type(event))
+
+    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
     return outcome, run_dir, events
 
 

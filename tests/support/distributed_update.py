@@ -23,19 +23,22 @@ def main(config_path: str, batch_path: str, out: str) -> None:
     import torch
 
     from mpo_agents import parallel
+    from mpo_agents.cli.launch import launched_world_size
     from mpo_agents.config import MPOConfig
+    from mpo_agents.context import build_run_policy
     from mpo_agents.policy import Rollout, build_policy
     from mpo_agents.rundir import RunDirectory
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    channel = parallel.join()  # None when launched as one process: the single-process baseline
+    # None when launched as one process: the single-process baseline.
+    channel = parallel.join() if launched_world_size(os.environ) > 1 else None
     if channel is not None and not channel.is_main:
-        parallel.follow(channel)
+        parallel.follow(channel, build_run_policy)  # the replica a follower of `mpo run` builds
         return
     config = MPOConfig(**json.loads(Path(config_path).read_text()))
     run_dir = RunDirectory(Path(out))
     if channel is not None:
-        parallel.check_world(config, channel)
+        parallel.check_world(config, channel, os.environ)
         parallel.announce(channel, config, run_dir.root)
     local = build_policy(config.policy, config.trainer, run_dir.root / "trainer")
     policy = local if channel is None else parallel.ShardedPolicy(local, channel)
