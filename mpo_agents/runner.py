@@ -286,7 +286,7 @@ async def _drive(
     ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any], environ: Mapping[str, str]
 ) -> RunOutcome:
     from mpo_agents.graph_checkpoints import open_checkpointer
-    from mpo_agents.graphs.mpo import build_graph
+    from mpo_agents.graphs.mpo import META_STEPS, build_graph
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -308,7 +308,8 @@ async def _drive(
             # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
             # Streaming a finished graph simply yields nothing.
             # subgraphs=True streams the meta stages one by one (for timings, progress and Ctrl-C between
-            # stages); the `meta` node's own update then closes the subgraph and is not timed twice.
+            # stages); a meta step's own update (meta_analyze, rubric_rewrite) then closes its subgraph and is
+            # not timed twice.
             budget = Budget(ctx)
             ctx.check_server()  # the local judge server may have failed while the policy loaded
             if budget.exhausted():
@@ -321,7 +322,7 @@ async def _drive(
                 for node, update in chunk.items():
                     if node == "__interrupt__":  # a review pause: reported once the stream ends
                         continue
-                    if not (node == "meta" and not namespace):
+                    if not (node in META_STEPS and not namespace):
                         timings.record(node, update or {})
                     on_event(node, update or {})
                 # A local judge server that failed for good stops the run here, before a node would fail

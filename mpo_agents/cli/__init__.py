@@ -106,24 +106,25 @@ class _ProgressView:
         following = {
             "rollout": "score",
             "score": "meta step / update",
-            "meta_prescreen": "meta: analyze",
-            "meta_analyze": "meta: refine",
-            "meta_refine": "meta: merge",
-            "meta_merge": "rubric decision",
-            "meta": "rubric decision",
-            "rubric_commit": "update",
+            "prescreen": "meta-analyze: analyze",
+            "analyze": "rubric-rewrite: refine",
+            "meta_analyze": "rubric-rewrite: refine",
+            "refine": "rubric-rewrite: merge",
+            "merge": "rubric-rewrite: decision",
+            "commit": "update",
+            "rubric_rewrite": "update",
             "policy_update": "rollout",
         }
         self.progress.update(self.task, description=following.get(node, node))
-        if node == "meta_merge" and not update.get("proposal"):
+        if node == "merge" and not update.get("proposal"):
             self.progress.console.print("  meta-judge rubric rewrite rejected (see rubrics/rejected.jsonl)")
-        if node == "rubric_commit" and "rubric" in update:
+        if node == "commit" and "rubric" in update:
             metrics = update.get("metrics", {})
             self.progress.console.print(
                 f"  rubric rewrite accepted → v{update['rubric']['version']} ({metrics.get('rubric_items')} "
                 f"items, {metrics.get('rubric_tokens')} tokens)"
             )
-        elif node == "rubric_commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
+        elif node == "commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
             self.progress.console.print("  rubric rewrite rejected (see rubrics/rejected.jsonl)")
         if node == "__review__":
             self.progress.console.print("  [yellow]a rubric change waits for review[/]")
@@ -416,7 +417,8 @@ def graph(
     config_path: Annotated[Path | None, typer.Argument(help="YAML config.", metavar="CONFIG")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field (repeatable).")] = None,
 ) -> None:
-    """Print the run's graph as Mermaid, with the meta subgraph's stages and the configured meta-level nodes."""
+    """Print the run's graph as Mermaid: the loop's steps, the stages inside meta_analyze and rubric_rewrite, and
+    the configured meta-level nodes."""
     _prepare_environment()
     from mpo_agents.config import load_config
     from mpo_agents.graphs.mpo import build_graph
