@@ -285,7 +285,7 @@ def _policy_closer(policy: Any) -> Callable[..., bool]:
 async def _drive(
     ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any], environ: Mapping[str, str]
 ) -> RunOutcome:
-    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
     from mpo_agents.graphs.mpo import META_STEPS, build_graph
 
     stop = asyncio.Event()
@@ -302,6 +302,7 @@ async def _drive(
         async with open_checkpointer(ctx.config, ctx.run_dir, environ) as (saver, thread):
             run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
             app = build_graph(meta_nodes).compile(checkpointer=saver)
+            await refuse_unknown_nodes(app, run_config)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.root / "timings.jsonl", current)
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
@@ -397,7 +398,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     model is loaded."""
     import os
 
-    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
     from mpo_agents.graphs.mpo import build_graph
     from mpo_agents.plugins import load_meta_nodes
 
@@ -417,6 +418,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
         async with open_checkpointer(config, directory, os.environ) as (saver, thread):
             app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
+            await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
             snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
             return [interrupt.value for interrupt in snapshot.interrupts]
 
