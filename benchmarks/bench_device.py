@@ -163,7 +163,7 @@ def measure(run_dir: Path) -> dict[str, float]:
         if per_node.get(node):
             values[f"{node} s"] = statistics.mean(per_node[node].values())
     iterations: dict[int, float] = {}
-    for record in timings:  # every node of the iteration: rollout, score, meta stages, rubric_commit, update
+    for record in timings:  # every node of the iteration: rollout, score, the meta stages, update
         iterations[record["iteration"]] = iterations.get(record["iteration"], 0.0) + record["seconds"]
     if iterations:
         values["iteration s"] = statistics.mean(iterations.values())

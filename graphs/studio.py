@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mpo_agents.graphs.mpo import build_graph
-
 from mpo_agents.config import load_config
+from mpo_agents.graphs.mpo import build_graph
 from mpo_agents.plugins import load_meta_nodes
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"

@@ -105,3 +105,30 @@ async def open_checkpointer(
             f"cannot use the Postgres checkpointer at {redact(url)} (${config.output.postgres_url_env}): "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
         ) from exc
+
+
+async def refuse_unknown_nodes(app: Any, run_config: dict[str, Any]) -> None:
+    """Raise if the saved graph state waits on a node the compiled graph `app` does not have: LangGraph would
+    skip it and report the run finished. It happens to runs started before the meta step was split into
+    `meta_analyze` and `rubric_rewrite` (they wait on `meta` or `rubric_commit`), and to runs resumed with a
+    config that dropped a meta-level node they were in."""
+    saved = await app.checkpointer.aget_tuple(run_config)
+    if saved is None:
+        return
+    checkpoint = saved.checkpoint
+    missing = []
+    for channel in checkpoint["channel_values"]:
+        node = channel.removeprefix("branch:to:")
+        if node == channel or node in app.nodes:
+            continue
+        seen = checkpoint["versions_seen"].get(node, {}).get(channel)
+        if seen is None or checkpoint["channel_versions"].get(channel, seen) > seen:
+            missing.append(node)
+    if missing:
+        raise CheckpointError(
+            f"the saved graph state waits on {', '.join(sorted(missing))}, which this graph does not have "
+            f"(its nodes: {', '.join(n for n in app.nodes if not n.startswith('__'))}). Runs started before "
+            "the meta step became meta_analyze and rubric_rewrite cannot resume: finish them with the "
+            "mpo-agents version that started them, or start a new run; if the config's meta_nodes changed, "
+            "put the named node back"
+        )

@@ -260,8 +260,8 @@ def _policy_closer(policy: Any) -> Callable[..., bool]:
 async def _drive(
     ctx: Any, inputs: Any, on_event: ProgressHook, meta_nodes: list[Any], environ: Mapping[str, str]
 ) -> RunOutcome:
-    from mpo_agents.graph_checkpoints import open_checkpointer
-    from mpo_agents.graphs.mpo import build_graph
+    from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
+    from mpo_agents.graphs.mpo import META_STEPS, build_graph
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -277,13 +277,15 @@ async def _drive(
         async with open_checkpointer(ctx.config, ctx.run_dir, environ) as (saver, thread):
             run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
             app = build_graph(meta_nodes).compile(checkpointer=saver)
+            await refuse_unknown_nodes(app, run_config)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.timings_path, current)
             # No "already finished?" shortcut here: a run killed after a node wrote its results but before the step
             # was committed has an empty `next` too (LangGraph lists only tasks without writes), yet must go on.
             # Streaming a finished graph simply yields nothing.
             # subgraphs=True streams the meta stages one by one (for timings, progress and Ctrl-C between
-            # stages); the `meta` node's own update then closes the subgraph and is not timed twice.
+            # stages); a meta step's own update (meta_analyze, rubric_rewrite) then closes its subgraph and is
+            # not timed twice.
             budget = Budget(ctx)
             ctx.check_server()  # the local judge server may have failed while the policy loaded
             if budget.exhausted():
@@ -296,7 +298,7 @@ async def _drive(
                 for node, update in chunk.items():
                     if node == "__interrupt__":  # a review pause: reported once the stream ends
                         continue
-                    if not (node == "meta" and not namespace):
+                    if not (node in META_STEPS and not namespace):
                         timings.record(node, update or {})
                     on_event(NodeFinished(node, update or {}))
                 # A local judge server that failed for good stops the run here, before a node would fail
@@ -372,7 +374,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     model is loaded."""
     import os
 
-    from mpo_agents.graph_checkpoints import open_checkpointer
+    from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
     from mpo_agents.graphs.mpo import build_graph
     from mpo_agents.plugins import load_meta_nodes
 
@@ -392,6 +394,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     async def read() -> list[dict[str, Any]]:
         async with open_checkpointer(config, directory, os.environ) as (saver, thread):
             app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
+            await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
             snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
             return [interrupt.value for interrupt in snapshot.interrupts]
 

@@ -77,7 +77,7 @@ class MPOState(TypedDict, total=False):
     meta: MetaProgress  # the meta pipeline's work in progress within one meta step
     policy_step: int  # optimizer steps applied so far
     metrics: dict[str, float]  # the latest iteration's metrics
-    proposal: RubricState | None  # the meta-judge's proposed next rubric, until rubric_commit decides on it
+    proposal: RubricState | None  # the meta-judge's proposed next rubric, until `commit` decides on it
     decisions: list[dict[str, Any]]  # this iteration's meta-level node decisions (and failures)
     alarms: list[dict[str, Any]]  # alarms raised since the last meta step: node, message, evidence keys
     schedule: dict[str, int]  # meta_every / meta_samples set by meta-level nodes, overriding the config

@@ -19,7 +19,8 @@ def graph(
     config_path: Annotated[Path | None, typer.Argument(help="YAML config.", metavar="CONFIG")] = None,
     set_: Overrides = None,
 ) -> None:
-    """Print the run's graph as Mermaid, with the meta subgraph's stages and the configured meta-level nodes."""
+    """Print the run's graph as Mermaid: the loop's steps, the stages inside meta_analyze and rubric_rewrite, and
+    the configured meta-level nodes."""
     prepare_environment()
     from mpo_agents.config import load_config
     from mpo_agents.graphs.mpo import build_graph

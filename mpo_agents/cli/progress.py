@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 # What the bar says while a node runs, by node name; the order of the nodes is the graph's own (`next_nodes`).
 # A node not named here (a meta-level plug-in) shows its own name.
 LABELS = {
-    "meta": "meta step",
-    "meta_prescreen": "meta: prescreen",
-    "meta_analyze": "meta: analyze",
-    "meta_refine": "meta: refine",
-    "meta_merge": "meta: merge",
-    "rubric_commit": "rubric decision",
+    "meta_analyze": "meta-analyze",
+    "prescreen": "meta-analyze: prescreen",
+    "analyze": "meta-analyze: analyze",
+    "rubric_rewrite": "rubric-rewrite",
+    "refine": "rubric-rewrite: refine",
+    "merge": "rubric-rewrite: merge",
+    "commit": "rubric-rewrite: decision",
     "policy_update": "update",
 }
 
@@ -84,15 +85,15 @@ class ProgressView:
     def _node_finished(self, node: str, update: dict[str, Any]) -> None:
         after = [LABELS.get(name, name) for name in self.following.get(node, [])]
         self.progress.update(self.task, description=" / ".join(after) or node)
-        if node == "meta_merge" and not update.get("proposal"):
+        if node == "merge" and not update.get("proposal"):
             self.progress.console.print("  meta-judge rubric rewrite rejected (see rubrics/rejected.jsonl)")
-        if node == "rubric_commit" and "rubric" in update:
+        if node == "commit" and "rubric" in update:
             metrics = update.get("metrics", {})
             self.progress.console.print(
                 f"  rubric rewrite accepted → v{update['rubric']['version']} ({metrics.get('rubric_items')} "
                 f"items, {metrics.get('rubric_tokens')} tokens)"
             )
-        elif node == "rubric_commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
+        elif node == "commit" and update.get("metrics", {}).get("rubric_rewrite_accepted") == 0:
             self.progress.console.print("  rubric rewrite rejected (see rubrics/rejected.jsonl)")
         if node == "policy_update":
             metrics = update.get("metrics", {})
@@ -112,8 +113,8 @@ def next_nodes(graph: CompiledStateGraph) -> dict[str, list[str]]:
     """Each node's possible successors in a compiled graph, in the graph's node order. A subgraph's stages are
     included: a stage is followed by the next stage, the last stage by the node after the subgraph."""
     following: dict[str, list[str]] = {}
-    # With xray the subgraph's stages appear (as `meta:meta_prescreen`, ...) in place of the subgraph's node;
-    # the plain drawing's edges (`score` -> `meta`) win over the xray's (`score` -> `meta:meta_prescreen`).
+    # With xray the subgraph's stages appear (as `meta_analyze:prescreen`, ...) in place of the subgraph's node;
+    # the plain drawing's edges (`score` -> `meta_analyze`) win over the xray's (`score` -> `meta_analyze:prescreen`).
     for drawing in (graph.get_graph(xray=1), graph.get_graph()):
         order = list(drawing.nodes)
         found: dict[str, list[str]] = {}
@@ -125,7 +126,7 @@ def next_nodes(graph: CompiledStateGraph) -> dict[str, list[str]]:
 
 
 def _local(name: str) -> str:
-    """A drawn node's own name: `meta:meta_merge` -> `meta_merge`."""
+    """A drawn node's own name: `rubric_rewrite:merge` -> `merge`."""
     return name.rpartition(":")[2]
 
 

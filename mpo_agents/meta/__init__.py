@@ -1,4 +1,4 @@
-"""Meta-reward model pieces shared by the meta stages: the rollout window and which samples are read."""
+"""The meta-reward pipeline's helpers, shared by its stages (nodes/meta_analyze.py and rubric_rewrite.py)."""
 
 from mpo_agents.meta.cases import sample_cases, stratified_cluster_cases
 from mpo_agents.meta.window import judged_samples, window_samples

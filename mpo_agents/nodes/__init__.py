@@ -1,8 +1,2 @@
-"""Graph nodes: each a small function of (state, runtime) that returns a partial state update."""
-
-from mpo_agents.nodes.meta_stages import meta_analyze, meta_merge, meta_prescreen, meta_refine
-from mpo_agents.nodes.policy_update import policy_update
-from mpo_agents.nodes.rollout import rollout
-from mpo_agents.nodes.score import score
-
-__all__ = ["meta_analyze", "meta_merge", "meta_prescreen", "meta_refine", "policy_update", "rollout", "score"]
+"""Graph nodes, one module per step of the loop: each node a small function of (state, runtime) that returns a
+partial state update. Nodes never import each other; what they share lives in `mpo_agents.meta`."""

@@ -1,6 +1,6 @@
 """`meta_judge_audit`: an LLM (the meta-judge, or any other model set in this node's settings) reviews the
 meta-judge's analyses and the rubric diff they led to: are the changes supported by the samples, do they fix
-the problems the analyses name, do they open a new loophole. Its verdict goes to `rubric_commit` like any
+the problems the analyses name, do they open a new loophole. Its verdict goes to `commit` like any
 node's (a reject keeps the parent rubric), and `rubric_gate`, placed after it, cites it.
 """
 

@@ -10,8 +10,22 @@ from mpo_agents.errors import ConfigError
 from mpo_agents.plugins.api import MetaNode
 
 ENTRY_POINT_GROUP = "mpo_agents.meta_nodes"
-# Names the loop's own nodes use; a meta-level node may not take one.
-RESERVED = frozenset({"rollout", "score", "meta", "policy_update", "rubric_commit", "meta_due"})
+# Names the loop's own nodes and their stages use (graphs/mpo.py); a meta-level node may not take one.
+RESERVED = frozenset(
+    {
+        "rollout",
+        "score",
+        "meta_due",
+        "meta_analyze",
+        "prescreen",
+        "analyze",
+        "rubric_rewrite",
+        "refine",
+        "merge",
+        "commit",
+        "policy_update",
+    }
+)
 
 
 class MetaNodeError(ConfigError):

@@ -34,8 +34,9 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
 
     assert outcome.status == "finished" and outcome.iteration == 5 and outcome.policy_step == 4
     per_iteration = ["rollout", "score", "policy_update"]
-    meta_stages = ["meta_prescreen", "meta_analyze", "meta_refine", "meta_merge", "meta"]
-    with_meta = ["rollout", "score", *meta_stages, "rubric_commit", "policy_update"]
+    meta_analyze = ["prescreen", "analyze", "meta_analyze"]  # each stage, then the step that holds them
+    rubric_rewrite = ["refine", "merge", "commit", "rubric_rewrite"]
+    with_meta = ["rollout", "score", *meta_analyze, *rubric_rewrite, "policy_update"]
     assert events == per_iteration + with_meta + per_iteration + with_meta
     assert outcome.rubric_version == 2
     assert sorted(p.name for p in run_dir.rubrics_dir.glob("v*.md")) == ["v0000.md", "v0001.md", "v0002.md"]
@@ -135,5 +136,5 @@ def test_fixed_rubric_baseline_never_calls_the_meta_judge(tmp_path, tiny_model_d
     outcome, run_dir, events = run_loop(
         tmp_path, tiny_model_dir, server, **{"schedule.iterations": 2, "schedule.meta_every": meta_every}
     )
-    assert not {"meta", "meta_analyze"} & set(events) and outcome.rubric_version == 0
+    assert not {"meta_analyze", "analyze", "rubric_rewrite"} & set(events) and outcome.rubric_version == 0
     assert not (run_dir.root / "calls" / "meta_judge.jsonl").exists()

@@ -124,7 +124,7 @@ def test_the_gate_rejects_a_rubric_that_scores_a_hack_above_a_reference(
     outcome, run_dir, events = run(
         tmp_path, tiny_model_dir, server, nodes, **{"schedule.iterations": 1, "schedule.meta_every": 1}
     )
-    assert "rubric_gate" in events and events.index("rubric_gate") < events.index("rubric_commit")
+    assert "rubric_gate" in events and events.index("rubric_gate") < events.index("commit")
     assert outcome.rubric_version == 0  # the previous rubric stays in force
     rejection = RubricStore(run_dir.rubrics_dir).rejections()[0]["reason"]
     assert rejection.startswith("rejected by rubric_gate") and "c1/begging" in rejection
@@ -328,7 +328,7 @@ def test_the_audit_catches_a_loophole_and_the_gate_cites_it(tmp_path, tiny_model
     outcome, run_dir, events = run(
         tmp_path, tiny_model_dir, server, nodes, **{"schedule.iterations": 1, "schedule.meta_every": 1}
     )
-    assert events.index("meta_judge_audit") < events.index("rubric_gate") < events.index("rubric_commit")
+    assert events.index("meta_judge_audit") < events.index("rubric_gate") < events.index("commit")
     assert outcome.rubric_version == 0
     log = {entry["node"]: entry for entry in read_jsonl(run_dir.root / "meta_levels.jsonl")}
     assert log["meta_judge_audit"]["verdict"] == "reject"
@@ -370,11 +370,16 @@ def test_mpo_graph_and_the_studio_entry_show_the_configured_nodes(tmp_path, monk
     assert drawn.returncode == 0, drawn.output
     for edge in (
         "score --> hacking_alarm",
-        "meta_judge_audit --> rubric_gate",
-        "rubric_gate --> rubric_commit",
+        "hacking_alarm -.-> meta_analyze\\3aprescreen",
+        "meta_analyze\\3aanalyze --> rubric_rewrite\\3arefine",
+        "rubric_rewrite\\3amerge --> rubric_rewrite\\3ameta_judge_audit",
+        "rubric_rewrite\\3ameta_judge_audit --> rubric_rewrite\\3arubric_gate",
+        "rubric_rewrite\\3arubric_gate --> rubric_rewrite\\3acommit",
+        "rubric_rewrite\\3acommit --> policy_update",
     ):
         assert edge in drawn.output
-    assert "meta_prescreen" in drawn.output  # the meta subgraph's stages are drawn too
+    # The two meta steps are drawn as boxes with their stages inside.
+    assert "subgraph meta_analyze" in drawn.output and "subgraph rubric_rewrite" in drawn.output
 
     config = tmp_path / "studio.yaml"
     config.write_text("meta_nodes:\n  - name: rubric_gate\n")
@@ -383,6 +388,9 @@ def test_mpo_graph_and_the_studio_entry_show_the_configured_nodes(tmp_path, monk
     spec = importlib.util.spec_from_file_location("studio_entry", ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # what `langgraph dev` does with langgraph.json
-    assert {"rollout", "score", "meta", "rubric_gate", "rubric_commit", "policy_update"} <= set(
+    assert {"rollout", "score", "meta_analyze", "rubric_rewrite", "policy_update"} <= set(
         getattr(module, attribute).get_graph().nodes
+    )
+    assert {"rubric_rewrite:rubric_gate", "rubric_rewrite:commit"} <= set(
+        getattr(module, attribute).get_graph(xray=1).nodes
     )

@@ -167,7 +167,7 @@ def same_run(resumed: dict, uninterrupted: dict) -> None:
 
 @pytest.mark.parametrize(
     ("written_by", "next_node"),
-    [("rollouts/iter-0002.jsonl", "score"), ("samples/iter-0002.jsonl", "meta")],
+    [("rollouts/iter-0002.jsonl", "score"), ("samples/iter-0002.jsonl", "meta_analyze")],
 )
 def test_a_run_stopped_inside_an_iteration_resumes_after_its_directory_moved(
     tmp_path, tiny_model_dir, judge_server, uninterrupted, written_by, next_node

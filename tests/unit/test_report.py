@@ -45,7 +45,7 @@ def _metrics(iteration: int, version: int) -> dict[str, Any]:
 
 
 def _entry(iteration: int, node: str, stage: str, decision: Decision) -> dict[str, Any]:
-    """A meta_levels.jsonl line as nodes/meta_level.py writes it."""
+    """A meta_levels.jsonl line as nodes/plugin.py writes it."""
     return {"iteration": iteration, "node": node, "stage": stage, **dataclasses.asdict(decision)}
 
 

@@ -1,5 +1,5 @@
-"""Meta-level nodes in the graph: each configured plug-in wrapped as a node, and `rubric_commit`, where a
-proposed rubric is accepted, rejected or edited (by the nodes' verdicts, or by a person with `review`).
+"""A meta-level ("meta-meta") plug-in as a graph node: it runs the plug-in on a read-only view of the run and
+turns its `Decision` into a state update (after_score nodes in the loop, after_rewrite nodes in rubric_rewrite).
 
 A plug-in that raises or returns something that is not a `Decision` is recorded with its name in
 `meta_levels.jsonl` and in the iteration's metrics; the run goes on as if it had returned nothing.
@@ -13,12 +13,10 @@ import logging
 from typing import Any
 
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
 
 from mpo_agents.context import RunContext
-from mpo_agents.errors import RubricRejected
 from mpo_agents.plugins.api import SCHEDULE_KNOBS, Decision, MetaNode, MetaView
-from mpo_agents.rubrics import RubricVersion, diff_rubrics, validate_rewrite
+from mpo_agents.rubrics import RubricVersion
 from mpo_agents.rundir import append_jsonl
 from mpo_agents.state import MPOState
 
@@ -26,12 +24,7 @@ logger = logging.getLogger(__name__)
 LOG_FILE = "meta_levels.jsonl"
 
 
-def knob(ctx: RunContext, state: MPOState, name: str) -> int:
-    """A schedule knob as a meta-level node last set it, else as configured."""
-    return int(state.get("schedule", {}).get(name, getattr(ctx.config.schedule, name)))
-
-
-def meta_level_node(node: MetaNode):
+def plugin_node(node: MetaNode):
     """The graph node that runs one plug-in and turns its decision into a state update."""
 
     async def run(state: MPOState, runtime: Runtime[RunContext]) -> dict:
@@ -122,98 +115,3 @@ def _checked(decision: Any, node: MetaNode) -> Decision | None:
 
 def _log(ctx: RunContext, entry: dict[str, Any]) -> None:
     append_jsonl(ctx.run_dir.root / LOG_FILE, entry)
-
-
-async def rubric_commit(state: MPOState, runtime: Runtime[RunContext]) -> dict:
-    """Decide on the meta step's proposal: the nodes' verdicts (any reject wins, then the last edit, else
-    accept), then a person's with `review`, who sees the diff, the evidence and the verdicts."""
-    ctx = runtime.context
-    iteration = state["iteration"]
-    done = {"proposal": None, "meta_requested": False, "alarms": []}
-    proposal = state.get("proposal")
-    if not proposal:
-        return done
-    current = RubricVersion.from_state(state["rubric"])
-    new = RubricVersion.from_state(proposal)
-    mine = [
-        d
-        for d in state.get("decisions", [])
-        if d["iteration"] == iteration and d["stage"] == "after_rewrite" and "error" not in d
-    ]
-    rejects = [d for d in mine if d.get("verdict") == "reject"]
-    edits = [d for d in mine if d.get("verdict") == "edit"]
-    failed = [d["node"] for d in state.get("decisions", []) if d["iteration"] == iteration and "error" in d]
-    if rejects:
-        outcome, text, by = "reject", None, [d["node"] for d in rejects]
-    elif edits:
-        outcome, text, by = "edit", edits[-1]["rubric_text"], [edits[-1]["node"]]
-    else:
-        outcome, text, by = "accept", None, [d["node"] for d in mine if d.get("verdict") == "accept"]
-    reasons = "; ".join(
-        f"{d['node']}: {d.get('reason') or d.get('verdict')}" for d in (rejects or edits or mine)
-    )
-    review = ctx.config.review
-    if review is True or (review == "on_objection" and (rejects or edits or failed)):
-        answer = interrupt(
-            {
-                "iteration": iteration,
-                "current_version": current.version,
-                "proposed_version": new.version,
-                "diff": diff_rubrics(current, new),
-                "proposal": new.full_text(),
-                "evidence": new.evidence,
-                "decisions": mine,
-                "failed_nodes": failed,
-                "suggested": outcome,
-                "suggested_text": text,
-            }
-        )
-        outcome, text, by, reasons = _human(answer)
-    metrics = dict(state.get("metrics", {}))
-    if outcome == "edit":
-        try:
-            new = _edited(ctx, current, new, text or "")
-        except RubricRejected as exc:
-            outcome, reasons = "reject", f"the edit by {', '.join(by)} is not a valid rubric: {exc}"
-    if outcome == "reject":
-        ctx.rubrics.log_rejection(iteration, f"rejected by {', '.join(by)}: {reasons}", new.full_text())
-        return {**done, "metrics": {**metrics, "rubric_rewrite_accepted": 0}}
-    verb = "edited" if outcome == "edit" else "accepted"
-    if by:
-        new = dataclasses.replace(
-            new, review=f"{verb} by {', '.join(by)}" + (f": {reasons}" if reasons else "")
-        )
-    ctx.rubrics.save(new)
-    metrics.update(rubric_rewrite_accepted=1, rubric_items=new.items, rubric_tokens=new.tokens)
-    return {**done, "rubric": new.to_state(), "metrics": metrics}
-
-
-def _human(answer: Any) -> tuple[str, str | None, list[str], str]:
-    """A reviewer's resume value: {"decision": accept|reject|edit, "text": ..., "note": ..., "reviewer": ...}."""
-    if not isinstance(answer, dict) or answer.get("decision") not in ("accept", "reject", "edit"):
-        raise ValueError(f"a review must resume with decision accept, reject or edit, got {answer!r}")
-    who = str(answer.get("reviewer") or "human review")
-    return answer["decision"], answer.get("text"), [who], str(answer.get("note") or "")
-
-
-def _edited(ctx: RunContext, current: RubricVersion, proposal: RubricVersion, text: str) -> RubricVersion:
-    """The proposal with its text replaced by an edit, checked like any rewrite."""
-    if proposal.kind == "guidelines":
-        return dataclasses.replace(proposal, text=text.strip())
-    limits = ctx.config.rubric
-    rubric, _ = validate_rewrite(
-        text,
-        previous=current.parsed(),
-        samples=[],
-        max_words=limits.max_words,
-        max_items=limits.max_items,
-        copy_run_words=limits.copy_run_words,
-    )
-    return RubricVersion.of(
-        rubric,
-        version=proposal.version,
-        parent=proposal.parent,
-        iteration=proposal.iteration,
-        origin=f"{proposal.origin}+edit",
-        evidence=proposal.evidence,
-    )
