@@ -56,6 +56,7 @@ def wheel(tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         timeout=300,
+        env=_clean_env(),
     )
     (built,) = out.glob("mpo_agents-*.whl")
     return built
@@ -66,7 +67,7 @@ def installed(wheel, tmp_path_factory) -> Path:
     """A fresh virtualenv holding the wheel; its dependencies come from this environment's site-packages, added
     as a plain path (so this environment's editable install of the checkout is not activated there)."""
     venv = tmp_path_factory.mktemp("venv")
-    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300, env=_clean_env())
     python = venv / "bin" / "python"
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -80,11 +81,14 @@ def installed(wheel, tmp_path_factory) -> Path:
         check=True,
         capture_output=True,
         timeout=300,
+        env=_clean_env(),
     )
     return venv
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without what points Python or pip at the checkout (a PYTHONPATH would make pip think
+    the package is installed already, and the installed one import the checkout's modules)."""
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return {**env, **TEST_ENV, **extra}
 
