@@ -552,6 +552,11 @@ class JudgeClient:
 def _litellm() -> Any:
     import litellm
 
+    # LiteLLM's first call imports the OpenAI SDK's request classes (seconds on a busy machine, holding the
+    # event loop): done here, outside the timed attempt, so they do not eat every in-flight call's time limit.
+    import openai.resources.chat
+    import openai.resources.completions  # noqa: F401
+
     # Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
     litellm.suppress_debug_info = True
     return litellm
