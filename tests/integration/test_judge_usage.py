@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from mpo_agents.config import load_config
 from mpo_agents.rundir import read_jsonl
-from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.runner import execute
 from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import mpo
+from tests.support.runs import prepared_run, run_in_process
 
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/local-unpriced-judge"])
@@ -26,9 +27,7 @@ def test_usage_and_cost_per_role_node_and_iteration(tmp_path, tiny_model_dir, ju
             "meta_judge.model": model,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
+    _, run_dir = run_in_process(sets, tmp_path / "run")
 
     metrics = read_jsonl(run_dir.metrics_path)
     calls = {
@@ -54,7 +53,6 @@ def test_usage_and_cost_per_role_node_and_iteration(tmp_path, tiny_model_dir, ju
 def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
     tmp_path, tiny_model_dir, judge_server
 ):
-    from tests.integration.test_cli import mpo
 
     server = judge_server()
     sets = run_overrides(
@@ -67,12 +65,8 @@ def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
             "schedule.budget_usd": 1e-7,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
     events: list[str] = []
-    outcome = execute(
-        config, run_dir, TEST_ENV, fresh=True, on_event=lambda node, update: events.append(node)
-    )
+    outcome, run_dir = run_in_process(sets, tmp_path / "run", events=events)
     assert outcome.status == "over_budget" and "__over_budget__" in events
     assert events.index("__over_budget__") == events.index("score") + 1  # stopped right after spending
     assert not run_dir.metrics_path.exists()  # no update was trained past the budget
@@ -105,8 +99,7 @@ def test_a_judge_outage_pauses_the_run_and_resume_sends_only_the_failed_judgment
             "scoring.max_failure_rate": 0.5,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
+    config, run_dir = prepared_run(sets, tmp_path / "run")
     with pytest.raises(JudgeOutage, match=r"5 of 8 judgments of iteration 1 failed.*mpo resume"):
         execute(config, run_dir, TEST_ENV, fresh=True)
     assert not run_dir.metrics_path.exists() and not run_dir.samples_path(1).exists()
