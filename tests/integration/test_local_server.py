@@ -26,6 +26,9 @@ from mpo_agents.judges.local_server import LocalServer, free_port, local_server,
 from tests.support import REPO, run_overrides
 from tests.support.cli import run_command, start_mpo
 
+# One worker runs this module under pytest-xdist: the server the restart tests share (module-scoped) starts once.
+pytestmark = pytest.mark.xdist_group("local_server")
+
 LONG_PROMPT = "hello world " * 1000  # ~2,000 tokens: more than the smallest KV cache (1,024) holds
 
 

@@ -22,6 +22,9 @@ from tests.support import TEST_ENV, run_overrides
 from tests.support.cli import finish, mpo, run_command, start_mpo, wait_for
 from tests.support.runs import prepared_run, summary
 
+# One worker runs this module under pytest-xdist: one PostgreSQL cluster and reference run (module-scoped).
+pytestmark = pytest.mark.xdist_group("postgres")
+
 
 def _postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))

@@ -18,6 +18,9 @@ from tests.support import run_overrides
 from tests.support.cli import finish, run_command, start_mpo, wait_for
 from tests.support.runs import summary
 
+# One worker runs this module under pytest-xdist: the uninterrupted run (module-scoped) is made once.
+pytestmark = pytest.mark.xdist_group("resume")
+
 ITERATIONS = 4
 SCHEDULE = {"schedule.iterations": ITERATIONS, "schedule.meta_every": 2}
 

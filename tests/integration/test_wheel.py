@@ -19,6 +19,9 @@ from mpo_agents.rundir import read_jsonl, write_jsonl
 from tests.support import REPO, TEST_ENV, TWO_CRITERIA
 from tests.support.cli import mpo
 
+# One worker runs this module under pytest-xdist: the wheel and its virtualenv (module-scoped) are built once.
+pytestmark = pytest.mark.xdist_group("wheel")
+
 
 def _setuptools_is_recent() -> bool:
     try:

@@ -14,7 +14,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 TEST_ENV = {"TEST_JUDGE_KEY": "sk-test-secret-123"}
-# A rubric the scripted judge's keyword rule ("good") scores predictably: per criterion, the word's count clipped.
+# A rubric the scripted judge's keyword rule ("good") scores predictably: per criterion, the count, clipped.
 TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
 
 

@@ -1,4 +1,4 @@
-"""A JudgeClient pointed at the scripted judge server, and one call with it, as the judge-client tests use them."""
+"""A JudgeClient pointed at the scripted judge server, and one call with it, as the judge tests use them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A whole run in this process (config from `--set` overrides, a new run directory, `execute`) and what one holds."""
+"""A whole run in this process (config from `--set` overrides, a new run directory, `execute`); its summary."""
 
 from __future__ import annotations
 
