@@ -60,11 +60,14 @@ def installed(wheel, tmp_path_factory) -> Path:
         text=True,
     ).stdout.strip()
     (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Without this checkout on PYTHONPATH: pip would find the checkout's mpo_agents.egg-info there (written by
+    # the wheel build above) and skip the install as "already installed with the same version".
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
         check=True,
         capture_output=True,
         timeout=300,
+        env=_clean_env(),
     )
     return venv
 
