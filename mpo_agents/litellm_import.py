@@ -24,6 +24,12 @@ def import_litellm() -> Any:
     os.environ.setdefault(KEEPALIVE_VARIABLE, KEEPALIVE_DEFAULT)
     import litellm
 
+    # LiteLLM's first call imports the OpenAI SDK's request classes (seconds on a busy machine, holding the
+    # event loop): done here, before any judge call is timed, so they do not eat every in-flight call's time
+    # limit (the first batch of a run then timed out as a whole under load).
+    import openai.resources.chat
+    import openai.resources.completions  # noqa: F401
+
     # Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
     litellm.suppress_debug_info = True
     return litellm

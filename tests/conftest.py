@@ -13,6 +13,20 @@ import pytest
 
 from tests.support.judge_server import JudgeServer
 
+# -- workers ------------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The default suite runs on 2 pytest-xdist workers (`--dist loadgroup`): the tests of one `xdist_group`
+    run on one worker, one after the other. Tests with the real SmolLM2 policy or judge (`slow`) each need several GB
+    of memory, and `gpu` tests share one GPU: neither kind runs beside another of its kind."""
+    for item in items:
+        for kind in ("slow", "gpu"):
+            if item.get_closest_marker(kind) is not None:
+                item.add_marker(pytest.mark.xdist_group(kind))
+
+
 # -- judges ---------------------------------------------------------------------------------------------------
 
 

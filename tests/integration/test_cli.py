@@ -8,20 +8,7 @@ import sys
 import pytest
 
 from tests.support import REPO, TEST_ENV, run_overrides
-
-
-def mpo(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "mpo_agents", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
+from tests.support.cli import mpo, run_command
 
 
 def test_help_lists_the_commands_without_loading_heavy_libraries():
@@ -80,10 +67,7 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
 
 def test_missing_api_key_is_reported_before_any_model_loads(tmp_path, tiny_model_dir):
     result = mpo(
-        "run",
-        "--run-dir",
-        str(tmp_path / "run"),
-        *[x for s in run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1") for x in ("--set", s)],
+        *run_command(tmp_path / "run", run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1")),
         env={"TEST_JUDGE_KEY": ""},
     )
     assert result.returncode == 2
@@ -93,9 +77,7 @@ def test_missing_api_key_is_reported_before_any_model_loads(tmp_path, tiny_model
 def test_rubrics_command_shows_history_and_diff(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     sets = run_overrides(tiny_model_dir, server.url, **{"schedule.iterations": 2, "schedule.meta_every": 2})
-    result = mpo(
-        "run", "--run-dir", str(tmp_path / "run"), *[x for s in sets for x in ("--set", s)], env=TEST_ENV
-    )
+    result = mpo(*run_command(tmp_path / "run", sets), env=TEST_ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     shown = mpo("rubrics", str(tmp_path / "run"))
     assert shown.returncode == 0

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
 from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.run_config import saved_config
 from mpo_agents.rundir import RunDirectory, read_jsonl
-from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.runner import execute
 from tests.support import TEST_ENV, run_overrides
+from tests.support.runs import prepared_run, run_in_process
 
 
 def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
@@ -47,9 +47,11 @@ def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def start_run(tmp_path: Path, model_dir: Path, url: str, on_event=None, **extra) -> RunDirectory:
-    config = load_config(None, run_overrides(model_dir, url, **{"schedule.meta_every": 0, **extra}))
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True, on_event=on_event)
+    _, run_dir = run_in_process(
+        run_overrides(model_dir, url, **{"schedule.meta_every": 0, **extra}),
+        tmp_path / "run",
+        on_event=on_event,
+    )
     return run_dir
 
 
@@ -92,11 +94,10 @@ def test_no_dashboard_by_default(tmp_path, tiny_model_dir, judge_server):
 def test_missing_dashboard_package_is_a_config_error_before_training(tmp_path, tiny_model_dir, integration):
     if importlib.util.find_spec(integration) is not None:
         pytest.skip(f"{integration} is installed here")
-    config = load_config(
-        None,
+    config, run_dir = prepared_run(
         run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1", **{"trainer.report_to": f'["{integration}"]'}),
+        tmp_path / "run",
     )
-    run_dir = new_run_dir(config, tmp_path / "run")
     with pytest.raises(ConfigError) as error:
         execute(config, run_dir, TEST_ENV, fresh=True)
     message = str(error.value)

@@ -22,6 +22,7 @@ from mpo_agents.errors import CheckpointError, ConfigError
 from mpo_agents.judges.local_server import free_port
 from mpo_agents.rundir import read_jsonl
 from tests.support import REPO, TEST_ENV, run_overrides
+from tests.support.cli import as_options, finish, start_mpo
 
 torch = pytest.importorskip("torch")
 
@@ -155,21 +156,9 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
             single.load(out / "policy" / "iter-000001")
 
 
-def mpo(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "mpo_agents", *args],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the test can kill the launcher and every process it started at once
-    )
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text[-3000:]
-    return text
+# How `mpo` starts here: one thread per process, in a session of its own, so that the test can kill the
+# launcher and every process it started at once.
+LAUNCHER = {"env": {"OMP_NUM_THREADS": "1"}, "start_new_session": True}
 
 
 def final_weights(run_dir: Path) -> dict:
@@ -186,12 +175,14 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tiny_mod
     with JudgeServer(
         KeywordRule("with"), latency=0.02
     ) as server:  # "with" is common in the tiny model's text
-        sets = [item for pair in settings for item in ("--set", pair.replace("URL", server.url))]
+        sets = as_options(pair.replace("URL", server.url) for pair in settings)
         whole = tmp_path / "whole"
-        finish(mpo("run", "--run-dir", str(whole), "--num-processes", "2", *sets))
+        finish(
+            start_mpo("run", "--run-dir", str(whole), "--num-processes", "2", *sets, **LAUNCHER), timeout=300
+        )
 
         killed = tmp_path / "killed"
-        process = mpo("run", "--run-dir", str(killed), "--num-processes", "2", *sets)
+        process = start_mpo("run", "--run-dir", str(killed), "--num-processes", "2", *sets, **LAUNCHER)
         deadline = time.monotonic() + 240
         while not (killed / "policy" / "iter-000002" / "COMPLETE").exists():
             assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
@@ -199,7 +190,7 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tiny_mod
             time.sleep(0.01)
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes, mid-run
         process.wait()
-        output = finish(mpo("resume", str(killed), "--num-processes", "2"))
+        output = finish(start_mpo("resume", str(killed), "--num-processes", "2", **LAUNCHER), timeout=300)
 
     assert "Run finished: 3/3 iterations" in output
     metrics = read_jsonl(killed / "metrics.jsonl")
@@ -238,8 +229,8 @@ def test_a_refused_multi_process_run_ends_every_process_with_the_reason(tiny_mod
     """Process 0 refuses the config before any model loads; the followers, waiting for the run to be announced,
     are released instead of keeping the launcher waiting."""
     settings = run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1", **{"trainer.prompts_per_iteration": 3})
-    sets = [item for pair in settings for item in ("--set", pair)]
-    process = mpo("run", "--run-dir", str(tmp_path / "run"), "--num-processes", "2", *sets)
+    sets = as_options(settings)
+    process = start_mpo("run", "--run-dir", str(tmp_path / "run"), "--num-processes", "2", *sets, **LAUNCHER)
     output, _ = process.communicate(timeout=180)
     text = output.decode(errors="replace")
     assert process.returncode != 0

@@ -18,6 +18,7 @@ from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task
 from tests.support import TEST_ENV, run_overrides
 from tests.support.judge_server import KeywordRule
+from tests.support.runs import run_in_process
 
 KEY = "TEST_JUDGE_KEY"
 ONE_CRITERION = "Criterion 1: The essay makes its point well. (0-5 points)"
@@ -137,15 +138,12 @@ def test_below_the_quorum_the_judgment_fails_instead_of_trusting_one_member(tmp_
 
 def test_an_ensemble_run_logs_agreement_and_member_scores(tmp_path, tiny_model_dir, judge_server):
     from mpo_agents.rundir import read_jsonl
-    from mpo_agents.runner import execute, new_run_dir
 
     one, two = judge_server(KeywordRule("the")), judge_server(KeywordRule("a"))
     sets = run_overrides(tiny_model_dir, one.url, **{"schedule.iterations": 1, "schedule.meta_every": 0})
     member = {"model": "openai/second", "api_base": two.url, "api_key_env": KEY}
     sets += [f"judge.ensemble.members={json.dumps([member])}", "judge.ensemble.aggregate=mean"]
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
+    _, run_dir = run_in_process(sets, tmp_path / "run")
 
     metrics = read_jsonl(run_dir.metrics_path)[0]
     samples = read_jsonl(run_dir.samples_path(1))

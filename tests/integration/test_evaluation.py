@@ -22,8 +22,8 @@ from mpo_agents.evaluation.ratings import (
     position_bias,
 )
 from mpo_agents.evaluation.tournament import parse_winner
-from tests.integration.test_cli import mpo
 from tests.support import TEST_ENV
+from tests.support.cli import as_options, mpo
 
 # -- ratings ----------------------------------------------------------------------------------------------------
 
@@ -273,7 +273,7 @@ def test_cli_tournament_prints_ratings_and_rerates(tmp_path, judge_server, three
         "evaluation.elo.judge.api_key_env=TEST_JUDGE_KEY",
         "evaluation.elo.bootstrap=20",
     ]
-    args = [x for s in sets for x in ("--set", s)]
+    args = as_options(sets)
     result = mpo(
         "eval", "elo", *map(str, three_systems), "--output", str(tmp_path / "t"), *args, env=TEST_ENV
     )
@@ -461,7 +461,7 @@ def test_cli_generates_from_a_lora_run_and_the_chain_reaches_the_report(
             "policy.lora.alpha": 8,
         },
     )
-    trained = mpo("run", "--run-dir", str(run_dir), *[x for s in sets for x in ("--set", s)], env=TEST_ENV)
+    trained = mpo("run", "--run-dir", str(run_dir), *as_options(sets), env=TEST_ENV)
     assert trained.returncode == 0, trained.stderr[-2000:]
     decoding = ["--set", "evaluation.generation.limit=3", "--set", "evaluation.generation.max_new_tokens=6"]
     from_run = mpo("generate", str(run_dir), *decoding)
@@ -497,7 +497,7 @@ def test_cli_generates_from_a_lora_run_and_the_chain_reaches_the_report(
         str(base_file),
         "--output",
         str(run_dir / "eval" / "elo"),
-        *[x for s in elo_sets for x in ("--set", s)],
+        *as_options(elo_sets),
         env=TEST_ENV,
     )
     assert judged.returncode == 0, judged.stderr[-2000:]
@@ -522,7 +522,7 @@ def test_cli_tournament_without_a_single_verdict_exits_1_and_says_why(tmp_path, 
         "evaluation.elo.judge.retries=0",
         "evaluation.elo.max_prompts=1",
     ]
-    args = [x for s in sets for x in ("--set", s)]
+    args = as_options(sets)
     result = mpo(
         "eval", "elo", *map(str, three_systems), "--output", str(tmp_path / "t"), *args, env=TEST_ENV
     )

@@ -3,15 +3,13 @@ several minutes each on 2 CPU cores; `python -m pytest -m slow tests/integration
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mpo_agents.rundir import read_jsonl
 from tests.support import REPO
+from tests.support.cli import as_options, mpo
 
 EXAMPLES = REPO / "examples"
 TASK_CONFIGS = sorted(
@@ -23,25 +21,10 @@ BASELINES = sorted((EXAMPLES / "baselines").glob("*.yaml"))
 
 
 def run(config: Path, run_dir: Path, *sets: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpo_agents",
-            "run",
-            str(config),
-            "--run-dir",
-            str(run_dir),
-            *[x for s in sets for x in ("--set", s)],
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=3000,
-        cwd=EXAMPLES.parent,
-        env={**os.environ, "OPENAI_API_KEY": ""},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    mpo(
+        "run", config, "--run-dir", run_dir, *as_options(sets),
+        cwd=EXAMPLES.parent, env={"OPENAI_API_KEY": ""}, timeout=3000, check=True,
+    )  # fmt: skip
 
 
 @pytest.mark.slow

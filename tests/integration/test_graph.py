@@ -7,22 +7,16 @@ import re
 
 import pytest
 
-from mpo_agents.config import load_config
-from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.rundir import read_jsonl
-from mpo_agents.runner import execute, new_run_dir
 from tests.support import TEST_ENV, run_overrides
+from tests.support.runs import run_in_process
 
 
 def run_loop(tmp_path, model_dir, server, **extra):
-    config = load_config(None, run_overrides(model_dir, server.url, **extra))
-    run_dir = new_run_dir(config, tmp_path / "run")
     events: list[str | type] = []
-
-    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
-        events.append(event.node if isinstance(event, NodeFinished) else type(event))
-
-    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
+    outcome, run_dir = run_in_process(
+        run_overrides(model_dir, server.url, **extra), tmp_path / "run", events=events
+    )
     return outcome, run_dir, events
 
 
@@ -63,16 +57,14 @@ def test_failed_judgments_are_recorded_and_left_out_of_the_update(tmp_path, tiny
     server = judge_server()
     # No retries, so the first three requests fail for good: two replies without a score, one HTTP 500.
     server.inject("garbage", "garbage", "500")
-    config = load_config(
-        None,
+    _, run_dir = run_in_process(
         run_overrides(
             tiny_model_dir,
             server.url,
             **{"schedule.iterations": 1, "schedule.meta_every": 0, "judge.retries": 0},
         ),
+        tmp_path / "run",
     )
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
 
     samples = read_jsonl(run_dir.samples_path(1))
     statuses = [s["status"] for s in samples]

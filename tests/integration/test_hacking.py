@@ -12,8 +12,8 @@ from mpo_agents.config import TaskConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.scoring.hacking import default_suite, load_suite
 from mpo_agents.tasks import build_task
-from tests.integration.test_cli import mpo
 from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import as_options, mpo
 
 KINDS = {"title_only", "gibberish", "non_english", "truncated", "rubric_echo", "grader_address"}
 
@@ -55,7 +55,7 @@ def test_hacking_check_reports_the_hacks_that_beat_the_reference(tmp_path, judge
     output = tmp_path / "hacks.jsonl"
     result = mpo(
         "hacking-check",
-        *[x for s in sets for x in ("--set", s)],
+        *as_options(sets),
         "--output",
         str(output),
         "--fail-on-hack",
@@ -81,7 +81,7 @@ def test_hacking_check_of_a_rubric_file_and_a_failing_judge(tmp_path, judge_serv
     sets = run_overrides("unused", server.url, **{"judge.retries": 0})
     result = mpo(
         "hacking-check",
-        *[x for s in sets for x in ("--set", s)],
+        *as_options(sets),
         "--rubric",
         "prompts/essay_writing/rubrics/oracle.md",
         env=TEST_ENV,

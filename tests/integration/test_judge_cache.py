@@ -7,15 +7,16 @@ import asyncio
 import json
 import shutil
 
-from mpo_agents.config import JudgeConfig, load_config
+from mpo_agents.config import JudgeConfig
 from mpo_agents.judges.cache import JudgmentCache
 from mpo_agents.judges.client import JudgeClient
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.judges.records import CallLog
 from mpo_agents.rundir import read_jsonl
-from mpo_agents.runner import execute, new_run_dir
-from tests.integration.test_judge_client import API_KEY
+from mpo_agents.runner import execute
 from tests.support import TEST_ENV, run_overrides
+from tests.support.judge_client import API_KEY
+from tests.support.runs import prepared_run, run_in_process
 
 GRADED = "Grade from 0 to 5.\n<response>A good essay, good structure, good ending.</response>"  # scores 3
 
@@ -87,13 +88,12 @@ def test_cache_can_be_switched_off(tmp_path, judge_server):
 def test_a_run_with_the_same_cache_sends_no_judge_request(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     sets = run_overrides(tiny_model_dir, server.url, **{"schedule.iterations": 2, "schedule.meta_every": 0})
-    first = new_run_dir(load_config(None, sets), tmp_path / "first")
-    execute(load_config(None, sets), first, TEST_ENV, fresh=True)
+    _, first = run_in_process(sets, tmp_path / "first")
     sent = server.counts["requests"]
     assert sent > 0
 
-    second = new_run_dir(load_config(None, sets), tmp_path / "second")
+    config, second = prepared_run(sets, tmp_path / "second")
     shutil.copy(first.root / "judge_cache.sqlite", second.root / "judge_cache.sqlite")
-    execute(load_config(None, sets), second, TEST_ENV, fresh=True)
+    execute(config, second, TEST_ENV, fresh=True)
     assert server.counts["requests"] == sent  # same seeds, same rollouts: every judgment from the cache
     assert read_jsonl(second.samples_path(2)) == read_jsonl(first.samples_path(2))

@@ -14,59 +14,12 @@ from typing import Any, get_args
 import httpx
 import pytest
 
-from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError
-from mpo_agents.judges import CallLog, JudgeClient, JudgeResult, parse_score
+from mpo_agents.judges import JudgeResult
 from mpo_agents.judges.failures import FAILED_STATUSES
 from mpo_agents.state import SampleStatus
 from tests.support import REPO
-
-API_KEY = "sk-test-Zq81-never-in-logs"
-MESSAGES = [
-    {"role": "system", "content": "Grade the response from 0 to 5. Reply with <score>N</score>."},
-    {"role": "user", "content": "<response>A good essay, good structure, good ending.</response>"},
-]  # the server's keyword rule ("good") scores this 3
-
-
-def score_0_5(reply: str) -> float | None:
-    return parse_score(reply, 0, 5)
-
-
-def make_client(server: Any, tmp_path: Path, **overrides: Any) -> JudgeClient:
-    settings: dict[str, Any] = {
-        "model": "hosted_vllm/test-judge",
-        # Generous: a process's first call spends ~0.4-1 s in LiteLLM's lazy imports, inside the timed call.
-        # Tests of timeouts set their own small value.
-        "timeout": 5.0,
-        "retries": 2,
-        "retry_backoff": 0.01,
-        "retry_backoff_max": 0.05,
-        "max_concurrency": 4,
-    }
-    settings.update(overrides)
-    return JudgeClient(
-        "judge",
-        JudgeConfig(**settings),
-        api_base=server.url,
-        api_key=API_KEY,
-        call_log=CallLog(tmp_path / "judge_calls.jsonl"),
-    )
-
-
-def judge(client: JudgeClient, **kwargs: Any) -> JudgeResult[float]:
-    """One call in a fresh event loop, as a synchronous caller would make it."""
-
-    async def call() -> JudgeResult[float]:
-        try:
-            return await client.complete(MESSAGES, parse=score_0_5, **kwargs)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(call())
-
-
-def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
-    return CallLog.read(tmp_path / "judge_calls.jsonl")
+from tests.support.judge_client import API_KEY, MESSAGES, judge, log_lines, make_client, score_0_5
 
 
 @pytest.mark.parametrize("api", ["chat", "completion"])

@@ -14,7 +14,7 @@ from mpo_agents.judges.build import judge_client, resolve_endpoint
 from mpo_agents.judges.context_window import litellm_window
 from mpo_agents.judges.local_server import LocalServer
 from mpo_agents.litellm_import import import_litellm
-from tests.integration.test_judge_client import MESSAGES, judge, log_lines, make_client
+from tests.support.judge_client import MESSAGES, judge, log_lines, make_client
 
 LONG = [{"role": "user", "content": "<response>" + "a good essay " * 400 + "</response>"}]
 

@@ -14,6 +14,8 @@ from mpo_agents.judges.build import judge_client
 from mpo_agents.judges.parsing import parse_score
 from mpo_agents.judges.records import CallLog
 from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import mpo
+from tests.support.runs import run_in_process
 
 KEY = "TEST_JUDGE_KEY"
 MESSAGES = [
@@ -152,7 +154,6 @@ def test_rate_limited_deployments_spread_calls_by_rpm(tmp_path, judge_server):
 
 def test_mpo_score_routes_by_config_alone(tmp_path, judge_server):
     """Two deployments and a fallback, written in YAML only: `mpo score` spreads over them."""
-    from tests.integration.test_cli import mpo
 
     one, two, fallback = judge_server(), judge_server(), judge_server()
     config = tmp_path / "routed.yaml"
@@ -199,7 +200,6 @@ def test_a_deployment_without_a_provider_prefix_is_named_in_the_error(tmp_path, 
 
 
 def test_a_run_with_deployments_writes_which_one_served_each_call(tmp_path, tiny_model_dir, judge_server):
-    from mpo_agents.runner import execute, new_run_dir
 
     one, two = judge_server(), judge_server()
     sets = run_overrides(
@@ -208,9 +208,7 @@ def test_a_run_with_deployments_writes_which_one_served_each_call(tmp_path, tiny
         **{"schedule.iterations": 1, "schedule.meta_every": 0},
     )
     sets.append(f"judge.deployments=[{{model: openai/two, api_base: '{two.url}', api_key_env: {KEY}}}]")
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
+    _, run_dir = run_in_process(sets, tmp_path / "run")
     records = CallLog.read(run_dir.calls_path("judge"))
     assert records and all(r["served_by"] for r in records)
     assert one.counts["requests"] + two.counts["requests"] == len(records)

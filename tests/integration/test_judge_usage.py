@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from mpo_agents.config import load_config
-from mpo_agents.events import BudgetExhausted, NodeFinished, RunEvent
+from mpo_agents.events import BudgetExhausted
 from mpo_agents.rundir import read_jsonl
-from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.runner import execute
 from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import mpo
+from tests.support.runs import prepared_run, run_in_process
 
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "openai/local-unpriced-judge"])
@@ -27,9 +28,7 @@ def test_usage_and_cost_per_role_node_and_iteration(tmp_path, tiny_model_dir, ju
             "meta_judge.model": model,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
+    _, run_dir = run_in_process(sets, tmp_path / "run")
 
     metrics = read_jsonl(run_dir.metrics_path)
     calls = {
@@ -55,7 +54,6 @@ def test_usage_and_cost_per_role_node_and_iteration(tmp_path, tiny_model_dir, ju
 def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
     tmp_path, tiny_model_dir, judge_server
 ):
-    from tests.integration.test_cli import mpo
 
     server = judge_server()
     sets = run_overrides(
@@ -68,14 +66,8 @@ def test_budget_stops_at_a_checkpoint_and_resume_continues_with_a_new_one(
             "schedule.budget_usd": 1e-7,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
     events: list[str | type] = []
-
-    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
-        events.append(event.node if isinstance(event, NodeFinished) else type(event))
-
-    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
+    outcome, run_dir = run_in_process(sets, tmp_path / "run", events=events)
     assert outcome.status == "over_budget" and BudgetExhausted in events
     assert events.index(BudgetExhausted) == events.index("score") + 1  # stopped right after spending
     assert not run_dir.metrics_path.exists()  # no update was trained past the budget
@@ -108,8 +100,7 @@ def test_a_judge_outage_pauses_the_run_and_resume_sends_only_the_failed_judgment
             "scoring.max_failure_rate": 0.5,
         },
     )
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
+    config, run_dir = prepared_run(sets, tmp_path / "run")
     with pytest.raises(JudgeOutage, match=r"5 of 8 judgments of iteration 1 failed.*mpo resume"):
         execute(config, run_dir, TEST_ENV, fresh=True)
     assert not run_dir.metrics_path.exists() and not run_dir.samples_path(1).exists()

@@ -23,7 +23,11 @@ from mpo_agents.errors import ServerError
 from mpo_agents.judges.build import judge_client
 from mpo_agents.judges.client import JudgeClient, JudgeResult
 from mpo_agents.judges.local_server import LocalServer, free_port, local_server, supervised_server
-from tests.support import REPO, TEST_ENV, run_overrides
+from tests.support import REPO, run_overrides
+from tests.support.cli import run_command, start_mpo
+
+# One worker runs this module under pytest-xdist: the server the restart tests share (module-scoped) starts once.
+pytestmark = pytest.mark.xdist_group("local_server")
 
 LONG_PROMPT = "hello world " * 1000  # ~2,000 tokens: more than the smallest KV cache (1,024) holds
 
@@ -178,15 +182,9 @@ def test_a_run_whose_server_dies_with_no_restarts_left_stops_with_the_message(
         "local_server.max_restarts": 0,
         "local_server.health_check_interval": 0.2,
     }
-    sets = [
-        item for pair in run_overrides(tiny_model_dir, scripted.url, **settings) for item in ("--set", pair)
-    ]
-    env = {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "COLUMNS": "2000"}
-    run = subprocess.Popen(
-        [sys.executable, "-m", "mpo_agents", "run", "--run-dir", str(run_dir), *sets],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    run = start_mpo(
+        *run_command(run_dir, run_overrides(tiny_model_dir, scripted.url, **settings)),
+        env={"COLUMNS": "2000"},
     )
     try:
         deadline = time.monotonic() + 180

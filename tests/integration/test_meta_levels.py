@@ -14,16 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
-from mpo_agents.events import NodeFinished, RunEvent
 from mpo_agents.plugins.hacking_alarm import HackingAlarm
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import read_jsonl
-from mpo_agents.runner import execute, new_run_dir
-from tests.integration.test_cli import mpo
-from tests.integration.test_score_cli import as_options
+from mpo_agents.runner import execute
 from tests.support import REPO, TEST_ENV, run_overrides
+from tests.support.cli import as_options, mpo
+from tests.support.runs import prepared_run, run_in_process
 
 ROOT = REPO
 EXAMPLE = ROOT / "examples" / "meta_node_plugin"
@@ -42,16 +40,9 @@ def install_fake_nodes(directory: Path, source: str, nodes: dict[str, str]) -> P
 
 
 def run(tmp_path, model_dir, server, nodes, **extra):
-    sets = run_overrides(model_dir, server.url, **extra)
-    sets.append(f"meta_nodes={json.dumps(nodes)}")
-    config = load_config(None, sets)
-    run_dir = new_run_dir(config, tmp_path / "run")
+    sets = [*run_overrides(model_dir, server.url, **extra), f"meta_nodes={json.dumps(nodes)}"]
     events: list[str | type] = []
-
-    def record(event: RunEvent) -> None:  # a node by its name, any other event by its type
-        events.append(event.node if isinstance(event, NodeFinished) else type(event))
-
-    outcome = execute(config, run_dir, TEST_ENV, fresh=True, on_event=record)
+    outcome, run_dir = run_in_process(sets, tmp_path / "run", events=events)
     return outcome, run_dir, events
 
 
@@ -97,9 +88,9 @@ def test_a_node_from_the_example_package_is_installed_discovered_and_run(
 
 
 def test_an_unknown_node_is_refused_before_any_work(tmp_path):
-    config = load_config(None, ["meta_nodes=[{name: no_such_node}]"])
+    config, run_dir = prepared_run(["meta_nodes=[{name: no_such_node}]"], tmp_path / "run")
     with pytest.raises(ConfigError, match="no node named 'no_such_node'.*hacking_alarm"):
-        execute(config, new_run_dir(config, tmp_path / "run"), TEST_ENV, fresh=True)
+        execute(config, run_dir, TEST_ENV, fresh=True)
 
 
 def write_suite(path: Path, reference: str, hack: str) -> Path:

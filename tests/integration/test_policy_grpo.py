@@ -24,7 +24,6 @@ from mpo_agents.policy.weight_checkpoints import (
     latest_checkpoint,
     prune_checkpoints,
 )
-from tests.support.tiny_model import build_tiny_model
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write about a cat."}],
@@ -44,8 +43,8 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def base_dir(tiny_model_dir: Path) -> Path:
+    return tiny_model_dir  # the session's tiny model (build_tiny_model, seed 0): nothing here writes into it
 
 
 def trainer_config(**changes: object) -> TrainerConfig:

@@ -8,20 +8,22 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from mpo_agents.config import load_config
 from mpo_agents.errors import ConfigError
 from mpo_agents.graph_checkpoints import redact
 from mpo_agents.judges.local_server import free_port
-from mpo_agents.runner import execute, new_run_dir
-from tests.integration.test_resume import finish, mpo, run_command, summary, wait_for
-from tests.support import TEST_ENV
+from mpo_agents.runner import execute
+from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import finish, mpo, run_command, start_mpo, wait_for
+from tests.support.runs import prepared_run, summary
+
+# One worker runs this module under pytest-xdist: one PostgreSQL cluster and reference run (module-scoped).
+pytestmark = pytest.mark.xdist_group("postgres")
 
 
 def _postgres_bin() -> Path | None:
@@ -60,7 +62,9 @@ def _run(command: list[str]) -> None:
 
 
 def postgres_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:
-    return [*run_command(run_dir, model_dir, url), "--set", "output.checkpointer=postgres"]
+    """The run of test_resume.py (4 iterations, a meta step every 2), its graph checkpoints in Postgres."""
+    settings = {"schedule.iterations": 4, "schedule.meta_every": 2, "output.checkpointer": "postgres"}
+    return run_command(run_dir, run_overrides(model_dir, url, **settings))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def postgres_reference(tmp_path_factory, tiny_model_dir, postgres_url) -> Path:
     reference = tmp_path_factory.mktemp("postgres") / "uninterrupted"
     with JudgeServer(latency=0.05) as server, pytest.MonkeyPatch.context() as patch:
         patch.setenv("MPO_POSTGRES_URL", postgres_url)  # the subprocess inherits it
-        finish(mpo(*postgres_args(reference, tiny_model_dir, server.url)))
+        finish(start_mpo(*postgres_args(reference, tiny_model_dir, server.url)))
     return reference
 
 
@@ -84,11 +88,11 @@ def test_a_killed_run_resumes_from_postgres(
     reference = postgres_reference
     with JudgeServer(latency=0.05) as server:
         run_dir = tmp_path / "killed"
-        process = mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
+        process = start_mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
         wait_for((run_dir, "samples/iter-0002.jsonl"), process)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
-        resumed = finish(mpo("resume", str(run_dir)))
+        resumed = finish(start_mpo("resume", str(run_dir)))
     assert "Run finished: 4/4 iterations" in " ".join(resumed.split())
     assert not (run_dir / "checkpoints.sqlite").exists()  # everything went to Postgres
     expected, got = summary(reference), summary(run_dir)
@@ -107,8 +111,9 @@ def test_a_killed_run_resumes_from_postgres(
 
 
 def test_postgres_without_its_url_is_refused_before_any_model_loads(tmp_path, tiny_model_dir):
-    config = load_config(None, [f"policy.model={tiny_model_dir}", "output.checkpointer=postgres"])
-    run_dir = new_run_dir(config, tmp_path / "run")
+    config, run_dir = prepared_run(
+        [f"policy.model={tiny_model_dir}", "output.checkpointer=postgres"], tmp_path / "run"
+    )
     with pytest.raises(ConfigError, match=r"\$MPO_POSTGRES_URL is not set"):
         execute(config, run_dir, {}, fresh=True)
     assert not list(run_dir.policy_dir.iterdir())
@@ -117,25 +122,13 @@ def test_postgres_without_its_url_is_refused_before_any_model_loads(tmp_path, ti
 def test_an_unreachable_postgres_is_a_clear_error_without_the_password(
     tmp_path, tiny_model_dir, judge_server
 ):
-    from tests.support import run_overrides
-
     server = judge_server()
     sets = run_overrides(
         tiny_model_dir, server.url, **{"output.checkpointer": "postgres", "schedule.iterations": 1}
     )
     port = free_port()  # nothing listens there
     url = f"postgresql://mpo:s3cret@127.0.0.1:{port}/mpo"
-    result = subprocess.run(
-        [
-            *[sys.executable, "-m", "mpo_agents", "run", "--run-dir", str(tmp_path / "run")],
-            *[x for s in sets for x in ("--set", s)],
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **TEST_ENV, "MPO_POSTGRES_URL": url},
-    )
+    result = mpo(*run_command(tmp_path / "run", sets), env={**TEST_ENV, "MPO_POSTGRES_URL": url})
     assert result.returncode != 0
     shown = " ".join((result.stdout + result.stderr).split())
     assert f"cannot use the Postgres checkpointer at postgresql://mpo:***@127.0.0.1:{port}/mpo" in shown
@@ -154,7 +147,7 @@ def test_a_run_stopped_after_its_rollout_resumes_from_postgres_after_its_directo
     monkeypatch.setenv("MPO_POSTGRES_URL", postgres_url)
     server = judge_server(latency=1.0)  # a slow judge: the score node after the rollout is in flight a while
     run_dir = tmp_path / "first-disk" / "run"
-    process = mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
+    process = start_mpo(*postgres_args(run_dir, tiny_model_dir, server.url))
     wait_for((run_dir, "rollouts/iter-0002.jsonl"), process)
     seen = len(server.requests)
     while len(server.requests) == seen:  # the score node asks the judge: the rollout is committed
@@ -166,7 +159,7 @@ def test_a_run_stopped_after_its_rollout_resumes_from_postgres_after_its_directo
     moved = tmp_path / "second-disk" / "run"
     shutil.move(run_dir, moved)
     server.latency = 0.05
-    resumed = finish(mpo("resume", str(moved)))
+    resumed = finish(start_mpo("resume", str(moved)))
     assert "Run finished: 4/4 iterations" in " ".join(resumed.split())
     expected, got = summary(postgres_reference), summary(moved)
     assert got.pop("iterations") == expected.pop("iterations") == [1, 2, 3, 4]

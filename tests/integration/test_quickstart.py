@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from mpo_agents.rundir import read_jsonl
 from tests.support import REPO
+from tests.support.cli import mpo
 
 
 @pytest.mark.slow
 def test_quickstart_runs_offline_and_rewrites_the_rubric(tmp_path):
     run_dir = tmp_path / "quickstart"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpo_agents",
-            "run",
-            str(REPO / "examples" / "quickstart.yaml"),
-            "--run-dir",
-            str(run_dir),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "OPENAI_API_KEY": ""},
+    quick = {"timeout": 1800, "check": True}
+    mpo(
+        "run",
+        REPO / "examples" / "quickstart.yaml",
+        "--run-dir",
+        run_dir,
+        env={"OPENAI_API_KEY": ""},
+        **quick,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
     assert len(list((run_dir / "rubrics").glob("v*.md"))) >= 2, "no meta-judge rewrite was accepted"
@@ -45,26 +35,27 @@ def test_quickstart_runs_offline_and_rewrites_the_rubric(tmp_path):
 
     # The README's comparison flow on the same run: generate (the quickstart's `evaluation` section), a base
     # model to compare with, a tournament judged by the local SmolLM2 server, one report.
-    def mpo(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run(
-            [sys.executable, "-m", "mpo_agents", *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
     config = str(REPO / "examples" / "quickstart.yaml")
-    mpo("generate", str(run_dir))
+    mpo("generate", str(run_dir), **quick)
     generations = run_dir / "eval" / "generations.test.jsonl"
     assert len(generations.read_text().splitlines()) == 16
     base = tmp_path / "base.test.jsonl"
-    mpo("generate", "smollm2-135m", "--config", config, "--name", "base", "--output", str(base))
-    mpo("eval", "elo", str(generations), str(base), "--config", config, "--output", str(tmp_path / "elo"))
+    mpo("generate", "smollm2-135m", "--config", config, "--name", "base", "--output", str(base), **quick)
+    mpo(
+        "eval",
+        "elo",
+        str(generations),
+        str(base),
+        "--config",
+        config,
+        "--output",
+        str(tmp_path / "elo"),
+        **quick,
+    )
     summary = json.loads((tmp_path / "elo" / "elo.json").read_text())
     assert summary["judgments"] == 2 * 16 and set(summary["systems"]) == {"quickstart", "base"}
     report = tmp_path / "report.html"
-    mpo("report", str(run_dir), "--eval", str(tmp_path / "elo" / "elo.json"), "--output", str(report))
+    mpo(
+        "report", str(run_dir), "--eval", str(tmp_path / "elo" / "elo.json"), "--output", str(report), **quick
+    )
     assert f"{summary['elo']['base']['mean']:.1f}" in report.read_text()

@@ -8,54 +8,25 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from mpo_agents.rundir import RunDirectory, read_jsonl
-from tests.support import TEST_ENV, run_overrides
+from tests.support import run_overrides
+from tests.support.cli import finish, run_command, start_mpo, wait_for
+from tests.support.runs import summary
+
+# One worker runs this module under pytest-xdist: the uninterrupted run (module-scoped) is made once.
+pytestmark = pytest.mark.xdist_group("resume")
 
 ITERATIONS = 4
 SCHEDULE = {"schedule.iterations": ITERATIONS, "schedule.meta_every": 2}
 
 
-def mpo(*args: str, **popen) -> subprocess.Popen:
-    # A wide console: rich wraps long lines at the terminal's width, even inside a path that a test looks for.
-    env = {**os.environ, **TEST_ENV, "PYTHONUNBUFFERED": "1", "COLUMNS": "400"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "mpo_agents", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        **popen,
-    )
-
-
-def run_command(run_dir: Path, model_dir: Path, url: str) -> list[str]:
-    sets = [item for pair in run_overrides(model_dir, url, **SCHEDULE) for item in ("--set", pair)]
-    return ["run", "--run-dir", str(run_dir), *sets]
-
-
-def finish(process: subprocess.Popen, timeout: float = 240) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
-    return output.decode(errors="replace")
-
-
-def summary(run_dir: Path) -> dict:
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    checkpoints = sorted(path for path in (run_dir / "policy").glob("iter-*") if path.name[5:].isdigit())
-    final = checkpoints[-1]
-    return {
-        "iterations": [m["iteration"] for m in metrics],
-        "policy_steps": [m["policy_step"] for m in metrics],
-        "rubric_versions": sorted(p.name for p in (run_dir / "rubrics").glob("v*.md")),
-        "optimizer_steps": json.loads((final / "COMPLETE").read_text())["step"],
-        "weights": load_file(str(final / "model" / "model.safetensors")),
-    }
+def run_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:
+    return run_command(run_dir, run_overrides(model_dir, url, **SCHEDULE))
 
 
 @pytest.fixture(scope="module")
@@ -64,17 +35,8 @@ def uninterrupted(tmp_path_factory, tiny_model_dir):
 
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
     with JudgeServer(latency=0.05) as server:
-        finish(mpo(*run_command(run_dir, tiny_model_dir, server.url)))
+        finish(start_mpo(*run_args(run_dir, tiny_model_dir, server.url)))
     return {**summary(run_dir), "run_dir": run_dir}
-
-
-def wait_for(path_glob: tuple[Path, str], process: subprocess.Popen, timeout: float = 180) -> None:
-    root, pattern = path_glob
-    deadline = time.monotonic() + timeout
-    while not list(root.glob(pattern)):
-        assert process.poll() is None, "the run ended before the kill point"
-        assert time.monotonic() < deadline, f"{pattern} never appeared"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize(
@@ -91,13 +53,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
 ):
     server = judge_server(latency=0.05)
     run_dir = tmp_path / "run"
-    process = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+    process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
     wait_for((run_dir, kill_when), process)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     stored_analyses = {path.stem for path in (run_dir / "meta" / "iter-0002" / "analyze").glob("*.json")}
 
-    output = finish(mpo("resume", str(run_dir)))
+    output = finish(start_mpo("resume", str(run_dir)))
     assert "Run finished" in output, output
 
     resumed = summary(run_dir)
@@ -123,17 +85,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     run_dir = tmp_path / "run"
-    finish(mpo(*run_command(run_dir, tiny_model_dir, server.url)))
+    finish(start_mpo(*run_args(run_dir, tiny_model_dir, server.url)))
     before = (run_dir / "metrics.jsonl").read_text()
-    output = finish(mpo("resume", str(run_dir)))
+    output = finish(start_mpo("resume", str(run_dir)))
     assert "Run finished" in output and (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_run_refuses_an_existing_run_directory(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     run_dir = tmp_path / "run"
-    finish(mpo(*run_command(run_dir, tiny_model_dir, server.url)))
-    again = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+    finish(start_mpo(*run_args(run_dir, tiny_model_dir, server.url)))
+    again = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
     output, _ = again.communicate(timeout=120)
     assert again.returncode == 2 and b"mpo resume" in output
 
@@ -143,7 +105,7 @@ def test_ctrl_c_stops_at_a_node_boundary_and_resume_finishes(
 ):
     server = judge_server(latency=0.05)
     run_dir = tmp_path / "run"
-    process = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+    process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
     wait_for((run_dir, "samples/iter-0001.jsonl"), process)
     process.send_signal(signal.SIGINT)
     output = finish(process)
@@ -151,7 +113,7 @@ def test_ctrl_c_stops_at_a_node_boundary_and_resume_finishes(
     stopped_at = len(RunDirectory(run_dir).metrics())  # none yet when the stop came inside iteration 1
     assert stopped_at < ITERATIONS
 
-    finish(mpo("resume", str(run_dir)))
+    finish(start_mpo("resume", str(run_dir)))
     resumed = summary(run_dir)
     assert resumed["iterations"] == uninterrupted["iterations"]
     assert resumed["optimizer_steps"] == ITERATIONS
@@ -176,7 +138,7 @@ def test_a_run_stopped_inside_an_iteration_resumes_after_its_directory_moved(
         latency=1.0
     )  # the judge is slow, so the node after `written_by` is in flight a while
     run_dir = tmp_path / "first-disk" / "run"
-    process = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+    process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
     wait_for((run_dir, written_by), process)
     # The next node's first judge request means the node that wrote the file is committed to the graph's state
     # (with the paths of its files): stop there, inside iteration 2.
@@ -191,7 +153,7 @@ def test_a_run_stopped_inside_an_iteration_resumes_after_its_directory_moved(
     moved = tmp_path / "second-disk" / "run"
     shutil.move(run_dir, moved)
     server.latency = 0.05
-    output = finish(mpo("resume", str(moved)))
+    output = finish(start_mpo("resume", str(moved)))
     assert "Run finished" in output, output
     same_run(summary(moved), uninterrupted)
 
@@ -213,7 +175,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_resume_loses_nothing
     try:
         server = judge_server(latency=0.05)
         run_dir = disk / "run"
-        process = mpo(*run_command(run_dir, tiny_model_dir, server.url))
+        process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
         wait_for((run_dir, "policy/iter-000001/COMPLETE"), process)
         # Leave less than one policy checkpoint (1.3 MB for the tiny model): iteration 2 cannot complete.
         ballast = disk / "ballast"
@@ -227,7 +189,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_resume_loses_nothing
         assert "cannot write" in (run_dir / "run.log").read_text()
 
         ballast.unlink()
-        resumed = finish(mpo("resume", str(run_dir)))
+        resumed = finish(start_mpo("resume", str(run_dir)))
         assert "Run finished" in resumed
         same_run(summary(run_dir), uninterrupted)
     finally:
@@ -244,13 +206,13 @@ def test_a_damaged_policy_checkpoint_is_set_aside_and_its_updates_applied_again(
     for checkpoint in checkpoints[-1:] if damaged == "newest" else checkpoints:
         os.truncate(checkpoint / "model" / "model.safetensors", 1000)
 
-    checked = mpo("check", str(run_dir))
+    checked = start_mpo("check", str(run_dir))
     report = " ".join(finish(checked).split())
     assert "repair policy/iter-000004: damaged: model/model.safetensors has 1000 bytes" in report
     replayed = "1 update(s)" if damaged == "newest" else f"{ITERATIONS} update(s)"
     assert f"then applies {replayed} again" in report
 
-    output = " ".join(finish(mpo("resume", str(run_dir))).split())
+    output = " ".join(finish(start_mpo("resume", str(run_dir))).split())
     assert "moves it aside as iter-000004.damaged" in output and "Run finished" in output
     assert (run_dir / "policy" / "iter-000004.damaged").is_dir()
     same_run(summary(run_dir), uninterrupted)  # the same steps again, from the stored rollouts and rewards
@@ -283,10 +245,10 @@ def test_damage_a_resume_cannot_mend_is_named_before_any_model_loads(
         (run_dir / "rollouts" / "iter-0004.jsonl").unlink()
     before = sorted(path.name for path in (run_dir / "policy").iterdir())
 
-    checked = mpo("check", str(run_dir))
+    checked = start_mpo("check", str(run_dir))
     report = " ".join(checked.communicate(timeout=120)[0].decode().split())
     assert checked.returncode == 1 and f"error {expected}" in report, report
-    resumed = mpo("resume", str(run_dir))
+    resumed = start_mpo("resume", str(run_dir))
     output = " ".join(resumed.communicate(timeout=120)[0].decode().split())
     assert resumed.returncode == 2 and "cannot be resumed as it is" in output and expected in output, output
     assert "restoring policy weights" not in output  # stopped before the model loaded

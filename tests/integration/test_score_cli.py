@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import json
 
-from mpo_agents.config import load_config
 from mpo_agents.rundir import read_jsonl, write_jsonl
-from mpo_agents.runner import execute, new_run_dir
-from tests.integration.test_cli import mpo
-from tests.support import TEST_ENV, run_overrides
-
-TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
-
-
-def as_options(sets: list[str]) -> list[str]:
-    return [x for s in sets for x in ("--set", s)]
+from tests.support import TEST_ENV, TWO_CRITERIA, run_overrides
+from tests.support.cli import as_options, mpo
+from tests.support.runs import run_in_process
 
 
 def test_score_writes_scores_and_rationales_per_line(tmp_path, judge_server):
@@ -62,16 +55,14 @@ def test_score_names_a_bad_input_line(tmp_path, judge_server):
 def test_rejudge_recovers_failed_judgments_without_the_policy(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
     server.inject("garbage", "500", "garbage")
-    config = load_config(
-        None,
+    _, run_dir = run_in_process(
         run_overrides(
             tiny_model_dir,
             server.url,
             **{"schedule.iterations": 1, "schedule.meta_every": 0, "judge.retries": 0},
         ),
+        tmp_path / "run",
     )
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
     before = read_jsonl(run_dir.samples_path(1))
     assert sum(s["status"] in ("judge_failed", "unparseable") for s in before) == 3
 

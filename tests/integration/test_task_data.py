@@ -9,16 +9,17 @@ import time
 
 import pytest
 
-from mpo_agents.config import MPOConfig, TaskConfig, load_config
+from mpo_agents.config import MPOConfig, TaskConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.models import load_tokenizer
 from mpo_agents.policy.tokens import PromptMeter, encode_prompt
 from mpo_agents.rundir import write_jsonl
-from mpo_agents.runner import checked_task, execute, new_run_dir
+from mpo_agents.runner import checked_task, execute
 from mpo_agents.tasks import build_task
 from mpo_agents.tasks.data import PromptBudget
-from tests.integration.test_cli import mpo
 from tests.support import TEST_ENV, run_overrides
+from tests.support.cli import as_options, mpo
+from tests.support.runs import prepared_run
 
 
 def load_error(path, **settings) -> str:
@@ -178,9 +179,7 @@ def test_bad_data_stops_a_run_before_the_judge_server_or_the_policy_loads(tmp_pa
         **{"task.data_path": path, "local_server.enabled": True, "local_server.model": tiny_model_dir},
     )
     started = time.perf_counter()
-    result = mpo(
-        "run", "--run-dir", str(tmp_path / "run"), *[x for s in sets for x in ("--set", s)], env=TEST_ENV
-    )
+    result = mpo("run", "--run-dir", str(tmp_path / "run"), *as_options(sets), env=TEST_ENV)
     elapsed = time.perf_counter() - started
 
     assert result.returncode == 2, result.stderr[-2000:]
@@ -194,10 +193,9 @@ def test_bad_data_stops_a_run_before_the_judge_server_or_the_policy_loads(tmp_pa
 def test_a_resume_checks_the_data_first_too(tmp_path, tiny_model_dir):
     path = tmp_path / "prompts.jsonl"
     write_jsonl(path, [{"prompt": ""}])
-    config = load_config(
-        None, run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1", **{"task.data_path": path})
+    config, run_dir = prepared_run(
+        run_overrides(tiny_model_dir, "http://127.0.0.1:9/v1", **{"task.data_path": path}), tmp_path / "run"
     )
-    run_dir = new_run_dir(config, tmp_path / "run")
     statuses: list[str] = []
     with pytest.raises(ConfigError, match="line 1 has an empty 'prompt' field"):
         execute(config, run_dir, TEST_ENV, fresh=False, on_status=statuses.append)

@@ -3,20 +3,19 @@ on the tiny policy against a local judge whose scoring rule the tests know (test
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from mpo_agents.config import MPOConfig, TaskConfig, load_config
+from mpo_agents.config import MPOConfig, TaskConfig
 from mpo_agents.errors import ConfigError
-from mpo_agents.judges.build import build_judges
-from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
-from mpo_agents.rundir import RunDirectory, read_jsonl, write_jsonl
-from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.rubrics import RubricStore
+from mpo_agents.rundir import read_jsonl, write_jsonl
 from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import available_tasks, build_task
-from tests.support import TEST_ENV, run_overrides
+from tests.support import run_overrides
+from tests.support.runs import run_in_process
+from tests.support.scoring import score_once
 
 TASKS = ["essay_writing", "summarization", "ethical_reasoning", "math_reasoning"]
 GOOD_REASONING = " ".join(["The action weighs honesty against kindness, and the good outcome matters."] * 4)
@@ -100,44 +99,7 @@ def test_math_guard_and_exact_match():
     assert record["cluster"] == record["domain"]  # task.cluster_by: subject
 
 
-# -- judging modes ------------------------------------------------------------------------------------------
-
-TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
-
-
-def score_once(tmp_path, server, mode: str, completion: str, task: str = "essay_writing", **extra):
-    config = load_config(
-        None, run_overrides("unused", server.url, **{"task.name": task, "scoring.mode": mode, **extra})
-    )
-    judge, meta_judge = build_judges(config, RunDirectory(tmp_path / "run"), TEST_ENV, None)
-    task_ = build_task(config.task)
-    rubric = (
-        RubricVersion.of(parse_rubric(TWO_CRITERIA)[0], version=0, parent=None, iteration=0)
-        if task != "math_reasoning"
-        else task_.initial_rubric()
-    )
-    record = task_.records[0]
-    sample = {
-        "key": "k",
-        "prompt_index": 0,
-        "prompt": task_.prompt_text(record),
-        "completion": completion,
-        "truncated": False,
-        "score": None,
-        "reward": None,
-        "status": "pending",
-        "rationale": "",
-        "rubric_version": 0,
-    }
-
-    async def go():
-        try:
-            return await Scorer(task_, judge, config).score(rubric.to_state(), record, sample, iteration=1)
-        finally:
-            await judge.aclose()
-            await meta_judge.aclose()
-
-    return asyncio.run(go())
+# -- judging modes (tests/support/scoring.py) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -227,9 +189,7 @@ def test_each_task_runs_end_to_end_with_a_meta_step(tmp_path, tiny_model_dir, ju
             "policy.lora.enabled": True,
             "policy.lora.r": 4,
         }  # the paper's LoRA policy, through the graph
-    config = load_config(None, run_overrides(tiny_model_dir, server.url, **extra))
-    run_dir = new_run_dir(config, tmp_path / "run")
-    outcome = execute(config, run_dir, TEST_ENV, fresh=True)
+    outcome, run_dir = run_in_process(run_overrides(tiny_model_dir, server.url, **extra), tmp_path / "run")
 
     assert outcome.status == "finished" and outcome.policy_step == 2
     if task == "summarization":
@@ -262,8 +222,7 @@ def test_each_task_runs_end_to_end_with_a_meta_step(tmp_path, tiny_model_dir, ju
 
 def test_fixed_rubric_baseline_from_a_file(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()
-    config = load_config(
-        None,
+    _, run_dir = run_in_process(
         run_overrides(
             tiny_model_dir,
             server.url,
@@ -273,9 +232,8 @@ def test_fixed_rubric_baseline_from_a_file(tmp_path, tiny_model_dir, judge_serve
                 "schedule.meta_every": 0,
             },
         ),
+        tmp_path / "run",
     )
-    run_dir = new_run_dir(config, tmp_path / "run")
-    execute(config, run_dir, TEST_ENV, fresh=True)
     (version,) = RubricStore(run_dir.rubrics_dir).versions()
     assert version.items == 3 and (version.low, version.high) == (0, 15)
     calls = (run_dir.root / "calls" / "judge.jsonl").read_text().splitlines()

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from mpo_agents.rundir import read_jsonl, write_jsonl
-from tests.support import REPO, TEST_ENV
+from tests.support import REPO, TEST_ENV, TWO_CRITERIA
+from tests.support.cli import mpo
 
 UNTRACKED = (
     ".git",
@@ -31,7 +32,8 @@ UNTRACKED = (
     ".*_cache",
     ".gpu",
 )
-TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
+# One worker runs this module under pytest-xdist: the wheel and its virtualenv (module-scoped) are built once.
+pytestmark = pytest.mark.xdist_group("wheel")
 
 
 def _setuptools_is_recent() -> bool:
@@ -76,6 +78,8 @@ def installed(wheel, tmp_path_factory) -> Path:
         text=True,
     ).stdout.strip()
     (Path(site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Without this checkout on PYTHONPATH: pip would find the checkout's mpo_agents.egg-info there (written by
+    # the wheel build above) and skip the install as "already installed with the same version".
     subprocess.run(
         [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", wheel],
         check=True,
@@ -93,16 +97,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, **TEST_ENV, **extra}
 
 
-def mpo(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [venv / "bin" / "mpo", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_clean_env(),
-        timeout=300,
-    )
+def installed_mpo(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The `mpo` installed in `venv`, without this checkout on its path."""
+    return mpo(*args, program=[venv / "bin" / "mpo"], cwd=cwd, base_env=_clean_env())
 
 
 def test_the_wheel_carries_prompts_and_data_inside_its_own_namespace(wheel):
@@ -143,11 +140,11 @@ def test_the_installed_package_runs_outside_the_source_tree(installed, tmp_path,
         f"  model: openai/test-judge\n  api_base: {server.url}\n  api_key_env: TEST_JUDGE_KEY\n"
         "  timeout: 5\n  retries: 2\n  retry_backoff: 0.01\n"
     )
-    shown = mpo(installed, "config", "config.yaml", cwd=tmp_path)
+    shown = installed_mpo(installed, "config", "config.yaml", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "essay_writing" in shown.stdout and "test-judge" in shown.stdout
 
-    drawn = mpo(installed, "graph", "config.yaml", cwd=tmp_path)
+    drawn = installed_mpo(installed, "graph", "config.yaml", cwd=tmp_path)
     assert drawn.returncode == 0, drawn.stderr
     assert "rollout" in drawn.stdout and "policy_update" in drawn.stdout
 
@@ -159,7 +156,7 @@ def test_the_installed_package_runs_outside_the_source_tree(installed, tmp_path,
             {"prompt": "Write about cities.", "completion": "good city"},
         ],
     )
-    scored = mpo(
+    scored = installed_mpo(
         installed, "score", "config.yaml", "--input", "in.jsonl", "--rubric", "rubric.md", "--output", "out.jsonl",
         cwd=tmp_path,
     )  # fmt: skip

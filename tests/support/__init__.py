@@ -1,6 +1,9 @@
 """Shared test helpers: the repository's folders, the environment tests run with, and fast-run overrides.
 
-The scripted judge server lives in `tests.support.judge_server`, the tiny model in `tests.support.tiny_model`.
+The rest, by what they stand in for or drive: `judge_server` (the scripted OpenAI-compatible judge),
+`tiny_model` (the policy), `judge_client` (a JudgeClient on that server), `scoring` (one completion scored),
+`runs` (a whole run in this process), `cli` (`mpo` in a child process), `distributed_update` (a policy
+update in several processes). No test module imports another: what two of them share lives here.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 TEST_ENV = {"TEST_JUDGE_KEY": "sk-test-secret-123"}
+# A rubric the scripted judge's keyword rule ("good") scores predictably: per criterion, the count, clipped.
+TWO_CRITERIA = "Criterion 1: Uses the word good well. (0-5 points)\nCriterion 2: Stays on topic. (0-3 points)"
 
 
 def run_overrides(model_dir: Any, judge_url: str, **extra: Any) -> list[str]:

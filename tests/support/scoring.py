@@ -1,0 +1,54 @@
+"""One completion scored under a two-criterion rubric by the run's own Scorer and judges, outside any run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from mpo_agents.config import load_config
+from mpo_agents.context import build_judges
+from mpo_agents.rubrics import RubricVersion, parse_rubric
+from mpo_agents.rundir import RunDirectory
+from mpo_agents.scoring.scorer import Scorer
+from mpo_agents.tasks import build_task
+from tests.support import TEST_ENV, TWO_CRITERIA, run_overrides
+
+
+def score_once(
+    tmp_path: Path, server: Any, mode: str, completion: str, task: str = "essay_writing", **extra: Any
+) -> dict[str, Any]:
+    """`completion` to the first prompt of `task`, scored in scoring mode `mode` by the judge at `server`
+    (TWO_CRITERIA, or the math task's own guidelines); `extra` are more `--set` overrides."""
+    config = load_config(
+        None, run_overrides("unused", server.url, **{"task.name": task, "scoring.mode": mode, **extra})
+    )
+    judge, meta_judge = build_judges(config, RunDirectory(tmp_path / "run"), TEST_ENV, None)
+    task_ = build_task(config.task)
+    rubric = (
+        RubricVersion.of(parse_rubric(TWO_CRITERIA)[0], version=0, parent=None, iteration=0)
+        if task != "math_reasoning"
+        else task_.initial_rubric()
+    )
+    record = task_.records[0]
+    sample = {
+        "key": "k",
+        "prompt_index": 0,
+        "prompt": task_.prompt_text(record),
+        "completion": completion,
+        "truncated": False,
+        "score": None,
+        "reward": None,
+        "status": "pending",
+        "rationale": "",
+        "rubric_version": 0,
+    }
+
+    async def go():
+        try:
+            return await Scorer(task_, judge, config).score(rubric.to_state(), record, sample, iteration=1)
+        finally:
+            await judge.aclose()
+            await meta_judge.aclose()
+
+    return asyncio.run(go())
