@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
-from mpo_agents.errors import StorageError
+from mpo_agents.errors import MPOError, StorageError
 
 console = Console(stderr=True)  # progress and errors; a command's own report goes to stdout
 EXIT_STORAGE = (
@@ -71,3 +73,17 @@ def interrupted(run_dir: Path | None) -> NoReturn:
         f"[yellow]Interrupted.[/] Checkpoints are consistent; continue with: mpo resume {run_dir or 'RUN_DIR'}"
     )
     raise typer.Exit(code=130)
+
+
+@contextmanager
+def stops_reported(run_dir: Path) -> Iterator[None]:
+    """What a command on an existing run can stop with, each said once with its exit code: a write the OS refused
+    (74), our own error (2), Ctrl-C (130)."""
+    try:
+        yield
+    except StorageError as exc:
+        storage_failed(exc, run_dir)
+    except MPOError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        interrupted(run_dir)

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from mpo_agents.cli.common import console, fail, interrupted, prepare_environment, storage_failed
+from mpo_agents.cli.common import (
+    console,
+    fail,
+    interrupted,
+    prepare_environment,
+    stops_reported,
+    storage_failed,
+)
 from mpo_agents.cli.launch import AccelerateConfig, NumProcesses, launch_or_follow, repeat
 from mpo_agents.cli.progress import ProgressView, judge_failures
 from mpo_agents.errors import MPOError, StorageError
@@ -37,7 +44,7 @@ def run(
     num_processes: NumProcesses = None,
     accelerate_config: AccelerateConfig = None,
 ) -> None:
-    """Start an MPO run: rollout → score → meta (prescreen, analyze, refine, merge) → policy_update, checkpointed."""
+    """Start an MPO run: rollout → score → meta_analyze → rubric_rewrite → policy_update, checkpointed."""
     prepare_environment()
     arguments = ["run", *([str(config_path)] if config_path else []), *repeat("--set", set_)]
     channel = launch_or_follow(
@@ -80,19 +87,13 @@ def resume(
     from mpo_agents.run_config import saved_config, update_saved_config
     from mpo_agents.rundir import RunDirectory
 
-    try:
+    with stops_reported(run_dir):
         config = saved_config(run_dir)
         if budget_usd is not None:
             config = update_saved_config(run_dir, config, schedule={"budget_usd": budget_usd})
         if not has_graph_checkpoints(config, RunDirectory(run_dir)):
             raise MPOError(f"{run_dir} has no graph checkpoint yet; start it again with `mpo run`")
         _run(config, RunDirectory(run_dir), channel, fresh=False, check=_checked(run_dir))
-    except StorageError as exc:
-        storage_failed(exc, run_dir)
-    except MPOError as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        interrupted(run_dir)
 
 
 def review(
@@ -116,7 +117,7 @@ def review(
     from mpo_agents.rundir import RunDirectory
     from mpo_agents.runner import pending_reviews
 
-    try:
+    with stops_reported(run_dir):
         pending = pending_reviews(run_dir)
         chosen = [name for name, on in (("accept", accept), ("reject", reject), ("edit", edit)) if on]
         if not pending:
@@ -143,12 +144,6 @@ def review(
             review=decision,
             check=_checked(run_dir),
         )
-    except StorageError as exc:
-        storage_failed(exc, run_dir)
-    except MPOError as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        interrupted(run_dir)
 
 
 def _show_review(item: dict[str, Any]) -> None:

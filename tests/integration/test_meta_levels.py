@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +18,7 @@ from mpo_agents.rundir import read_jsonl
 from mpo_agents.runner import execute
 from tests.support import REPO, TEST_ENV, run_overrides
 from tests.support.cli import as_options, mpo
+from tests.support.examples import install_example, run_own_tests
 from tests.support.runs import prepared_run, run_in_process
 
 ROOT = REPO
@@ -49,29 +47,8 @@ def run(tmp_path, model_dir, server, nodes, **extra):
 def test_a_node_from_the_example_package_is_installed_discovered_and_run(
     tmp_path, tiny_model_dir, judge_server
 ):
-    target = tmp_path / "site"
-    pip = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-deps",
-        "--no-build-isolation",
-        "--target",
-        str(target),
-    ]
-    subprocess.run([*pip, str(EXAMPLE)], check=True, capture_output=True, timeout=300)
-    env = {**os.environ, **TEST_ENV, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
-    own_tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        check=False,
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = install_example(EXAMPLE, tmp_path / "site")
+    own_tests = run_own_tests(EXAMPLE, env)
     assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
 
     server = judge_server()

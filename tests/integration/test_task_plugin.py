@@ -3,15 +3,11 @@ tests passing, and a short training run on it through the CLI against a real HTT
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from mpo_agents.rubrics import RubricStore
 from mpo_agents.rundir import RunDirectory, read_jsonl
-from tests.integration.test_cli import mpo
-from tests.integration.test_score_cli import as_options
-from tests.support import EXAMPLES, REPO, TEST_ENV, run_overrides
+from tests.support import EXAMPLES, run_overrides
+from tests.support.cli import as_options, mpo
+from tests.support.examples import install_example, run_own_tests
 
 EXAMPLE = EXAMPLES / "task_plugin"
 TOPICS = {record["topic"] for record in read_jsonl(EXAMPLE / "haiku_task" / "data" / "haiku_topics.jsonl")}
@@ -20,21 +16,8 @@ TOPICS = {record["topic"] for record in read_jsonl(EXAMPLE / "haiku_task" / "dat
 def test_a_task_from_the_example_package_is_installed_discovered_and_trained_on(
     tmp_path, tiny_model_dir, judge_server
 ):
-    target = tmp_path / "site"
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run(
-        [*pip, "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=300
-    )
-    env = {**os.environ, **TEST_ENV, "PYTHONPATH": os.pathsep.join([str(target), str(REPO)])}
-    own_tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
-        check=False,
-        cwd=EXAMPLE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    env = install_example(EXAMPLE, tmp_path / "site")
+    own_tests = run_own_tests(EXAMPLE, env)
     assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
 
     server = judge_server()

@@ -40,3 +40,14 @@ def test_every_module_says_its_job_in_a_docstring():
         if "__pycache__" not in path.parts and not ast.get_docstring(ast.parse(path.read_text()))
     ]
     assert undocumented == []
+
+
+def test_no_test_module_imports_another():
+    borrowed = [
+        f"{path.relative_to(REPO)}: {line.strip()}"
+        for path in sorted((REPO / "tests").rglob("test_*.py"))
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith(("from tests.unit", "from tests.integration", "import tests.unit"))
+        or line.lstrip().startswith("import tests.integration")
+    ]
+    assert borrowed == []  # shared helpers live in tests/support
