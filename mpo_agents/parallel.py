@@ -306,6 +306,7 @@ def _update(policy: TRLGRPOPolicy, channel: ControlChannel, arguments: dict[str,
     merged["num_failed"] = float(sum(r is None for r in rewards))
     merged["seconds"] = max(s["seconds"] for s in everyone)
     merged["peak_memory_mb"] = max(s["peak_memory_mb"] for s in everyone)
+    merged["memory_mb"] = max(s["memory_mb"] for s in everyone)
     merged["processes"] = float(channel.world_size)
     return merged
 

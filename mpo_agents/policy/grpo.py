@@ -301,6 +301,7 @@ class TRLGRPOPolicy:
             "step": float(self.step),
             "seconds": time.perf_counter() - started,
             "peak_memory_mb": peak_memory_mb(self.device),
+            "memory_mb": memory_now_mb(self.device),
         }
 
     # --- dashboards (`trainer.report_to`) ---------------------------------------------------------------------
@@ -536,6 +537,17 @@ def peak_memory_mb(device: str) -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def memory_now_mb(device: str) -> float:
+    """What the process holds right after the update: on CUDA the allocator's live tensors, elsewhere the process's
+    current resident size. Unlike the peak (a process's ru_maxrss never falls), this shows whether memory stays
+    flat across iterations or grows."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return float(torch.cuda.memory_allocated() / 2**20)
+    import psutil
+
+    return float(psutil.Process().memory_info().rss / 2**20)
 
 
 def check_report_to(report_to: list[str]) -> None:
