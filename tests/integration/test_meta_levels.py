@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ from mpo_agents.runner import execute
 from tests.support import REPO, TEST_ENV, run_overrides
 from tests.support.cli import as_options, mpo
 from tests.support.examples import install_example, run_own_tests
+from tests.support.plugins import install_plugin_module
 from tests.support.runs import prepared_run, run_in_process
 
 ROOT = REPO
@@ -26,15 +26,9 @@ EXAMPLE = ROOT / "examples" / "meta_node_plugin"
 
 
 def install_fake_nodes(directory: Path, source: str, nodes: dict[str, str]) -> Path:
-    """A module plus the dist-info that registers its nodes, on a path entry of their own: what `pip
-    install` leaves behind, without the build."""
-    (directory / "fake_nodes.py").write_text(textwrap.dedent(source))
-    info = directory / "fake_nodes-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-nodes\nVersion: 0.1\n")
-    lines = "\n".join(f"{name} = fake_nodes:{target}" for name, target in nodes.items())
-    (info / "entry_points.txt").write_text(f"[mpo_agents.meta_nodes]\n{lines}\n")
-    return directory
+    """Meta-level nodes (name -> class in `source`) registered as a package of their own would register them."""
+    entries = {name: f"fake_nodes:{target}" for name, target in nodes.items()}
+    return install_plugin_module(directory, "fake_nodes", source, "mpo_agents.meta_nodes", entries)
 
 
 def run(tmp_path, model_dir, server, nodes, **extra):

@@ -3,7 +3,6 @@ point that cannot give a task is refused with its name and what to fix."""
 
 from __future__ import annotations
 
-import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -12,20 +11,9 @@ import pytest
 from mpo_agents.config import TaskConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.tasks import Task, available_tasks, build_task
+from tests.support.plugins import install_plugin_module
 
 BUILT_IN = ["essay_writing", "ethical_reasoning", "math_reasoning", "summarization"]
-
-
-def install_fake_tasks(directory: Path, source: str, tasks: dict[str, str]) -> Path:
-    """A module plus the dist-info that registers its tasks, on a path entry of their own: what `pip install`
-    leaves behind, without the build."""
-    (directory / "fake_tasks.py").write_text(textwrap.dedent(source))
-    info = directory / "fake_tasks-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-tasks\nVersion: 0.1\n")
-    lines = "\n".join(f"{name} = {target}" for name, target in tasks.items())
-    (info / "entry_points.txt").write_text(f"[mpo_agents.tasks]\n{lines}\n")
-    return directory
 
 
 FAKE_SOURCE = """
@@ -45,9 +33,11 @@ FAKE_SOURCE = """
 
 @pytest.fixture
 def fake_tasks(tmp_path, monkeypatch):
-    install_fake_tasks(
+    install_plugin_module(
         tmp_path,
+        "fake_tasks",
         FAKE_SOURCE,
+        "mpo_agents.tasks",
         {
             "limericks": "fake_tasks:Limericks",
             "misnamed": "fake_tasks:Misnamed",
