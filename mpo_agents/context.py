@@ -33,6 +33,9 @@ class RunContext:
     meta_judge: JudgeClient
     rubrics: RubricStore
     server: LocalServer | None = None  # the local judge server, when the config starts one
+    # The last iteration whose update the policy in memory holds (0: none, the base model): set when a run
+    # restores its checkpoint and replays, advanced by each update.
+    policy_iteration: int = 0
 
     def check_server(self) -> None:
         """Raise ServerError if the local judge server has stopped serving for good (its restarts used up)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mpo_agents.errors import MPOError, RunFileError
+from mpo_agents.errors import CheckpointError, MPOError, RunFileError
 from mpo_agents.judges.cache import CACHE_FILE
 from mpo_agents.rundir import (
     CONFIG_FILE,
@@ -55,6 +55,12 @@ class RunCheck:
     @property
     def blocking(self) -> list[Finding]:
         return [finding for finding in self.findings if finding.level == "error"]
+
+    def refuse_if_blocked(self) -> None:
+        """Raise CheckpointError, naming each problem and its fix, when a resume cannot go on as things are."""
+        if self.blocking:
+            problems = "\n".join(f"  {f.path}: {f.problem}. Fix: {f.action}" for f in self.blocking)
+            raise CheckpointError(f"{self.root} cannot be resumed as it is:\n{problems}")
 
     def add(self, level: Level, path: Path | str, problem: str, action: str) -> None:
         where = Path(path)
@@ -310,11 +316,13 @@ def _check_policy(
             + (f", then applies the update of {_span(check.replay)} again" if check.replay else ""),
         )
     if check.replay and not damaged:
+        # The usual state between two checkpoints of `output.checkpoint_every`, or after a kill.
         check.add(
-            "repair",
+            "note",
             directory.policy_dir,
-            f"the graph has applied {done} updates but the newest policy checkpoint holds {restored}",
-            f"`mpo resume` restores {source} and applies the update of {_span(check.replay)} again",
+            f"the graph has applied {done} updates; the newest policy checkpoint holds {restored}",
+            f"`mpo resume` restores {source} and applies the update of {_span(check.replay)} again from "
+            "the stored rollouts and rewards",
         )
     for iteration in check.replay:
         _check_replayable(check, directory, iteration)

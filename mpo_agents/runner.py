@@ -137,6 +137,7 @@ def _execute(
     from mpo_agents.context import build_context
     from mpo_agents.graph_checkpoints import check_checkpointer
     from mpo_agents.judges.local_server import local_server
+    from mpo_agents.nodes.policy_update import save_policy_if_behind
     from mpo_agents.plugins import load_meta_nodes
     from mpo_agents.policy import latest_checkpoint, resolve_model_dir
 
@@ -151,6 +152,8 @@ def _execute(
         if channel is not None:
             parallel.check_world(config, channel, environ)
         task = checked_task(config, status, on_warning or (lambda message: None))  # so does bad task data
+        if check is None and not fresh:
+            check = checked_run(run_dir, environ)  # and damage a person must mend
     except BaseException:
         if channel is not None:
             parallel.abandon(channel)
@@ -176,16 +179,16 @@ def _execute(
         stack.push(_policy_closer(ctx.policy))  # complete the dashboards' files however the run ends
         if check is not None:
             _restore_policy(ctx, check, status)
-        elif (latest := latest_checkpoint(run_dir.policy_dir)) is not None:
-            if fresh:
-                raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
-            status(f"restoring policy weights and optimizer from {latest.name}")
-            ctx.policy.load(latest)
+        elif latest_checkpoint(run_dir.policy_dir) is not None:
+            raise CheckpointError(f"{run_dir.policy_dir} already holds policy checkpoints")
         inputs: Any = initial_state(config, ctx.task, ctx.rubrics) if fresh else None
         if review is not None:
             inputs = Command(resume=review)
         hook = on_event or (lambda event: None)
-        return asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
+        outcome = asyncio.run(_drive(ctx, inputs, hook, meta_nodes, environ))
+        if save_policy_if_behind(ctx):  # a stop between two checkpoints of the cadence
+            status(f"saved the policy of iteration {ctx.policy_iteration}")
+        return outcome
 
 
 def _set_aside_damage(check: RunCheck, run_dir: RunDirectory) -> None:
@@ -209,10 +212,12 @@ def _restore_policy(ctx: Any, check: RunCheck, status: Callable[[str], None]) ->
     """Load the checkpoint the check verified (not verified twice), then apply again the updates that the
     graph made after it, from their stored rollouts and rewards."""
     from mpo_agents.nodes.policy_update import replay_updates
+    from mpo_agents.policy import checkpoint_index
 
     if check.checkpoint is not None:
         status(f"restoring policy weights and optimizer from {check.checkpoint.name}")
         ctx.policy.load(check.checkpoint, verify=False)
+        ctx.policy_iteration = checkpoint_index(check.checkpoint)
     if check.replay:
         log.warning(
             "applying the updates of iterations %d-%d again: the restored checkpoint (%s) predates them",
@@ -221,6 +226,16 @@ def _restore_policy(ctx: Any, check: RunCheck, status: Callable[[str], None]) ->
             check.checkpoint.name if check.checkpoint else "the base model",
         )
         replay_updates(ctx, check.replay, status)
+
+
+def checked_run(run_dir: RunDirectory, environ: Mapping[str, str]) -> RunCheck:
+    """What a resume verifies before any model loads (see `mpo_agents.integrity`); CheckpointError, naming each
+    problem and its fix, when a person has to act first."""
+    from mpo_agents.integrity import check_run
+
+    check = check_run(run_dir.root, environ, thorough=False)
+    check.refuse_if_blocked()
+    return check
 
 
 def checked_task(config: MPOConfig, status: Callable[[str], None], warn: Callable[[str], None]) -> Task:

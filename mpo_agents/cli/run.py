@@ -235,7 +235,6 @@ def _run(
 def _checked(run_dir: Path) -> Any:
     """`mpo check`'s verification before a run continues, before any model loads: what it will mend is said,
     what a person must fix stops it here (CheckpointError)."""
-    from mpo_agents.errors import CheckpointError
     from mpo_agents.integrity import check_run
 
     with console.status("checking the run directory"):
@@ -246,7 +245,5 @@ def _checked(run_dir: Path) -> Any:
                 f"[yellow]{finding.level}:[/] {finding.path}: {finding.problem}; {finding.action}",
                 highlight=False,
             )
-    if check.blocking:
-        problems = "\n".join(f"  {f.path}: {f.problem}. Fix: {f.action}" for f in check.blocking)
-        raise CheckpointError(f"{run_dir} cannot be resumed as it is:\n{problems}")
+    check.refuse_if_blocked()
     return check

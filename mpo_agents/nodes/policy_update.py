@@ -1,5 +1,6 @@
-"""policy_update: exactly one GRPO step on this iteration's scored batch, computed by TRL; then an atomic
-policy checkpoint. Idempotent: if this iteration's checkpoint exists, the update already happened."""
+"""policy_update: exactly one GRPO step on this iteration's scored batch, computed by TRL, its stats and
+rewards kept; the full policy state is checkpointed every `output.checkpoint_every` iterations. Idempotent: an
+update the policy in memory already holds is not applied again."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
-from mpo_agents.policy import Rollout, checkpoint_dir, prune_checkpoints
+from mpo_agents.policy import Rollout, checkpoint_dir, checkpoint_indices, prune_checkpoints
 from mpo_agents.rundir import UPDATE_REWARDS, atomic_write_text, read_jsonl
 from mpo_agents.scoring.scorer import training_reward
 from mpo_agents.state import MPOState
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
-    if not (checkpoint_dir(ctx.run_dir.policy_dir, iteration) / "COMPLETE").exists():
-        # Not done yet (or killed before the checkpoint landed): the weights in memory are those of the
-        # previous iteration's checkpoint, so applying the step now is neither lost nor duplicated.
+    if iteration > ctx.policy_iteration:
+        # Not applied yet (or applied by a process that was killed before the graph committed this node: the
+        # restored policy then lacks it), so applying the step now is neither lost nor duplicated.
         versions = {sample["rubric_version"] for sample in state["batch"]}
         if len(versions) > 1:
             # GRPO compares a completion with its group; scores on two rubric scales are not comparable.
@@ -33,7 +34,7 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         rollouts = _rollouts(ctx.run_dir.locate(state["rollout_path"]))
         rewards = [training_reward(sample, ctx.config) for sample in state["batch"]]
         stats = apply_update(ctx, iteration, rollouts, rewards)
-    else:
+    else:  # restored from this iteration's own checkpoint
         stats_path = ctx.run_dir.update_stats_path(iteration)
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
         stats.pop(UPDATE_REWARDS, None)
@@ -64,28 +65,69 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
 def apply_update(
     ctx: RunContext, iteration: int, rollouts: list[Rollout], rewards: list[float | None]
 ) -> dict[str, float]:
-    """One step on a batch (none when no reward is usable), its stats and rewards kept in `updates/`, then the
-    iteration's checkpoint. Returns the stats."""
-    started = time.perf_counter()
+    """One step on a batch (none when no reward is usable), its stats and rewards kept in `updates/` (what a
+    replay needs), then the iteration's checkpoint when the cadence asks for one. Returns the stats."""
     if any(reward is not None for reward in rewards):
         stats = ctx.policy.update(rollouts, rewards)
     else:
         stats = {"update_skipped": 1.0}  # no valid judgment at all: nothing to learn from
+    ctx.policy_iteration = iteration
     atomic_write_text(
         ctx.run_dir.update_stats_path(iteration), json.dumps({**stats, UPDATE_REWARDS: rewards})
     )
-    ctx.policy.save(checkpoint_dir(ctx.run_dir.policy_dir, iteration))
-    prune_checkpoints(ctx.run_dir.policy_dir, ctx.config.output.keep_policy_checkpoints)
-    stats["update_and_save_seconds"] = time.perf_counter() - started
+    if checkpoint_due(ctx, iteration):
+        saving = time.perf_counter()
+        save_policy(ctx)
+        stats["checkpoint_seconds"] = time.perf_counter() - saving
     return stats
+
+
+def checkpoint_due(ctx: RunContext, iteration: int) -> bool:
+    """Whether the cadence checkpoints this iteration: every `output.checkpoint_every`th, and the last one."""
+    return iteration % ctx.config.output.checkpoint_every == 0 or iteration >= ctx.config.schedule.iterations
+
+
+def save_policy(ctx: RunContext) -> None:
+    """Checkpoint the policy in memory as of `ctx.policy_iteration`, then delete the checkpoints retention does
+    not keep (the newest `output.keep_last`, and the best by `output.keep_best`)."""
+    ctx.policy.save(checkpoint_dir(ctx.run_dir.policy_dir, ctx.policy_iteration))
+    output = ctx.config.output
+    prune_checkpoints(ctx.run_dir.policy_dir, output.keep_last, also_keep=_best_checkpoint(ctx))
+
+
+def save_policy_if_behind(ctx: RunContext) -> bool:
+    """Checkpoint the policy when it holds updates that no checkpoint does (a run that stops between two
+    checkpoints of the cadence), so that a resume need not apply them again. True when it saved."""
+    saved = checkpoint_indices(ctx.run_dir.policy_dir)
+    if ctx.policy_iteration == 0 or (saved and saved[-1] >= ctx.policy_iteration):
+        return False
+    save_policy(ctx)
+    return True
+
+
+def _best_checkpoint(ctx: RunContext) -> set[int]:
+    """The checkpointed iteration with the best `output.keep_best` metric (an empty set without one)."""
+    output = ctx.config.output
+    if output.keep_best is None:
+        return set()
+    saved = set(checkpoint_indices(ctx.run_dir.policy_dir))
+    values = {
+        record["iteration"]: record[output.keep_best]
+        for record in ctx.run_dir.metrics()
+        if record.get("iteration") in saved and isinstance(record.get(output.keep_best), int | float)
+    }
+    if not values:
+        return set()
+    pick = max if output.keep_best_mode == "max" else min
+    return {pick(values, key=values.__getitem__)}
 
 
 def replay_updates(
     ctx: RunContext, iterations: range, on_status: Callable[[str], None] = lambda message: None
 ) -> None:
-    """Apply again, in order, updates the graph has made but the restored checkpoint does not hold (newer
-    checkpoints were damaged): each from its stored rollouts and the rewards it trained on, so each is the
-    same step again, and each writes its checkpoint anew."""
+    """Apply again, in order, updates the graph has made but the restored checkpoint does not hold (made after
+    it, or newer checkpoints were damaged): each from its stored rollouts and the rewards it trained on, so each
+    is the same step again; checkpoints are written on the run's cadence, as the first time."""
     for iteration in iterations:
         on_status(
             f"replaying the update of iteration {iteration} (of {iterations.start}..{iterations.stop - 1})"

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mpo_agents.policy.weight_checkpoints import (
         checkpoint_dir,
         checkpoint_index,
+        checkpoint_indices,
         latest_checkpoint,
         load_checkpoint,
         prune_checkpoints,
@@ -39,6 +40,7 @@ _LAZY = {
     "prune_checkpoints": "mpo_agents.policy.weight_checkpoints",
     "checkpoint_dir": "mpo_agents.policy.weight_checkpoints",
     "checkpoint_index": "mpo_agents.policy.weight_checkpoints",
+    "checkpoint_indices": "mpo_agents.policy.weight_checkpoints",
     "quarantine": "mpo_agents.policy.weight_checkpoints",
     "usable_checkpoint": "mpo_agents.policy.weight_checkpoints",
     "verify_checkpoint": "mpo_agents.policy.weight_checkpoints",
@@ -51,6 +53,7 @@ __all__ = [
     "build_policy",
     "checkpoint_dir",
     "checkpoint_index",
+    "checkpoint_indices",
     "latest_checkpoint",
     "load_checkpoint",
     "load_policy_model",

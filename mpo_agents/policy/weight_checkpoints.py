@@ -30,7 +30,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -442,20 +442,26 @@ def checkpoint_index(directory: Path) -> int:
     return int(match.group(1))
 
 
+def checkpoint_indices(root: Path) -> list[int]:
+    """The iterations that have a complete checkpoint under `root`, oldest first."""
+    return [index for index, _ in _complete_checkpoints(Path(root))]
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The complete checkpoint with the highest step under `root`, or None."""
     complete = _complete_checkpoints(Path(root))
     return complete[-1][1] if complete else None
 
 
-def prune_checkpoints(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints, and staging leftovers of older steps.
+def prune_checkpoints(root: Path, keep: int, also_keep: Collection[int] = ()) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints and those numbered in `also_keep` (e.g. the best
+    one by a metric), and staging leftovers of older steps.
 
     Returns the deleted paths."""
     if keep < 1:
         raise ValueError("keep must be >= 1 (pruning every checkpoint would make the run unresumable)")
     complete = _complete_checkpoints(Path(root))
-    doomed = [path for _, path in complete[:-keep]]
+    doomed = [path for index, path in complete[:-keep] if index not in also_keep]
     newest = complete[-1][0] if complete else -1
     for leftover in sorted(Path(root).glob("iter-*")) if Path(root).is_dir() else []:
         match = re.match(r"^iter-(\d+)\.(tmp|old)$", leftover.name)

@@ -184,9 +184,11 @@ def test_two_process_run_killed_and_resumed_equals_an_uninterrupted_one(tiny_mod
         killed = tmp_path / "killed"
         process = start_mpo("run", "--run-dir", str(killed), "--num-processes", "2", *sets, **LAUNCHER)
         deadline = time.monotonic() + 240
-        while not (killed / "policy" / "iter-000002" / "COMPLETE").exists():
+        # The update of iteration 2 applied; no policy checkpoint holds it (the cadence writes after the 3rd), so
+        # the resume applies updates 1 and 2 again, in both processes.
+        while not (killed / "updates" / "iter-0002.json").exists():
             assert process.poll() is None, process.stdout.read().decode(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "iteration 2 never finished"
+            assert time.monotonic() < deadline, "the update of iteration 2 never came"
             time.sleep(0.01)
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and both processes, mid-run
         process.wait()

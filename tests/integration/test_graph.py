@@ -23,7 +23,10 @@ def run_loop(tmp_path, model_dir, server, **extra):
 def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_model_dir, judge_server):
     server = judge_server()  # keyword rule: scores occurrences of "good"; answers the meta prompts
     outcome, run_dir, events = run_loop(
-        tmp_path, tiny_model_dir, server, **{"schedule.iterations": 4, "schedule.meta_every": 2}
+        tmp_path,
+        tiny_model_dir,
+        server,
+        **{"schedule.iterations": 4, "schedule.meta_every": 2, "output.checkpoint_every": 1},
     )
 
     assert outcome.status == "finished" and outcome.iteration == 5 and outcome.policy_step == 4
@@ -50,7 +53,7 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
     assert TEST_ENV["TEST_JUDGE_KEY"] not in calls + run_dir.config_path.read_text()
     first_call = json.loads(calls.splitlines()[0])
     assert first_call["completion_tokens"] > 0 and first_call["latency_s"] > 0
-    assert len(list(run_dir.policy_dir.glob("iter-*"))) == 2  # output.keep_policy_checkpoints
+    assert len(list(run_dir.policy_dir.glob("iter-*"))) == 2  # output.keep_last
 
 
 def test_failed_judgments_are_recorded_and_left_out_of_the_update(tmp_path, tiny_model_dir, judge_server):

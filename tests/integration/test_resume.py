@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from mpo_agents.run_config import saved_config
 from mpo_agents.rundir import RunDirectory, read_jsonl
-from tests.support import run_overrides
+from mpo_agents.runner import execute
+from tests.support import TEST_ENV, run_overrides
 from tests.support.cli import finish, run_command, start_mpo, wait_for
 from tests.support.runs import summary
 
@@ -22,11 +24,12 @@ from tests.support.runs import summary
 pytestmark = pytest.mark.xdist_group("resume")
 
 ITERATIONS = 4
-SCHEDULE = {"schedule.iterations": ITERATIONS, "schedule.meta_every": 2}
+# Policy checkpoints after iterations 3 and 4 only: a kill before either leaves updates no checkpoint holds.
+SCHEDULE = {"schedule.iterations": ITERATIONS, "schedule.meta_every": 2, "output.checkpoint_every": 3}
 
 
-def run_args(run_dir: Path, model_dir: Path, url: str) -> list[str]:
-    return run_command(run_dir, run_overrides(model_dir, url, **SCHEDULE))
+def run_args(run_dir: Path, model_dir: Path, url: str, **settings: object) -> list[str]:
+    return run_command(run_dir, run_overrides(model_dir, url, **{**SCHEDULE, **settings}))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,9 @@ def uninterrupted(tmp_path_factory, tiny_model_dir):
     "kill_when",
     [
         "samples/iter-0002.jsonl",  # iteration 2 scored, meta step or update in flight
+        "updates/iter-0002.json",  # two updates applied, no checkpoint holds them: both applied again
         "updates/iter-0003.json",  # the update of iteration 3 applied, its checkpoint being written
+        "samples/iter-0004.jsonl",  # between the checkpoints of iterations 3 and 4
         "rubrics/v0002.md",  # the second rewrite stored, not yet committed to the graph
         "meta/iter-0002/analyze/*.json",  # in the middle of a meta stage: one analysis stored, others in flight
     ],
@@ -119,6 +124,46 @@ def test_ctrl_c_stops_at_a_node_boundary_and_resume_finishes(
     assert resumed["optimizer_steps"] == ITERATIONS
 
 
+class CrashInReplay(Exception):
+    """Stands in for a kill while a resume applies stored updates again (nothing durable is written between two
+    replayed updates of the cadence, so raising there leaves what a SIGKILL would)."""
+
+
+def test_a_resume_killed_inside_its_replay_resumes_again_exactly(
+    tmp_path, tiny_model_dir, judge_server, uninterrupted
+):
+    server = judge_server(latency=0.05)
+    run_dir = tmp_path / "run"
+    process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
+    wait_for((run_dir, "samples/iter-0003.jsonl"), process)  # updates 1 and 2 applied; no checkpoint yet
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not list((run_dir / "policy").glob("iter-*[0-9]"))
+
+    def crash_in_replay(message: str) -> None:
+        if message.startswith("replaying the update of iteration 2"):  # the first is applied in memory
+            raise CrashInReplay(message)
+
+    replayed: list[str] = []
+    with pytest.raises(CrashInReplay):
+        execute(
+            saved_config(run_dir),
+            RunDirectory(run_dir),
+            TEST_ENV,
+            fresh=False,
+            on_status=lambda message: (replayed.append(message), crash_in_replay(message)),
+        )
+    assert replayed[-1] == "replaying the update of iteration 2 (of 1..2)", replayed
+    assert not list((run_dir / "policy").glob("iter-*[0-9]"))
+
+    checked = " ".join(finish(start_mpo("check", str(run_dir))).split())
+    assert "then applies 2 update(s) again" in checked, checked
+    output = finish(start_mpo("resume", str(run_dir)))
+    assert "Run finished" in output, output
+    same_run(summary(run_dir), uninterrupted)
+    assert sorted(path.name for path in (run_dir / "policy").iterdir()) == ["iter-000003", "iter-000004"]
+
+
 def same_run(resumed: dict, uninterrupted: dict) -> None:
     assert resumed["iterations"] == uninterrupted["iterations"] == list(range(1, ITERATIONS + 1))
     assert resumed["optimizer_steps"] == uninterrupted["optimizer_steps"] == ITERATIONS
@@ -175,7 +220,8 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_resume_loses_nothing
     try:
         server = judge_server(latency=0.05)
         run_dir = disk / "run"
-        process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url))
+        # A checkpoint every iteration, so that the write of iteration 2's is the one that finds the disk full.
+        process = start_mpo(*run_args(run_dir, tiny_model_dir, server.url, **{"output.checkpoint_every": 1}))
         wait_for((run_dir, "policy/iter-000001/COMPLETE"), process)
         # Leave less than one policy checkpoint (1.3 MB for the tiny model): iteration 2 cannot complete.
         ballast = disk / "ballast"
