@@ -198,7 +198,7 @@ class JudgeClient:
             raise
         self._count_call(ok=last.error is None)
         if key is not None and last.error is None and last.reply is not None:
-            self.cache.put(key, last.reply)  # only judgments that parsed; a failure is asked again next time
+            await self.cache.store(key, last.reply)  # only judgments that parsed; a failure is asked again
         if last.error is not None:
             logger.info("%s call failed after %d attempt(s): %s", self.role, len(attempts), last.error)
         return JudgeResult(
