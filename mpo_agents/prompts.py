@@ -93,13 +93,13 @@ def prompt_path(task: str, role: str, api: str = "chat", prompts_dir: Path | Non
     """Where the prompt for (task, role) lives: the task's folder, then `_common/` (prompts that differ between
     tasks only in the persona, instruction and input block they are given). In each, `<role>.<api>.md` wins
     over `<role>.md`."""
-    root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     # Looked up afresh on every call (a file added later wins from then on), with strings and os.path: a
     # judgment looks up four prompts, and pathlib made that a quarter of our judge layer's time per call.
-    for folder in _folders(str(root), task):
+    for folder in _folders(prompts_dir or DEFAULT_PROMPTS_DIR, task):
         for candidate in (f"{folder}{role}.{api}.md", f"{folder}{role}.md"):
             if os.path.isfile(candidate):
                 return _as_path(candidate)
+    root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     raise ConfigError(
         f"no prompt file for role '{role}' of task '{task}': expected {root / task / f'{role}.md'} "
         f"(set task.prompts_dir if your prompts live elsewhere)"
@@ -107,7 +107,7 @@ def prompt_path(task: str, role: str, api: str = "chat", prompts_dir: Path | Non
 
 
 @lru_cache(maxsize=128)
-def _folders(root: str, task: str) -> tuple[str, ...]:
+def _folders(root: Path | str, task: str) -> tuple[str, ...]:
     """The folders `prompt_path` searches, in order, each ending in a path separator."""
     folders = [Path(root) / task, Path(root) / COMMON_DIR, DEFAULT_PROMPTS_DIR / COMMON_DIR]
     return tuple(f"{folder}{os.sep}" for folder in dict.fromkeys(folders))
