@@ -4,9 +4,9 @@ concurrency 32, so the ideal wall time is 256 / 32 x 0.2 s = 1.6 s. Two baseline
 (same bodies, same concurrency) in the same process: bare `litellm.acompletion`, and plain asyncio + httpx.
 
 The last line is `layer over bare litellm: X`, what our layer adds to LiteLLM itself (target: X <= 1.10).
-`over raw httpx` and `over ideal` come before it, for reference: their old targets (1.15 and 1.30) are retired,
-as bare LiteLLM alone takes 1.16-1.28x raw httpx on a 2-core machine. Each side is the median of `--rounds`
-alternating rounds after a warm-up, since the machine is noisy.
+`over raw httpx` and `over ideal` come before it, for reference: their old targets (1.15 and 1.30) are
+retired, as bare LiteLLM alone takes 1.15-1.28x raw httpx on a 2-core machine. Each side is the median of
+`--rounds` alternating rounds after a warm-up, since the machine is noisy.
 
     python benchmarks/bench_judge_fanout.py [--judgments 256] [--concurrency 32] [--rounds 3] [--deployments 1]
 """

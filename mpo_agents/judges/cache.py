@@ -9,8 +9,9 @@ SQLite (standard library) gives atomic, crash-safe writes shared by both judge r
 `synchronous=NORMAL`: a write is a few microseconds instead of an fsync per judgment (which, on the event loop,
 held up every other judge call); a process crash loses nothing, a power cut at worst the last judgments, which
 are then asked again. On an event loop, `store` commits the judgments stored in one turn of the loop together
-(one WAL commit, not one each) and returns once they are committed. `checkpoint` (called when a judge client closes, i.e. at the end of every run or
-command) folds the WAL back into the one file, so a finished run directory can be copied file by file.
+(one WAL commit, not one each) and returns once they are committed. `checkpoint` (called when a judge client
+closes, i.e. at the end of every run or command) folds the WAL back into the one file, so a finished run
+directory can be copied file by file.
 """
 
 from __future__ import annotations

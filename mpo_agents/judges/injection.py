@@ -80,6 +80,6 @@ def echoes_rubric(completion: str, rubric: str, run_words: int = ECHO_RUN_WORDS)
 
 @lru_cache(maxsize=16)
 def _word_runs(rubric: str, run_words: int) -> frozenset[tuple[str, ...]]:
-    """Every run of `run_words` consecutive words of a rubric: the same for every sample an iteration scores."""
+    """Every run of `run_words` consecutive words of a rubric, the same for every sample of an iteration."""
     rubric_words = _WORD.findall(rubric.lower())
     return frozenset(tuple(rubric_words[i : i + run_words]) for i in range(len(rubric_words) - run_words + 1))
