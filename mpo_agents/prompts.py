@@ -9,6 +9,7 @@ better than an instruction, so a role may ship a `<role>.completion.md` variant 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,9 +72,14 @@ def _parse_turns(text: str, path: Path) -> tuple[tuple[str, jinja2.Template], ..
     if not turns:
         raise ConfigError(f"prompt file {path} is empty")
     try:
-        return tuple((role, _ENV.from_string(body)) for role, body in turns)
+        templates = tuple((role, _ENV.from_string(body)) for role, body in turns)
     except jinja2.TemplateSyntaxError as exc:
         raise ConfigError(f"prompt file {path} line {exc.lineno}: {exc.message}") from exc
+    for _, template in templates:
+        # A template's globals are a ChainMap over the environment's, which every render copies key by key
+        # (three quarters of a render's time); `_ENV` never changes, so a plain dict holds the same names.
+        template.globals = dict(template.globals)
+    return templates
 
 
 @lru_cache(maxsize=128)
@@ -87,16 +93,29 @@ def prompt_path(task: str, role: str, api: str = "chat", prompts_dir: Path | Non
     """Where the prompt for (task, role) lives: the task's folder, then `_common/` (prompts that differ between
     tasks only in the persona, instruction and input block they are given). In each, `<role>.<api>.md` wins
     over `<role>.md`."""
+    # Looked up afresh on every call (a file added later wins from then on), with strings and os.path: a
+    # judgment looks up four prompts, and pathlib made that a quarter of our judge layer's time per call.
+    for folder in _folders(prompts_dir or DEFAULT_PROMPTS_DIR, task):
+        for candidate in (f"{folder}{role}.{api}.md", f"{folder}{role}.md"):
+            if os.path.isfile(candidate):
+                return _as_path(candidate)
     root = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
-    folders = [root / task, root / COMMON_DIR, DEFAULT_PROMPTS_DIR / COMMON_DIR]
-    for folder in dict.fromkeys(folders):
-        for candidate in (folder / f"{role}.{api}.md", folder / f"{role}.md"):
-            if candidate.is_file():
-                return candidate
     raise ConfigError(
         f"no prompt file for role '{role}' of task '{task}': expected {root / task / f'{role}.md'} "
         f"(set task.prompts_dir if your prompts live elsewhere)"
     )
+
+
+@lru_cache(maxsize=128)
+def _folders(root: Path | str, task: str) -> tuple[str, ...]:
+    """The folders `prompt_path` searches, in order, each ending in a path separator."""
+    folders = [Path(root) / task, Path(root) / COMMON_DIR, DEFAULT_PROMPTS_DIR / COMMON_DIR]
+    return tuple(f"{folder}{os.sep}" for folder in dict.fromkeys(folders))
+
+
+@lru_cache(maxsize=256)
+def _as_path(candidate: str) -> Path:
+    return Path(candidate)
 
 
 def load_prompt(task: str, role: str, api: str = "chat", prompts_dir: Path | None = None) -> PromptTemplate:

@@ -16,19 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_result,
-    stop_after_attempt,
-    wait_random_exponential,
-)
 
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError, ServerError
@@ -187,30 +180,25 @@ class JudgeClient:
         if too_long is not None:
             return self._not_sent(request, too_long, started)
 
-        async def attempt_once() -> _Attempt:
-            warmer = any(a.error in PARSE_FAILURES for a in attempts)
-            temperature = self.cfg.temperature
-            if warmer:
-                temperature = max(temperature, PARSE_RETRY_TEMPERATURE)
-            outcome = await self._attempt(request, len(attempts) + 1, temperature)
-            attempts.append(outcome)
-            return outcome
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.cfg.retries + 1),
-            wait=wait_random_exponential(multiplier=self.cfg.retry_backoff, max=self.cfg.retry_backoff_max),
-            retry=retry_if_result(lambda outcome: outcome.retry),
-            retry_error_callback=_last_outcome,
-            reraise=True,
-        )
+        # Retried while the error is retryable, at most `retries` times, after a random exponential backoff;
+        # after an unreadable reply, every later attempt samples at least PARSE_RETRY_TEMPERATURE warm.
+        # A plain loop: tenacity's machinery cost as much per call as the rest of this method.
+        temperature = self.cfg.temperature
         try:
-            last: _Attempt = await retrying(attempt_once)
+            while True:
+                last = await self._attempt(request, len(attempts) + 1, temperature)
+                attempts.append(last)
+                if not last.retry or len(attempts) > self.cfg.retries:
+                    break
+                if last.error in PARSE_FAILURES:
+                    temperature = max(temperature, PARSE_RETRY_TEMPERATURE)
+                await asyncio.sleep(self._backoff(len(attempts)))
         except (JudgeError, ServerError):
             self._count_call(ok=False)
             raise
         self._count_call(ok=last.error is None)
         if key is not None and last.error is None and last.reply is not None:
-            self.cache.put(key, last.reply)  # only judgments that parsed; a failure is asked again next time
+            await self.cache.store(key, last.reply)  # only judgments that parsed; a failure is asked again
         if last.error is not None:
             logger.info("%s call failed after %d attempt(s): %s", self.role, len(attempts), last.error)
         return JudgeResult(
@@ -311,10 +299,11 @@ class JudgeClient:
             try:
                 # LiteLLM enforces cfg.timeout on the HTTP exchange; this outer limit also covers a server
                 # that trickles bytes (every read succeeds, so no read timeout fires) and any other stall.
-                sending = self._pools.send(
-                    resources, request.messages, temperature, request.max_tokens, request.stop
-                )
-                response = await asyncio.wait_for(sending, timeout=self._stall_limit)
+                # (asyncio.timeout rather than wait_for, which runs the request as a task of its own.)
+                async with asyncio.timeout(self._stall_limit):
+                    response = await self._pools.send(
+                        resources, request.messages, temperature, request.max_tokens, request.stop
+                    )
             except Exception as exc:
                 error = classify(exc)
                 if error is None:
@@ -354,6 +343,15 @@ class JudgeClient:
         return _Attempt(value, reply, error, prompt_tokens, completion_tokens, detail)
 
     # -- helpers --------------------------------------------------------------------------------------------
+    def _backoff(self, failed: int) -> float:
+        """Seconds to wait after `failed` attempts: uniform in [0, retry_backoff x 2^(failed-1)], capped at
+        retry_backoff_max (tenacity's `wait_random_exponential`, which this replaced)."""
+        try:
+            high = self.cfg.retry_backoff * 2 ** (failed - 1)
+        except OverflowError:
+            high = self.cfg.retry_backoff_max
+        return random.uniform(0, max(0.0, min(high, self.cfg.retry_backoff_max)))
+
     def _count_call(self, *, ok: bool) -> None:
         self._ledger.count_call(ok=ok)
 
@@ -378,8 +376,3 @@ class JudgeClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
-
-
-def _last_outcome(state: RetryCallState) -> _Attempt:
-    assert state.outcome is not None
-    return state.outcome.result()

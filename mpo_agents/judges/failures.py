@@ -44,7 +44,7 @@ FAILED_STATUSES = (STATUS_JUDGE_FAILED, STATUS_UNPARSEABLE)
 
 def classify(exc: BaseException) -> str | None:
     """The error kind of an exception raised by a call, or None if it is not an endpoint failure."""
-    if isinstance(exc, TimeoutError):  # our outer asyncio.wait_for
+    if isinstance(exc, TimeoutError):  # our outer asyncio.timeout
         return TIMEOUT
     litellm = import_litellm()
     import openai

@@ -13,6 +13,7 @@ Two defences, both before the judge sees anything:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 # Tags our prompts use as delimiters or as the judge's reply format.
 _DELIMITER_TAG = re.compile(
@@ -72,7 +73,13 @@ _WORD = re.compile(r"[a-z0-9']+")
 def echoes_rubric(completion: str, rubric: str, run_words: int = ECHO_RUN_WORDS) -> bool:
     """Whether the completion repeats `run_words` consecutive words of the rubric (case and punctuation
     ignored): the "rubric echo" hack, which tells the grader what it wants to read instead of doing it."""
-    rubric_words = _WORD.findall(rubric.lower())
-    runs = {tuple(rubric_words[i : i + run_words]) for i in range(len(rubric_words) - run_words + 1)}
+    runs = _word_runs(rubric, run_words)
     words = _WORD.findall(completion.lower())
     return any(tuple(words[i : i + run_words]) in runs for i in range(len(words) - run_words + 1))
+
+
+@lru_cache(maxsize=16)
+def _word_runs(rubric: str, run_words: int) -> frozenset[tuple[str, ...]]:
+    """Every run of `run_words` consecutive words of a rubric, the same for every sample of an iteration."""
+    rubric_words = _WORD.findall(rubric.lower())
+    return frozenset(tuple(rubric_words[i : i + run_words]) for i in range(len(rubric_words) - run_words + 1))

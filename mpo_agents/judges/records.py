@@ -36,6 +36,15 @@ class CallRecord:
     served_by: str | None = None  # a routed role's answering deployment (model at endpoint); None otherwise
 
 
+_FIELDS = tuple(spec.name for spec in dataclasses.fields(CallRecord))
+
+
+def as_dict(record: CallRecord) -> dict[str, Any]:
+    """A record's fields as a dict for its JSON line. Shallow: `dataclasses.asdict` deep-copies the messages
+    and metadata first, which cost more than encoding them."""
+    return {name: getattr(record, name) for name in _FIELDS}
+
+
 class CallLog:
     """Appends records to a JSONL file; safe to share between threads and asyncio tasks.
 
@@ -51,7 +60,7 @@ class CallLog:
         self._file: Any = None
 
     def write(self, record: CallRecord | dict[str, Any]) -> None:
-        data = dataclasses.asdict(record) if isinstance(record, CallRecord) else record
+        data = as_dict(record) if isinstance(record, CallRecord) else record
         with self._lock:
             if self._file is None or self._file.closed:
                 self._file = open_appended(self.path)
