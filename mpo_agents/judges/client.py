@@ -16,12 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from mpo_agents.config import JudgeConfig
 from mpo_agents.errors import JudgeError, ServerError
@@ -180,19 +187,15 @@ class JudgeClient:
         if too_long is not None:
             return self._not_sent(request, too_long, started)
 
-        # Retried while the error is retryable, at most `retries` times, after a random exponential backoff;
-        # after an unreadable reply, every later attempt samples at least PARSE_RETRY_TEMPERATURE warm.
-        # A plain loop: tenacity's machinery cost as much per call as the rest of this method.
-        temperature = self.cfg.temperature
+        # The first attempt goes straight out; a retryable failure hands over to tenacity for the rest: at most
+        # `retries` more, after a jittered exponential backoff, and after an unreadable reply every later attempt
+        # samples at least PARSE_RETRY_TEMPERATURE warm. (Building tenacity's machinery for every call cost as
+        # much as the rest of this method; most calls never retry.)
         try:
-            while True:
-                last = await self._attempt(request, len(attempts) + 1, temperature)
-                attempts.append(last)
-                if not last.retry or len(attempts) > self.cfg.retries:
-                    break
-                if last.error in PARSE_FAILURES:
-                    temperature = max(temperature, PARSE_RETRY_TEMPERATURE)
-                await asyncio.sleep(self._backoff(len(attempts)))
+            last = await self._attempt(request, 1, self.cfg.temperature)
+            attempts.append(last)
+            if last.retry and self.cfg.retries > 0:
+                last = await self._retry(request, attempts)
         except (JudgeError, ServerError):
             self._count_call(ok=False)
             raise
@@ -342,15 +345,33 @@ class JudgeClient:
             await self._on_endpoint_error()
         return _Attempt(value, reply, error, prompt_tokens, completion_tokens, detail)
 
+    async def _retry(self, request: _Request, attempts: list[_Attempt]) -> _Attempt:
+        """Go on after a first attempt that failed retryably (`attempts[0]`), as tenacity decides: its outcome
+        counts as tenacity's first attempt, then each retry follows a backoff until one does not fail
+        retryably or `retries` more were made. Returns the last attempt."""
+        made = [attempts[0]]  # handed to tenacity as its first attempt's outcome, not sent again
+
+        async def attempt() -> _Attempt:
+            if made:
+                return made.pop()
+            warmer = any(a.error in PARSE_FAILURES for a in attempts)
+            temperature = (
+                max(self.cfg.temperature, PARSE_RETRY_TEMPERATURE) if warmer else self.cfg.temperature
+            )
+            outcome = await self._attempt(request, len(attempts) + 1, temperature)
+            attempts.append(outcome)
+            return outcome
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.retries + 1),
+            wait=wait_random_exponential(multiplier=self.cfg.retry_backoff, max=self.cfg.retry_backoff_max),
+            retry=retry_if_result(lambda outcome: outcome.retry),
+            retry_error_callback=_last_outcome,
+            reraise=True,
+        )
+        return await retrying(attempt)
+
     # -- helpers --------------------------------------------------------------------------------------------
-    def _backoff(self, failed: int) -> float:
-        """Seconds to wait after `failed` attempts: uniform in [0, retry_backoff x 2^(failed-1)], capped at
-        retry_backoff_max (tenacity's `wait_random_exponential`, which this replaced)."""
-        try:
-            high = self.cfg.retry_backoff * 2 ** (failed - 1)
-        except OverflowError:
-            high = self.cfg.retry_backoff_max
-        return random.uniform(0, max(0.0, min(high, self.cfg.retry_backoff_max)))
 
     def _count_call(self, *, ok: bool) -> None:
         self._ledger.count_call(ok=ok)
@@ -376,3 +397,8 @@ class JudgeClient:
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
+
+
+def _last_outcome(state: RetryCallState) -> _Attempt:
+    assert state.outcome is not None
+    return state.outcome.result()
