@@ -15,6 +15,7 @@ kernel's high-water mark, reset through /proc/self/clear_refs at each phase star
 also resets `update_peak_memory_mb`, which then reads as the peak since the last phase began.
 
     python benchmarks/bench_memory.py [--model smollm2-135m|DIR] [--iterations 6] [--tokens 48] [--phases]
+                                      [--set policy.gradient_checkpointing=true ...]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def overrides(args: argparse.Namespace, url: str) -> list[str]:
         "schedule.meta_every=0",
         "task.max_prompts=64",
         "output.keep_policy_checkpoints=2",
+        *args.set,
     ]
 
 
@@ -178,6 +180,7 @@ def child(args: argparse.Namespace) -> None:
                 "iteration": m["iteration"],
                 "memory_mb": m["update_memory_mb"],
                 "peak_memory_mb": m["update_peak_memory_mb"],
+                "seconds": m["update_seconds"],
             }
             for m in metrics
         ],
@@ -197,6 +200,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--phases", action="store_true", help="also measure each phase (resets the peak)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="a config override, e.g. policy.lora.enabled=true"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -211,6 +217,7 @@ def main() -> None:
         result_path = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", "--url", server.url, "--result", str(result_path)]
         command += ["--model", args.model, "--iterations", str(args.iterations), "--tokens", str(args.tokens)]
+        command += [f"--set={value}" for value in args.set]
         subprocess.run(command + (["--phases"] if args.phases else []), check=True)
         result = json.loads(result_path.read_text())
 
@@ -221,9 +228,14 @@ def main() -> None:
                 f"{r['iteration']:>4}  {r['phase']:<38} {r['before'] / 1024:>7.0f} {r['peak'] / 1024:>7.0f} "
                 f"{r['after'] / 1024:>7.0f}"
             )
-    print(f"{'iteration':>9}  {'update_memory_mb':>16}  {'update_peak_memory_mb':>21}")
+    print(
+        f"{'iteration':>9}  {'update_memory_mb':>16}  {'update_peak_memory_mb':>21}  {'update_seconds':>14}"
+    )
     for row in result["iterations"]:
-        print(f"{row['iteration']:>9}  {row['memory_mb']:>16.0f}  {row['peak_memory_mb']:>21.0f}")
+        print(
+            f"{row['iteration']:>9}  {row['memory_mb']:>16.0f}  {row['peak_memory_mb']:>21.0f}  "
+            f"{row['seconds']:>14.1f}"
+        )
     floor = result["floor"]
     floor_mb = sum(floor.values()) / 2**20
     print(
