@@ -530,8 +530,10 @@ def _unique_event_files(trainer: Any) -> None:
 
 
 def peak_memory_mb(device: str) -> float:
-    """The most memory this iteration held: on CUDA the allocator's peak since the previous call (then reset,
-    so each iteration reports its own rollout and update); elsewhere the process's peak resident size so far."""
+    """The most memory this iteration held: on CUDA the allocator's peak since the previous call; on Linux the
+    process's peak resident size since the previous call (the kernel's high-water mark, reset through
+    /proc/self/clear_refs), so each iteration reports its own rollout, checkpoint and update; elsewhere, or
+    where the reset is refused, the process's peak resident size so far."""
     if device.startswith("cuda") and torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
@@ -540,6 +542,9 @@ def peak_memory_mb(device: str) -> float:
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM, which ru_maxrss reads, to the current resident size
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
