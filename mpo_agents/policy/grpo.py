@@ -28,6 +28,7 @@ import torch
 
 from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, RolloutConfig, TrainerConfig
 from mpo_agents.errors import ConfigError
+from mpo_agents.policy import allocator
 from mpo_agents.policy.base import Rollout
 from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
 
@@ -156,6 +157,7 @@ class TRLGRPOPolicy:
         event files go when `trainer.report_to` names it (default `<output_dir>/tensorboard`).
         `gradient_checkpointing`: recompute activations in the backward pass. `rollout_cfg`
         (`policy.rollout`): with backend `vllm`, rollouts are sampled by vLLM through TRL (policy/vllm.py)."""
+        allocator.configure()  # before the graph's executor threads first allocate (see policy/allocator.py)
         self.trainer_cfg = trainer_cfg
         self.generation_cfg = generation_cfg
         self.device = device
@@ -286,6 +288,7 @@ class TRLGRPOPolicy:
         finally:
             model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
             self._batch.set([], [])
+            allocator.release_free_memory()  # the step's activations and gradients, freed but still mapped
         trainer.state.global_step += 1
         if self.vllm is not None:
             self.vllm.weights_changed()  # pushed before the next rollout, as TRL does at its next step
@@ -344,6 +347,7 @@ class TRLGRPOPolicy:
         from mpo_agents.policy.weight_checkpoints import save_checkpoint
 
         save_checkpoint(self, directory)
+        allocator.release_free_memory()
 
     def load(self, directory: Path, verify: bool = True) -> None:
         """Restore a checkpoint written by `save` (see `load_checkpoint`)."""
@@ -526,8 +530,10 @@ def _unique_event_files(trainer: Any) -> None:
 
 
 def peak_memory_mb(device: str) -> float:
-    """The most memory this iteration held: on CUDA the allocator's peak since the previous call (then reset,
-    so each iteration reports its own rollout and update); elsewhere the process's peak resident size so far."""
+    """The most memory this iteration held: on CUDA the allocator's peak since the previous call; on Linux the
+    process's peak resident size since the previous call (the kernel's high-water mark, reset through
+    /proc/self/clear_refs), so each iteration reports its own rollout, checkpoint and update; elsewhere, or
+    where the reset is refused, the process's peak resident size so far."""
     if device.startswith("cuda") and torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
@@ -536,6 +542,9 @@ def peak_memory_mb(device: str) -> float:
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # resets VmHWM, which ru_maxrss reads, to the current resident size
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
