@@ -4,8 +4,8 @@ A 6-iteration run of the real loop (`mpo_agents.runner.execute`): SmolLM2-135M-I
 policy, fp32 on CPU), 2 prompts x 4 generations, 48 new tokens, no meta steps, a policy checkpoint every
 iteration, and an instant judge (a local OpenAI-compatible server in this process, reached through LiteLLM).
 The run happens in a child process, so what is measured is that process's own memory. Printed per iteration:
-`update_memory_mb` (resident size right after the update) and `update_peak_memory_mb` (the process's peak
-resident size so far), then the floor: weights + gradients + AdamW's two moments + TRL's frozen reference
+`update_memory_mb` (resident size right after the update) and `update_peak_memory_mb` (the peak resident size
+since the previous update), then the floor: weights + gradients + AdamW's two moments + TRL's frozen reference
 copy, from the parameter count and dtype. The last lines are `peak: N MB` and `peak over floor: X`
 (target: <= 2, and the per-iteration numbers flat).
 
@@ -62,7 +62,8 @@ def overrides(args: argparse.Namespace, url: str) -> list[str]:
         f"schedule.iterations={args.iterations}",
         "schedule.meta_every=0",
         "task.max_prompts=64",
-        "output.keep_policy_checkpoints=2",
+        "output.checkpoint_every=1",
+        "output.keep_last=2",
         *args.set,
     ]
 
