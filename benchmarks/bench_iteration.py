@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
+from loop_bench import judge_reply, loop_overrides
+
 from mpo_agents.config import load_config
 from mpo_agents.events import NodeFinished
 from mpo_agents.prompts import load_prompt
@@ -40,30 +42,8 @@ from mpo_agents.runner import execute, new_run_dir
 from tests.support.judge_server import JudgeServer
 
 
-def judge_reply(prompt: str, request: dict) -> str:
-    """An instant judge with a real rule: longer responses score higher (0-5)."""
-    response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
-    return f"Reason: measured length.\nScore: {min(5, len(response.split()) // 8)}"
-
-
 def overrides(args: argparse.Namespace, url: str, iterations: int) -> list[str]:
-    return [
-        f"policy.model={args.model}",
-        f"policy.generation.max_new_tokens={args.tokens}",
-        "policy.generation.temperature=0.9",
-        "judge.model=openai/bench",
-        f"judge.api_base={url}",
-        "judge.api_key_env=BENCH_KEY",
-        "meta_judge.model=openai/bench",
-        f"meta_judge.api_base={url}",
-        "meta_judge.api_key_env=BENCH_KEY",
-        f"trainer.num_generations={args.generations}",
-        f"trainer.prompts_per_iteration={args.prompts}",
-        f"schedule.iterations={iterations}",
-        "schedule.meta_every=0",
-        "task.max_prompts=64",
-        "output.checkpoint_every=1",
-    ]
+    return loop_overrides(args.model, args.tokens, url, iterations, args.generations, args.prompts)
 
 
 def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[float], list[float]]:

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -38,31 +37,13 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def judge_reply(prompt: str, request: dict) -> str:
-    """An instant judge with a real rule: longer responses score higher (0-5)."""
-    response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
-    return f"Reason: measured length.\nScore: {min(5, len(response.split()) // 8)}"
+from loop_bench import judge_reply, loop_overrides
 
 
 def overrides(args: argparse.Namespace, url: str) -> list[str]:
     return [
-        f"policy.model={args.model}",
+        *loop_overrides(args.model, args.tokens, url, args.iterations),
         "policy.device=cpu",
-        f"policy.generation.max_new_tokens={args.tokens}",
-        "policy.generation.temperature=0.9",
-        "judge.model=openai/bench",
-        f"judge.api_base={url}",
-        "judge.api_key_env=BENCH_KEY",
-        "meta_judge.model=openai/bench",
-        f"meta_judge.api_base={url}",
-        "meta_judge.api_key_env=BENCH_KEY",
-        "trainer.num_generations=4",
-        "trainer.prompts_per_iteration=2",
-        f"schedule.iterations={args.iterations}",
-        "schedule.meta_every=0",
-        "task.max_prompts=64",
-        "output.checkpoint_every=1",
         "output.keep_last=2",
         *args.set,
     ]

@@ -1,0 +1,36 @@
+"""What the whole-loop benchmarks share: an instant judge with a real rule, and the `--set` overrides of a
+quickstart-like run against it (no meta steps, a policy checkpoint every iteration, so each is measured)."""
+
+from __future__ import annotations
+
+import re
+
+
+def judge_reply(prompt: str, request: dict) -> str:
+    """An instant judge with a real rule: longer responses score higher (0-5)."""
+    response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
+    return f"Reason: measured length.\nScore: {min(5, len(response.split()) // 8)}"
+
+
+def loop_overrides(
+    model: str, tokens: int, url: str, iterations: int, generations: int = 4, prompts: int = 2
+) -> list[str]:
+    """The run: `model` as the policy, `prompts` x `generations` rollouts of `tokens` new tokens per iteration,
+    judge and meta-judge at `url` (key in `BENCH_KEY`)."""
+    return [
+        f"policy.model={model}",
+        f"policy.generation.max_new_tokens={tokens}",
+        "policy.generation.temperature=0.9",
+        "judge.model=openai/bench",
+        f"judge.api_base={url}",
+        "judge.api_key_env=BENCH_KEY",
+        "meta_judge.model=openai/bench",
+        f"meta_judge.api_base={url}",
+        "meta_judge.api_key_env=BENCH_KEY",
+        f"trainer.num_generations={generations}",
+        f"trainer.prompts_per_iteration={prompts}",
+        f"schedule.iterations={iterations}",
+        "schedule.meta_every=0",
+        "task.max_prompts=64",
+        "output.checkpoint_every=1",
+    ]
