@@ -48,6 +48,9 @@ def cache_key(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+_STORE = "INSERT OR REPLACE INTO judgments (key, reply) VALUES (?, ?)"
+
+
 @dataclass
 class _Batch:
     """Judgments stored during one turn of an event loop, and the calls waiting for their commit."""
@@ -83,7 +86,7 @@ class JudgmentCache:
 
     def put(self, key: str, reply: str) -> None:
         with self._lock, writing(self.path):
-            self._db.execute("INSERT OR REPLACE INTO judgments (key, reply) VALUES (?, ?)", (key, reply))
+            self._db.execute(_STORE, (key, reply))
 
     async def store(self, key: str, reply: str) -> None:
         """`put` for a coroutine: returns once the judgment is committed, together with the others stored
@@ -106,9 +109,7 @@ class JudgmentCache:
             with self._lock, writing(self.path):
                 self._db.execute("BEGIN")
                 try:
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO judgments (key, reply) VALUES (?, ?)", batch.rows
-                    )
+                    self._db.executemany(_STORE, batch.rows)
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:  # a failed COMMIT may have rolled back already
