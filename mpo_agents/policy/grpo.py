@@ -61,19 +61,18 @@ def _on_policy_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def on_thread(self: TRLGRPOPolicy, *args: Any, **kwargs: Any) -> Any:
         if getattr(_running, "policy", None) is self:
-            return method(self, *args, **kwargs)  # already there: a policy method calling another
-
-        def call() -> Any:
-            _running.policy = self
-            return method(self, *args, **kwargs)
-
-        return self._policy_thread().submit(call).result()
+            return method(self, *args, **kwargs)  # already there (e.g. a policy method calling another)
+        return self._policy_thread().submit(method, self, *args, **kwargs).result()
 
     return on_thread
 
 
 # Which policy's worker thread this is (`_on_policy_thread`).
 _running = threading.local()
+
+
+def _mark_thread(policy: TRLGRPOPolicy) -> None:
+    _running.policy = policy
 
 
 class _ReplayBatch:
@@ -241,7 +240,9 @@ class TRLGRPOPolicy:
     def _policy_thread(self) -> ThreadPoolExecutor:
         """The single worker thread of `_on_policy_thread`, started on first use (again after `close`)."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpo-policy")
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mpo-policy", initializer=_mark_thread, initargs=(self,)
+            )
         return self._executor
 
     # --- rollouts -------------------------------------------------------------------------------------------
