@@ -18,9 +18,11 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,32 @@ DASHBOARD_PACKAGES = {
     "wandb": (("wandb",), "pip install wandb"),
     "trackio": (("trackio",), "pip install trackio"),
 }
+
+
+def _on_policy_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a `TRLGRPOPolicy` method on that policy's one worker thread, whichever thread calls it.
+
+    The graph runs sync nodes on a pool of executor threads, whichever is free, so the rollouts and updates of
+    a run would otherwise hop between OS threads; each thread new to torch pays again for its per-thread state
+    (OpenMP team, malloc arena, the math libraries' per-thread buffers), and an update on such a thread was
+    measured 1.5-2 s slower (docs/benchmarks.md, `bench_iteration.py`). TRL's own loop runs every step on one
+    thread; this gives path A the same."""
+
+    @functools.wraps(method)
+    def on_thread(self: TRLGRPOPolicy, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_running, "policy", None) is self:
+            return method(self, *args, **kwargs)  # already there (e.g. a policy method calling another)
+        return self._policy_thread().submit(method, self, *args, **kwargs).result()
+
+    return on_thread
+
+
+# Which policy's worker thread this is (`_on_policy_thread`).
+_running = threading.local()
+
+
+def _mark_thread(policy: TRLGRPOPolicy) -> None:
+    _running.policy = policy
 
 
 class _ReplayBatch:
@@ -163,6 +191,7 @@ class TRLGRPOPolicy:
         self.device = device
         self.lora = lora if lora is not None and lora.enabled is True else None
         self._batch = _ReplayBatch()
+        self._executor: ThreadPoolExecutor | None = None
         self.trainer = _build_trainer(
             model,
             tokenizer,
@@ -210,7 +239,16 @@ class TRLGRPOPolicy:
         """True when only a LoRA adapter trains (`policy.lora.enabled`); `model` is then a PEFT model."""
         return self.lora is not None
 
+    def _policy_thread(self) -> ThreadPoolExecutor:
+        """The single worker thread of `_on_policy_thread`, started on first use (again after `close`)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mpo-policy", initializer=_mark_thread, initargs=(self,)
+            )
+        return self._executor
+
     # --- rollouts -------------------------------------------------------------------------------------------
+    @_on_policy_thread
     def generate(
         self,
         conversations: list[list[dict[str, str]]],
@@ -257,6 +295,7 @@ class TRLGRPOPolicy:
         ]
 
     # --- training -------------------------------------------------------------------------------------------
+    @_on_policy_thread
     def update(
         self, rollouts: list[Rollout], rewards: list[float | None], require_scored: bool = True
     ) -> dict[str, float]:
@@ -340,8 +379,12 @@ class TRLGRPOPolicy:
             trainer.control = trainer.callback_handler.on_train_end(
                 trainer.args, trainer.state, trainer.control
             )
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)  # its thread exits once a running call (if any) returns
+            self._executor = None
 
     # --- checkpoints ----------------------------------------------------------------------------------------
+    @_on_policy_thread
     def save(self, directory: Path) -> None:
         """Atomic checkpoint (weights, or the adapter alone in LoRA mode; optimizer, scheduler, step, RNGs)."""
         from mpo_agents.policy.weight_checkpoints import save_checkpoint
@@ -349,6 +392,7 @@ class TRLGRPOPolicy:
         save_checkpoint(self, directory)
         allocator.release_free_memory()
 
+    @_on_policy_thread
     def load(self, directory: Path, verify: bool = True) -> None:
         """Restore a checkpoint written by `save` (see `load_checkpoint`)."""
         from mpo_agents.policy.weight_checkpoints import load_checkpoint
