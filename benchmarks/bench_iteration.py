@@ -11,6 +11,11 @@ update without the checkpoint plus a tenth of one; that ratio is printed last as
 after the ratio with a checkpoint every iteration.
 
     python benchmarks/bench_iteration.py [--model smollm2-135m|DIR] [--steps 3] [--tokens 48] [--every 10]
+        [--set KEY=VALUE ...]
+
+`--set` overrides apply to both sides (the TRL side reads the device, dtype, generation and trainer settings
+from the same config); on a GPU, `--set policy.gradient_checkpointing=false` keeps our `auto` plan from turning
+on gradient checkpointing, which TRL's side would not use.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from tests.support.judge_server import JudgeServer
 
 
 def overrides(args: argparse.Namespace, url: str, iterations: int) -> list[str]:
-    return loop_overrides(args.model, args.tokens, url, iterations, args.generations, args.prompts)
+    run = loop_overrides(args.model, args.tokens, url, iterations, args.generations, args.prompts)
+    return run + args.set
 
 
 def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[float], list[float]]:
@@ -153,6 +159,13 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument(
         "--every", type=int, default=10, help="the checkpoint cadence to price (default: ours)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for both sides, e.g. policy.device=cuda (repeatable)",
     )
     parser.add_argument("--mpo-only", action="store_true", help="time only the MPO side (for profiling)")
     args = parser.parse_args()
