@@ -192,9 +192,10 @@ class PolicyConfig(_Section):
     )
     gradient_checkpointing: bool | Literal["auto"] = Field(
         "auto",
-        description="Recompute activations in the backward pass instead of keeping them: less memory, about a "
-        "third more compute. `auto`: on for CUDA GPUs (memory is what limits batch and length there), off on "
-        "CPU and MPS.",
+        description="Recompute activations in the backward pass instead of keeping them: less memory, more "
+        "compute (on the 2-core CPU here the update's peak fell from 2.9x to 2.1x its tensors' floor, and it was "
+        "no slower: docs/benchmarks.md; the quickstart turns it on). `auto`: on for CUDA GPUs, off on CPU and "
+        "MPS, where it would change the default step by float rounding.",
     )
     cpu_threads: int | None = Field(
         None,
