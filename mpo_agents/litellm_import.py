@@ -9,12 +9,18 @@ Right after that first import, the objects the process holds are frozen out of t
 (`gc.freeze`): LiteLLM brings some 300,000 of them (its model map above all), which every full collection
 otherwise walks, holding up the event loop and every judge call in flight for about 0.2 s every few hundred
 calls. Frozen objects are still freed when their last reference goes; only cycles among them are kept.
+
+`release_litellm` stops LiteLLM's module-level logging task and closes its cached HTTP clients at the end of a
+run, while its event loop still runs, so nothing of a finished run stays reachable through them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
+import sys
 from typing import Any
 
 KEEPALIVE_VARIABLE = "AIOHTTP_KEEPALIVE_TIMEOUT"
@@ -45,3 +51,24 @@ def import_litellm() -> Any:
         gc.collect()  # the garbage first: cycles among frozen objects are never freed
         gc.freeze()
     return litellm
+
+
+async def release_litellm(timeout: float = 5.0) -> None:
+    """At the end of a run, while its event loop still runs: let LiteLLM's logging finish (up to `timeout` s),
+    stop its logging task and close the HTTP clients it cached.
+
+    LiteLLM keeps both in module globals, created inside whichever context first used them on a loop: for us
+    a graph node's, which holds the run's context and through it the policy, its optimizer and the reference
+    model (~2 GB for SmolLM2-135M). Left open, an aiohttp connector's keep-alive timer (and the logging task)
+    keeps that context reachable after the loop closes, so a finished run's policy was never freed and a
+    second run in the same process (a notebook, a benchmark) held both. Does nothing if LiteLLM was never
+    imported."""
+    if "litellm" not in sys.modules:
+        return
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
+
+    with contextlib.suppress(Exception):  # a logging callback that fails or hangs must not fail the run
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout)
+    await GLOBAL_LOGGING_WORKER.stop()
+    await close_litellm_async_clients()

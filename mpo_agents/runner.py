@@ -277,6 +277,7 @@ async def _drive(
 ) -> RunOutcome:
     from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
     from mpo_agents.graphs.mpo import META_STEPS, build_graph
+    from mpo_agents.litellm_import import release_litellm
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -336,6 +337,7 @@ async def _drive(
         loop.remove_signal_handler(signal.SIGINT)
         for client in (ctx.judge, ctx.meta_judge):
             await client.aclose()
+        await release_litellm()  # else LiteLLM's globals keep this run's context, policy included, alive
 
 
 class Budget:
