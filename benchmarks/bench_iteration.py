@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import re
 import statistics
@@ -42,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from loop_bench import judge_reply, loop_overrides
+from loop_bench import judge_reply, loop_overrides, node_seconds
 
 from mpo_agents.config import load_config
 from mpo_agents.events import NodeFinished
@@ -74,11 +73,7 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[fl
             else None
         ),
     )
-    breakdown: dict[str, list[float]] = {}
-    for line in (run_dir.root / "timings.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["iteration"] > 1:  # the first iteration is the warm-up
-            breakdown.setdefault(record["node"], []).append(record["seconds"])
+    breakdown = node_seconds(run_dir.root)
     print(
         "MPO per-node median seconds:",
         {node: round(statistics.median(v), 2) for node, v in breakdown.items()},

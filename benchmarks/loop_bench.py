@@ -4,6 +4,9 @@ quickstart-like run against it (no meta steps, a policy checkpoint every iterati
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from mpo_agents.rundir import read_jsonl
 
 
 def judge_reply(prompt: str, request: dict) -> str:
@@ -34,3 +37,12 @@ def loop_overrides(
         "task.max_prompts=64",
         "output.checkpoint_every=1",
     ]
+
+
+def node_seconds(run_root: Path) -> dict[str, list[float]]:
+    """Each node's seconds per iteration from a run's `timings.jsonl`, iteration 1 (the warm-up) left out."""
+    nodes: dict[str, list[float]] = {}
+    for record in read_jsonl(run_root / "timings.jsonl"):
+        if record["iteration"] > 1:
+            nodes.setdefault(record["node"], []).append(record["seconds"])
+    return nodes

@@ -5,7 +5,6 @@ the hosted judges; the example's batch (8 prompts x 8), scoring (per_item), lr, 
     python benchmarks/scale_gpu_fit.py MODEL_DIR [ITERATIONS] [TOKENS] [META_EVERY]
 """
 
-import json
 import re
 import statistics
 import sys
@@ -17,6 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from loop_bench import node_seconds
+
 from mpo_agents.config import load_config
 from mpo_agents.runner import execute, new_run_dir
 from tests.support.judge_server import JudgeServer, KeywordRule
@@ -53,15 +54,12 @@ with tempfile.TemporaryDirectory() as tmp, JudgeServer(WordCount("good")) as ser
     del config["output"]
     path = Path(tmp) / "scale_gpu_fit.yaml"
     path.write_text(yaml.safe_dump(config))
-    run = new_run_dir(load_config(path, []), Path(tmp) / "run")
+    fitted = load_config(path, [])
+    run = new_run_dir(fitted, Path(tmp) / "run")
     start = time.perf_counter()
-    outcome = execute(load_config(path, []), run, {"TEST_JUDGE_KEY": "k"}, fresh=True)
+    outcome = execute(fitted, run, {"TEST_JUDGE_KEY": "k"}, fresh=True)
     wall = time.perf_counter() - start
-    nodes: dict[str, list[float]] = {}
-    for line in (run.root / "timings.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["iteration"] > 1:
-            nodes.setdefault(record["node"], []).append(record["seconds"])
+    nodes = node_seconds(run.root)
     metrics = run.metrics()
     keep = (
         "iteration",
