@@ -11,7 +11,8 @@ The MPO run checkpoints at the cadence priced (`--every`, default 10, ours), as 
 default 3 timed steps that is once, after its last iteration. An iteration costs its rollout, score and update
 without the checkpoint plus a tenth of one (`--every`); that ratio is printed last as `ratio: X` (target
 <= 1.05), after the ratio with a checkpoint every iteration. Each turn also prints its wall, user and system
-CPU seconds and the process's resident size before and after.
+CPU seconds and the process's resident size before and after; an MPO turn its per-node medians, a TRL turn
+its step split into generation (`_generate_single_turn`) and the rest.
 
     python benchmarks/bench_iteration.py [--model smollm2-135m|DIR] [--steps 3] [--tokens 48] [--every 10]
         [--set KEY=VALUE ...]
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from loop_bench import judge_reply, loop_overrides, node_seconds
+from loop_bench import judge_reply, loop_overrides, node_seconds, time_each_call
 
 from mpo_agents.config import load_config
 from mpo_agents.events import NodeFinished
@@ -145,8 +146,15 @@ def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
         processing_class=tokenizer,
         callbacks=[StepTimer()],
     )
+    generation = time_each_call(trainer, "_generate_single_turn")  # to set beside our rollout node
     trainer.train()
-    return [b - a for a, b in itertools.pairwise(ends)]
+    steps = [b - a for a, b in itertools.pairwise(ends)]
+    print(
+        f"TRL per-part median seconds: generation {statistics.median(generation[1:]):.2f}, rest of the step "
+        f"{statistics.median(s - g for s, g in zip(steps, generation[1:], strict=True)):.2f}",
+        flush=True,
+    )
+    return steps
 
 
 def _rss_gb() -> float:

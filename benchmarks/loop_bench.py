@@ -4,7 +4,9 @@ quickstart-like run against it (no meta steps, a policy checkpoint every iterati
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 from mpo_agents.rundir import read_jsonl
 
@@ -46,3 +48,19 @@ def node_seconds(run_root: Path) -> dict[str, list[float]]:
         if record["iteration"] > 1:
             nodes.setdefault(record["node"], []).append(record["seconds"])
     return nodes
+
+
+def time_each_call(owner: Any, name: str) -> list[float]:
+    """Wrap the method `name` of `owner` so that every call's seconds are appended to the returned list (e.g.
+    TRL's `_generate_single_turn`, to set its generation apart from the rest of its step)."""
+    inner, seconds = getattr(owner, name), []
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    setattr(owner, name, timed)
+    return seconds

@@ -36,6 +36,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from loop_bench import time_each_call
 
 from mpo_agents.config import load_config
 from mpo_agents.policy import Rollout
@@ -205,16 +206,7 @@ def trl_step(
         **extra,
     )
     if rollouts is None:
-        inner = trainer._generate_single_turn
-
-        def timed_generation(*a: Any, **k: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return inner(*a, **k)
-            finally:
-                generation_seconds.append(time.perf_counter() - started)
-
-        trainer._generate_single_turn = timed_generation
+        generation_seconds = time_each_call(trainer, "_generate_single_turn")
     trainer.train()
     s = profiler.seconds
     print(
