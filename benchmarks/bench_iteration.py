@@ -5,7 +5,10 @@ batch (prompts x G), generation length, and the same judge: a local OpenAI-compa
 once, reached through LiteLLM, so judge latency does not hide our overhead. Both are measured in this
 process, after a warm-up step, as the median over `--steps` steps. Whichever side runs second in a process
 was measured about 10% slower (one run each way: ratio 1.06-1.12 with TRL first, 0.97 with MPO first), so by
-default each side runs twice, in the order TRL, MPO, MPO, TRL, and the medians are over both turns.
+default each side runs twice, in the order TRL, MPO, MPO, TRL, and the medians are over both turns. Most of
+that order effect was OpenMP: each thread that starts torch work gets a team of spinning workers, and a
+second live team slowed generation ~20%. So each TRL turn runs on a thread that ends with it (its team ends
+too), as our policy's own thread ends when the run closes it: every turn runs with one live team.
 
 The MPO run checkpoints at the cadence priced (`--every`, default 10, ours), as a real run does: with the
 default 3 timed steps that is once, after its last iteration. An iteration costs its rollout, score and update
@@ -33,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -202,7 +206,11 @@ def main() -> None:
             workdir.mkdir()
             rss_before, cpu_before, wall_before = _rss_gb(), os.times(), time.perf_counter()
             if side == "t":
-                trl_steps += time_trl(args, server.url, workdir)
+                # On a thread of its own that ends with the turn, so that the OpenMP team its torch work
+                # starts ends too, as our policy's thread does when its run closes the policy: each turn
+                # then runs with one team, as each loop does in a process of its own (docs/benchmarks.md).
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trl-turn") as turn_thread:
+                    trl_steps += turn_thread.submit(time_trl, args, server.url, workdir).result()
             else:
                 steps, saves = time_mpo(args, server.url, workdir)
                 mpo_steps += steps

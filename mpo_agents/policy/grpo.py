@@ -57,7 +57,8 @@ def _on_policy_thread(method: Callable[..., Any]) -> Callable[..., Any]:
     a run would otherwise hop between OS threads; each thread new to torch pays again for its per-thread state
     (OpenMP team, malloc arena, the math libraries' per-thread buffers), and an update on such a thread was
     measured 1.5-2 s slower (docs/benchmarks.md, `bench_iteration.py`). TRL's own loop runs every step on one
-    thread; this gives path A the same."""
+    thread; this gives path A the same. `build_policy` loads the model on that thread too, so it is the only
+    thread that starts an OpenMP team."""
 
     @functools.wraps(method)
     def on_thread(self: TRLGRPOPolicy, *args: Any, **kwargs: Any) -> Any:
@@ -671,7 +672,33 @@ def build_policy(
     checkpoints go wherever `save()` is pointed. `tensorboard_dir`: where TensorBoard event files go when
     `trainer.report_to` names it (default `<work_dir>/tensorboard`). A dashboard whose package is missing
     raises ConfigError before the model loads. `resume_from`: the checkpoint the caller will load, which decides
-    LoRA under `policy.lora.enabled: auto` (see policy/plan.py)."""
+    LoRA under `policy.lora.enabled: auto` (see policy/plan.py).
+
+    Everything here runs on the thread that then runs all the policy's work (`_on_policy_thread`), so the
+    process's torch work starts OpenMP threads from that thread only: a second team, started by loading the
+    model on the calling thread, spins on the same cores and made generation ~20% slower
+    (docs/benchmarks.md)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpo-policy")
+    try:
+        policy = executor.submit(
+            _build_policy_here, policy_cfg, trainer_cfg, work_dir, tensorboard_dir, resume_from
+        ).result()
+        executor.submit(_mark_thread, policy).result()
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    policy._executor = executor
+    return policy
+
+
+def _build_policy_here(
+    policy_cfg: PolicyConfig,
+    trainer_cfg: TrainerConfig,
+    work_dir: Path,
+    tensorboard_dir: Path | None,
+    resume_from: Path | None,
+) -> TRLGRPOPolicy:
+    """`build_policy`'s work, on the calling thread."""
     from mpo_agents.policy.models import load_policy_model, resolve_device, resolve_dtype, resolve_model_dir
     from mpo_agents.policy.plan import device_memory_bytes, plan_training
     from mpo_agents.policy.weight_checkpoints import checkpoint_holds_lora

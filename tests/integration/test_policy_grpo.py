@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -256,6 +257,31 @@ def test_generate_is_seeded_grouped_and_flags_truncation(base_dir: Path, tmp_pat
     ended = eos_policy.generate(CONVERSATIONS, 4, seed=0, key_prefix="it7")
     check_rollout_shape(eos_policy, ended, groups=2, size=4)
     assert any(not r.truncated for r in ended)
+
+
+def test_the_policy_is_loaded_and_run_on_one_thread_of_its_own(
+    base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second thread doing torch work starts a second OpenMP team, whose spinning slowed generation ~20%
+    # (docs/benchmarks.md): the model is loaded where the rollouts and updates then run.
+    from mpo_agents.policy import models
+
+    loaded_on: list[int] = []
+    load = models.load_policy_model
+
+    def spy(*args: object, **kwargs: object) -> object:
+        loaded_on.append(threading.get_ident())
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_policy_model", spy)
+    policy = make_policy(base_dir, tmp_path)
+    forwards_on: set[int] = set()
+    policy.model.register_forward_pre_hook(lambda module, inputs: forwards_on.add(threading.get_ident()))
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=3, key_prefix="it1")
+    policy.update(rollouts, rewards_for(rollouts))
+    assert len(loaded_on) == 1 and loaded_on[0] != threading.get_ident()
+    assert forwards_on == set(loaded_on)
+    policy.close()
 
 
 def test_generate_left_truncates_long_prompts(base_dir: Path, tmp_path: Path) -> None:
