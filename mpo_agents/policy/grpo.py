@@ -77,6 +77,11 @@ def _mark_thread(policy: TRLGRPOPolicy) -> None:
     _running.policy = policy
 
 
+def _new_policy_thread() -> ThreadPoolExecutor:
+    """A policy's single worker thread, not yet bound to a policy (`TRLGRPOPolicy._adopt_thread`)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpo-policy")
+
+
 class _ReplayBatch:
     """The batch TRL should train on next: stored rollouts in, their scores out, by rollout key."""
 
@@ -241,12 +246,16 @@ class TRLGRPOPolicy:
         return self.lora is not None
 
     def _policy_thread(self) -> ThreadPoolExecutor:
-        """The single worker thread of `_on_policy_thread`, started on first use (again after `close`)."""
+        """The single worker thread of `_on_policy_thread`: the one `build_policy` built this policy on, or one
+        started on first use (again after `close`)."""
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="mpo-policy", initializer=_mark_thread, initargs=(self,)
-            )
+            self._adopt_thread(_new_policy_thread())
         return self._executor
+
+    def _adopt_thread(self, executor: ThreadPoolExecutor) -> None:
+        """Make `executor`'s thread this policy's worker thread."""
+        executor.submit(_mark_thread, self).result()
+        self._executor = executor
 
     # --- rollouts -------------------------------------------------------------------------------------------
     @_on_policy_thread
@@ -678,16 +687,15 @@ def build_policy(
     process's torch work starts OpenMP threads from that thread only: a second team, started by loading the
     model on the calling thread, spins on the same cores and made generation ~20% slower
     (docs/benchmarks.md)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpo-policy")
+    executor = _new_policy_thread()
     try:
         policy = executor.submit(
             _build_policy_here, policy_cfg, trainer_cfg, work_dir, tensorboard_dir, resume_from
         ).result()
-        executor.submit(_mark_thread, policy).result()
     except BaseException:
         executor.shutdown(wait=False)
         raise
-    policy._executor = executor
+    policy._adopt_thread(executor)
     return policy
 
 
