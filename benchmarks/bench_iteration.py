@@ -23,6 +23,9 @@ its step split into generation (`_generate_single_turn`) and the rest.
 `--set` overrides apply to both sides (the TRL side reads the device, dtype, generation and trainer settings
 from the same config); on a GPU, `--set policy.gradient_checkpointing=false` keeps our `auto` plan from turning
 on gradient checkpointing, which TRL's side would not use.
+
+Both sides fold log-probs with mpo-agents' in-place folds (`mpo_agents/policy/logprob_tiles.py`, whose results
+equal TRL's bit for bit), installed before the first turn: the ratio prices the loop, not that memory saving.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from loop_bench import judge_reply, loop_overrides, node_seconds, time_each_call
 
 from mpo_agents.config import load_config
 from mpo_agents.events import NodeFinished
+from mpo_agents.policy import logprob_tiles
 from mpo_agents.prompts import load_prompt
 from mpo_agents.runner import execute, new_run_dir
 from tests.support.judge_server import JudgeServer
@@ -194,6 +198,7 @@ def main() -> None:
     )
     parser.add_argument("--mpo-only", action="store_true", help="time only the MPO side (for profiling)")
     args = parser.parse_args()
+    logprob_tiles.install()  # as our policy would on its first turn; TRL's turns use the same folds
     sides = {"abba": "tmmt", "trl-first": "tm", "mpo-first": "mt"}[args.order]
     if args.mpo_only:
         sides = "m"

@@ -30,7 +30,7 @@ import torch
 
 from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, RolloutConfig, TrainerConfig
 from mpo_agents.errors import ConfigError
-from mpo_agents.policy import allocator
+from mpo_agents.policy import allocator, logprob_tiles
 from mpo_agents.policy.base import Rollout
 from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
 
@@ -192,6 +192,7 @@ class TRLGRPOPolicy:
         `gradient_checkpointing`: recompute activations in the backward pass. `rollout_cfg`
         (`policy.rollout`): with backend `vllm`, rollouts are sampled by vLLM through TRL (policy/vllm.py)."""
         allocator.configure()  # before the graph's executor threads first allocate (see policy/allocator.py)
+        logprob_tiles.install()  # TRL's log-prob folds without their tile-sized temporaries, same results
         self.trainer_cfg = trainer_cfg
         self.generation_cfg = generation_cfg
         self.device = device
