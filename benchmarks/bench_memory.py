@@ -1,8 +1,8 @@
 """Peak memory of the policy process over a quickstart-like run, against the floor its tensors need.
 
 A 6-iteration run of the real loop (`mpo_agents.runner.execute`): SmolLM2-135M-Instruct (the quickstart's
-policy, fp32 on CPU), 2 prompts x 4 generations, 48 new tokens, no meta steps, a policy checkpoint every
-iteration, and an instant judge (a local OpenAI-compatible server in this process, reached through LiteLLM).
+policy, fp32 on CPU), 2 prompts x 4 generations, 48 new tokens, no meta steps, policy checkpoints at the
+default cadence (`output.checkpoint_every`: so one, after the last iteration), and an instant judge (a local OpenAI-compatible server in this process, reached through LiteLLM).
 The run happens in a child process, so what is measured is that process's own memory. Printed per iteration:
 `update_memory_mb` (resident size right after the update) and `update_peak_memory_mb` (the peak resident size
 since the previous update), then the floor: weights + gradients + AdamW's two moments + TRL's frozen reference
@@ -39,12 +39,15 @@ sys.path.insert(0, str(ROOT))
 
 from loop_bench import judge_reply, loop_overrides
 
+from mpo_agents.config import OutputConfig
+
 
 def overrides(args: argparse.Namespace, url: str) -> list[str]:
     return [
         *loop_overrides(args.model, args.tokens, url, args.iterations),
         "policy.device=cpu",
         "output.keep_last=2",
+        f"output.checkpoint_every={OutputConfig.model_fields['checkpoint_every'].default}",
         *args.set,
     ]
 

@@ -338,7 +338,6 @@ class TRLGRPOPolicy:
         finally:
             model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
             self._batch.set([], [])
-            allocator.release_free_memory()  # the step's activations and gradients, freed but still mapped
         trainer.state.global_step += 1
         if self.vllm is not None:
             self.vllm.weights_changed()  # pushed before the next rollout, as TRL does at its next step
@@ -401,7 +400,7 @@ class TRLGRPOPolicy:
         from mpo_agents.policy.weight_checkpoints import save_checkpoint
 
         save_checkpoint(self, directory)
-        allocator.release_free_memory()
+        allocator.release_free_memory()  # on the checkpoint cadence, not per update (see policy/allocator.py)
 
     @_on_policy_thread
     def load(self, directory: Path, verify: bool = True) -> None:
