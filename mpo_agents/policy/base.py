@@ -18,6 +18,11 @@ class Rollout:
     completion_ids: list[int]  # sampled tokens up to and including the first EOS
     completion: str  # decoded completion without special tokens
     truncated: bool  # hit max_new_tokens without producing EOS
+    # Behaviour log-prob of each completion token under the sampling policy, as TRL scores tokens (softmax of
+    # the logits times 1/temperature); None where the backend gave none (records written before they existed).
+    logprobs: list[float] | None = None
+    # Optimizer steps the policy had applied when it sampled this rollout: its version. None in older records.
+    policy_step: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
@@ -26,9 +31,12 @@ class Rollout:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rollout:
         """Inverse of `to_dict`; unknown keys are refused so a schema drift fails loudly."""
-        unknown = set(data) - _FIELDS
+        unknown = set(data) - _FIELDS - _OPTIONAL_FIELDS
         if unknown:
-            raise ValueError(f"rollout record has unknown keys {sorted(unknown)}; expected {sorted(_FIELDS)}")
+            raise ValueError(
+                f"rollout record has unknown keys {sorted(unknown)}; expected {sorted(_FIELDS | _OPTIONAL_FIELDS)}"
+            )
+        logprobs, policy_step = data.get("logprobs"), data.get("policy_step")
         return cls(
             key=str(data["key"]),
             prompt_index=int(data["prompt_index"]),
@@ -37,12 +45,15 @@ class Rollout:
             completion_ids=[int(t) for t in data["completion_ids"]],
             completion=str(data["completion"]),
             truncated=bool(data["truncated"]),
+            logprobs=None if logprobs is None else [float(x) for x in logprobs],
+            policy_step=None if policy_step is None else int(policy_step),
         )
 
 
 _FIELDS = frozenset(
     {"key", "prompt_index", "generation_index", "prompt_ids", "completion_ids", "completion", "truncated"}
 )
+_OPTIONAL_FIELDS = frozenset({"logprobs", "policy_step"})
 
 
 @runtime_checkable

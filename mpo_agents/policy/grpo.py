@@ -82,16 +82,52 @@ def _new_policy_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpo-policy")
 
 
+class BehaviourLogprobs:
+    """A logits processor for `generate` that records each sampled token's log-prob as TRL's loss scores it:
+    the log-softmax of the raw logits times 1/temperature (before any top-k/top-p filtering, which TRL's
+    log-probs leave out too). It returns the logits untouched, so sampling is unchanged.
+
+    HF calls it once per new token, before the token is drawn; the token drawn from a step's distribution is
+    the last column of `input_ids` at the next call, and of the output sequences after the last step, so only
+    one step's distribution is held at a time."""
+
+    def __init__(self, temperature: float) -> None:
+        self.inverse_temperature = 1.0 / temperature  # TRL multiplies by 1/T (trl.kernels.chunked_logprob)
+        self.pending: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._take(input_ids)
+        self.pending = torch.log_softmax(scores.float() * self.inverse_temperature, dim=-1)
+        return scores
+
+    def _take(self, sequences: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(-1, sequences[:, -1:]).squeeze(-1))
+            self.pending = None
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """`[rows, new tokens]` log-probs, given `generate`'s output sequences."""
+        self._take(sequences)
+        if not self.steps:
+            return torch.empty(sequences.shape[0], 0)
+        return torch.stack(self.steps, dim=1).cpu()
+
+
 class _ReplayBatch:
     """The batch TRL should train on next: stored rollouts in, their scores out, by rollout key."""
 
     def __init__(self) -> None:
         self.rollouts: list[Rollout] = []
         self.scores: dict[str, float | None] = {}
+        self.off_policy = False
 
-    def set(self, rollouts: list[Rollout], rewards: list[float | None]) -> None:
+    def set(self, rollouts: list[Rollout], rewards: list[float | None], off_policy: bool = False) -> None:
+        """The next batch; `off_policy`: it was sampled by an earlier version of the policy, so its stored
+        behaviour log-probs are the old log-probs of TRL's ratio (`use_behaviour_logprobs`)."""
         self.rollouts = list(rollouts)
         self.scores = {r.key: reward for r, reward in zip(rollouts, rewards, strict=True)}
+        self.off_policy = off_policy
 
     def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         """TRL's generation hook: instead of sampling, return the stored rollouts (same order as `prompts`)."""
@@ -100,13 +136,35 @@ class _ReplayBatch:
         return {
             "prompt_ids": [r.prompt_ids for r in self.rollouts],
             "completion_ids": [r.completion_ids for r in self.rollouts],
-            "logprobs": None,  # num_iterations=1: TRL uses the current policy's own logps as the old ones
+            # On-policy, TRL uses the current policy's own logps as the old ones (num_iterations=1: ratio 1)
+            "logprobs": [r.logprobs for r in self.rollouts] if self.off_policy else None,
             ROLLOUT_KEY_COLUMN: [r.key for r in self.rollouts],
         }
 
     def judge_score(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         """TRL reward function: the graph's judge scores, looked up by the rollout key column."""
         return [self.scores[key] for key in kwargs[ROLLOUT_KEY_COLUMN]]
+
+
+def use_behaviour_logprobs(trainer: Any, batch: _ReplayBatch) -> None:
+    """Make TRL's loss take an off-policy batch's behaviour log-probs as its old log-probs.
+
+    TRL 1.16 (use_vllm off, one step per generation) sets no old log-probs: its loss then uses the current
+    policy's own, detached, so the ratio is 1 and clipping does nothing. That is exact on-policy; on a batch
+    sampled one update earlier it would silently be on-policy maths on off-policy data. TRL keeps the log-probs
+    `rollout_func` returns as `sampling_per_token_logps` (right-padded with 0, masked out by the completion
+    mask); for an off-policy batch they become `old_per_token_logps`, so the ratio is pi_now / pi_behaviour
+    and TRL's clipping (epsilon) bounds it, as in PPO over several epochs."""
+    generate_and_score = trainer._generate_and_score_completions
+
+    @functools.wraps(generate_and_score)
+    def with_behaviour_logprobs(inputs: Any) -> dict[str, Any]:
+        output = generate_and_score(inputs)
+        if batch.off_policy:
+            output["old_per_token_logps"] = output["sampling_per_token_logps"]
+        return output
+
+    trainer._generate_and_score_completions = with_behaviour_logprobs
 
 
 def grpo_config(
@@ -277,19 +335,22 @@ class TRLGRPOPolicy:
             encode_prompt(self.tokenizer, c, self.trainer_cfg.max_prompt_length) for c in conversations
         ]
         if self.vllm is not None:
-            sampled = self.vllm.generate(prompts, num_generations, seed)
+            sampled, logprobs = self.vllm.generate(prompts, num_generations, seed)
         else:
             input_ids, attention_mask = left_pad(
                 prompts, self.tokenizer.pad_token_id, num_generations, self.device
             )
+            behaviour = BehaviourLogprobs(self.trainer.args.temperature)
             with _seeded(seed, self.device), torch.no_grad(), _eval_then_train(self.model):
                 # TRL's own generation config (temperature, top_p, top_k, max_new_tokens, every EOS id, pad id).
                 output = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=self.trainer.generation_config,
+                    logits_processor=[behaviour],
                 )
             sampled = output[:, input_ids.shape[1] :].tolist()
+            logprobs = behaviour.finish(output).tolist()
         completions = cut_after_eos(sampled, set(self.trainer.eos_token_ids))
         texts = self.tokenizer.batch_decode([ids for ids, _ in completions], skip_special_tokens=True)
         return [
@@ -301,8 +362,12 @@ class TRLGRPOPolicy:
                 completion_ids=ids,
                 completion=text,
                 truncated=truncated,
+                logprobs=None if row_logprobs is None else row_logprobs[: len(ids)],
+                policy_step=self.step,
             )
-            for row, ((ids, truncated), text) in enumerate(zip(completions, texts, strict=True))
+            for row, ((ids, truncated), text, row_logprobs) in enumerate(
+                zip(completions, texts, logprobs, strict=True)
+            )
         ]
 
     # --- training -------------------------------------------------------------------------------------------
@@ -321,8 +386,9 @@ class TRLGRPOPolicy:
         """
         started = time.perf_counter()
         check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored)
+        staleness = self._staleness(rollouts)
         trainer, model = self.trainer, self.trainer.model_wrapped
-        self._batch.set(rollouts, rewards)
+        self._batch.set(rollouts, rewards, off_policy=staleness > 0)
         # The prompt column is only passed through to rollout_func/reward (both ignore it); keys keep TRL's
         # completion log readable.
         inputs = [{"prompt": r.key} for r in rollouts]
@@ -349,12 +415,39 @@ class TRLGRPOPolicy:
             **_drain_trl_metrics(trainer),
             "num_scored": float(scored),
             "num_failed": float(len(rewards) - scored),
+            "staleness": float(staleness),
             "trainable_params": float(self.trainable_parameters),
             "step": float(self.step),
             "seconds": time.perf_counter() - started,
             "peak_memory_mb": peak_memory_mb(self.device),
             "memory_mb": memory_now_mb(self.device),
         }
+
+    def _staleness(self, rollouts: list[Rollout]) -> int:
+        """Policy versions (optimizer steps) between sampling `rollouts` and now: 0 on-policy. A stale batch
+        must carry its behaviour log-probs; records without a version (older runs) count as on-policy."""
+        versions = {r.policy_step for r in rollouts}
+        if versions == {None}:
+            return 0
+        if len(versions) != 1 or None in versions:
+            raise ValueError(
+                f"one batch was sampled by several policy versions: {sorted(map(str, versions))}"
+            )
+        version = versions.pop()
+        staleness = self.step - version
+        if staleness < 0:
+            raise ValueError(
+                f"the batch was sampled by policy version {version}, ahead of this policy ({self.step} "
+                "optimizer steps): it belongs to another run or a later checkpoint"
+            )
+        if staleness and any(
+            r.logprobs is None or len(r.logprobs) != len(r.completion_ids) for r in rollouts
+        ):
+            raise ValueError(
+                f"the batch is {staleness} policy version(s) old but its rollouts carry no behaviour log-probs "
+                "for every token, so its importance ratio cannot be formed"
+            )
+        return staleness
 
     # --- dashboards (`trainer.report_to`) ---------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, Any], iteration: int) -> None:
@@ -450,6 +543,7 @@ def _build_trainer(
             rollout_func=batch.rollout_func,
             peft_config=peft_lora_config(lora) if lora is not None else None,
         )
+    use_behaviour_logprobs(trainer, batch)
     deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     if deepspeed is not None and deepspeed.zero_stage == 3:
         from mpo_agents.policy.plan import SHARDED_PARAMETERS

@@ -2,8 +2,10 @@
 
 `policy.rollout.backend: vllm` swaps only who samples: the graph still gets token ids it can replay, and the
 update is still TRL's `training_step` on those ids (our GRPOConfig keeps `use_vllm=False`, so the loss is the
-one `tests/integration/test_policy_grpo.py` checks against `GRPOTrainer.train()`; vLLM's sampling logprobs are not used,
-which is TRL's `vllm_importance_sampling_correction=False`).
+one `tests/integration/test_policy_grpo.py` checks against `GRPOTrainer.train()`). vLLM's sampling log-probs
+are kept with each rollout as its behaviour log-probs: an update on a batch sampled before the previous update
+uses them as the old log-probs (policy/grpo.py); an on-policy update does not use them, as TRL with
+`vllm_importance_sampling_correction=False`.
 
 The two modes are TRL's:
 - `server`: a separate `trl vllm-serve --model <policy.model>` process on its own GPU(s). Process 0 sends the
@@ -101,8 +103,12 @@ class VLLMRollouts:
         """The policy's weights moved (an update, a checkpoint load): push them before the next rollout."""
         self._stale = True
 
-    def generate(self, prompts: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
-        """`num_generations` sampled completions (token ids, EOS kept) per prompt, prompt-major."""
+    def generate(
+        self, prompts: list[list[int]], num_generations: int, seed: int
+    ) -> tuple[list[list[int]], list[list[float] | None]]:
+        """`num_generations` sampled completions (token ids, EOS kept) per prompt, prompt-major, and each
+        completion's token log-probs as the engine reports them (TRL asks vLLM for processed log-probs: after
+        temperature), None for a row where the engine gave a NaN."""
         if self._stale:
             self.engine.sync_weights()
             self._stale = False
@@ -114,7 +120,18 @@ class VLLMRollouts:
             # group's G rows as its own request under one SamplingParams, where a seed would make the G
             # completions identical; they draw from the engine's own stream instead.
             self.engine.generation_kwargs = {**(self.engine.generation_kwargs or {}), "seed": seed}
-        _, completion_ids, _, _ = self.engine.generate(rows, None, num_generations)
+        _, completion_ids, logprobs, _ = self.engine.generate(rows, None, num_generations)
         if len(completion_ids) != len(rows):
             raise RuntimeError(f"vLLM returned {len(completion_ids)} completions for {len(rows)} rows")
-        return [list(ids) for ids in completion_ids]
+        return [list(ids) for ids in completion_ids], [
+            sampled_logprobs(row) for row in logprobs or [None] * len(rows)
+        ]
+
+
+def sampled_logprobs(row: list[list[float | None]] | None) -> list[float] | None:
+    """The sampled token's log-prob at each position (TRL's vLLM client puts it first when it asks for none
+    other), or None when the row has none or a NaN (reported as None) among them."""
+    if row is None:
+        return None
+    values = [position[0] if position else None for position in row]
+    return None if any(value is None for value in values) else [float(value) for value in values]

@@ -178,6 +178,114 @@ def test_update_equals_trl_train_step(
     assert max_rel_error(ours_update, their_update) < 1e-3
     assert metrics["kl"] == 0.0  # first step: policy == reference
     assert metrics["step"] == 1.0 and policy.step == 1
+    assert metrics["staleness"] == 0.0  # sampled by the policy it trains: TRL's own on-policy step above
+
+
+# --- 1b. a batch sampled one update earlier: the ratio is against its behaviour log-probs ----------------------
+def token_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Each completion token's log-prob under `model`, scored as TRL scores it (logits times 1/T), by hand."""
+    ids = torch.tensor([rollout.prompt_ids + rollout.completion_ids])
+    logits = model(input_ids=ids).logits[0, len(rollout.prompt_ids) - 1 : -1].float() * (1.0 / temperature)
+    targets = torch.tensor(rollout.completion_ids).unsqueeze(-1)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets).squeeze(-1)
+
+
+def test_rollouts_carry_their_behaviour_logprobs(base_dir: Path, tmp_path: Path) -> None:
+    policy = make_policy(base_dir, tmp_path)
+    rollouts = policy.generate(CONVERSATIONS, 4, seed=5, key_prefix="a")
+    with torch.no_grad():
+        for rollout in rollouts:
+            assert rollout.policy_step == 0 and len(rollout.logprobs) == len(rollout.completion_ids)
+            by_hand = token_logprobs(policy.model, rollout, GEN.temperature)
+            assert torch.allclose(torch.tensor(rollout.logprobs), by_hand, atol=1e-5)
+            assert Rollout.from_dict(rollout.to_dict()) == rollout
+    # Records written before these fields existed still load, as on-policy rollouts without log-probs.
+    old = {k: v for k, v in rollouts[0].to_dict().items() if k not in ("logprobs", "policy_step")}
+    assert Rollout.from_dict(old).logprobs is None and Rollout.from_dict(old).policy_step is None
+
+
+def hand_grpo_step(
+    model: torch.nn.Module, rollouts: list[Rollout], rewards: list[float], cfg: TrainerConfig, behaviour: bool
+) -> tuple[float, dict[str, torch.Tensor]]:
+    """TRL's "grpo" loss (beta 0, rewards centred per group, unscaled) written out: per token
+    -min(ratio * A, clip(ratio) * A), averaged over each completion, then over completions. The old log-probs
+    are the stored behaviour ones, or (`behaviour` off) the current ones detached: ratio 1."""
+    model.zero_grad()
+    groups = torch.tensor(rewards).view(-1, cfg.num_generations)
+    advantages = (groups - groups.mean(dim=1, keepdim=True)).flatten()
+    losses = []
+    for rollout, advantage in zip(rollouts, advantages, strict=True):
+        now = token_logprobs(model, rollout, GEN.temperature)
+        old = torch.tensor(rollout.logprobs) if behaviour else now.detach()
+        ratio = torch.exp(now - old)
+        clipped = torch.clamp(ratio, 1 - cfg.epsilon, 1 + cfg.epsilon)
+        losses.append(-torch.min(ratio * advantage, clipped * advantage).mean())
+    loss = torch.stack(losses).mean()
+    loss.backward()
+    return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_stale_batch_is_trained_against_its_behaviour_logprobs(base_dir: Path, tmp_path: Path) -> None:
+    import copy
+
+    # No KL term, no reward scaling, no clipping of the gradient norm: the ratio is what is under test.
+    cfg = trainer_config(beta=0.0, loss_type="grpo", scale_rewards="none", max_grad_norm=1e6)
+    policy = make_policy(base_dir, tmp_path, cfg)
+    stale = policy.generate(CONVERSATIONS, cfg.num_generations, seed=1, key_prefix="a")  # by version 0
+    fresh = policy.generate(CONVERSATIONS, cfg.num_generations, seed=2, key_prefix="b")
+    assert policy.update(fresh, rewards_for(fresh))["staleness"] == 0.0
+
+    def version_one() -> torch.nn.Module:
+        # A plain copy of version 1, which trains on the batch version 0 sampled (a deepcopy of the policy's
+        # model would keep TRL's forward patch, bound to the policy's own model).
+        model = load_policy_model(base_dir, "cpu", torch.float32)[0]
+        model.load_state_dict(state)
+        return model
+
+    state = copy.deepcopy(policy.model.state_dict())
+    before = version_one()
+
+    ours: dict[str, torch.Tensor] = {}
+    optimizer = policy.trainer.optimizer.optimizer
+    hook = optimizer.register_step_pre_hook(
+        lambda *_: ours.update({n: p.grad.detach().clone() for n, p in policy.model.named_parameters()})
+    )
+    rewards = rewards_for(stale)
+    metrics = policy.update(stale, rewards)
+    hook.remove()
+    assert metrics["staleness"] == 1.0
+
+    with torch.no_grad():  # the policy moved: a ratio of 1 would be wrong here
+        drift = max(
+            (token_logprobs(before, r, GEN.temperature) - torch.tensor(r.logprobs)).abs().max().item()
+            for r in stale
+        )
+    assert drift > 0.05
+    loss, expected = hand_grpo_step(before, stale, rewards, cfg, behaviour=True)
+    _, on_policy_maths = hand_grpo_step(version_one(), stale, rewards, cfg, behaviour=False)
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-6)
+    assert max_rel_error(ours, expected) < 1e-4
+    assert max_rel_error(ours, on_policy_maths) > 1e-2
+
+
+def test_a_stale_batch_without_logprobs_or_from_a_later_policy_is_refused(
+    base_dir: Path, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    policy = make_policy(base_dir, tmp_path)
+    batch = policy.generate(CONVERSATIONS, 4, seed=1, key_prefix="a")
+    policy.update(batch, rewards_for(batch))
+    without = [dataclasses.replace(r, logprobs=None) for r in batch]
+    with pytest.raises(ValueError, match="1 policy version.*no behaviour log-probs"):
+        policy.update(without, rewards_for(batch))
+    ahead = [dataclasses.replace(r, policy_step=5) for r in batch]
+    with pytest.raises(ValueError, match="policy version 5, ahead of this policy"):
+        policy.update(ahead, rewards_for(batch))
+    mixed = [dataclasses.replace(r, policy_step=i % 2) for i, r in enumerate(batch)]
+    with pytest.raises(ValueError, match="several policy versions"):
+        policy.update(mixed, rewards_for(batch))
+    assert policy.step == 1  # nothing was applied
 
 
 def test_grpo_config_mirrors_our_config(tmp_path: Path) -> None:

@@ -24,10 +24,10 @@ from mpo_agents.config import (
     VLLMConfig,
 )
 from mpo_agents.errors import ConfigError
-from mpo_agents.policy.grpo import build_policy
+from mpo_agents.policy.grpo import BehaviourLogprobs, build_policy
 from mpo_agents.policy.plan import full_finetune_bytes, plan_training
 from mpo_agents.policy.tokens import left_pad
-from mpo_agents.policy.vllm import VLLMRollouts, check_vllm
+from mpo_agents.policy.vllm import VLLMRollouts, check_vllm, sampled_logprobs
 from mpo_agents.policy.weight_checkpoints import checkpoint_holds_lora
 
 GIB = 2**30
@@ -157,6 +157,7 @@ class CopyEngine:
         self.model = copy.deepcopy(trainer.model).eval()
         self.generation_kwargs: dict[str, Any] = {}
         self.max_new_tokens = generation_cfg.max_new_tokens
+        self.temperature = generation_cfg.temperature
         self.pushes = 0
         self.batch_rows = rows
 
@@ -169,12 +170,24 @@ class CopyEngine:
         input_ids, mask = left_pad(rows, pad, 1, "cpu")
         if "seed" in self.generation_kwargs:
             torch.manual_seed(self.generation_kwargs["seed"])
+        behaviour = BehaviourLogprobs(self.temperature)  # vLLM's processed log-probs: after temperature
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, do_sample=True, max_new_tokens=self.max_new_tokens
+                input_ids=input_ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=self.temperature,
+                max_new_tokens=self.max_new_tokens,
+                logits_processor=[behaviour],
             )
-        completions = [[t for t in row if t != pad] for row in out[:, input_ids.shape[1] :].tolist()]
-        return rows, completions, None, None
+        sampled = out[:, input_ids.shape[1] :].tolist()
+        completions = [[t for t in row if t != pad] for row in sampled]
+        # TRL's format with `logprobs=0`: per token, a list holding the sampled token's log-prob
+        logprobs = [
+            [[lp] for t, lp in zip(row, lps, strict=True) if t != pad]
+            for row, lps in zip(sampled, behaviour.finish(out).tolist(), strict=True)
+        ]
+        return rows, completions, logprobs, None
 
     def same_weights_as_policy(self) -> bool:
         live = self.trainer.model.state_dict()
@@ -194,6 +207,8 @@ def test_vllm_rollouts_always_sample_from_the_current_weights(tiny_model_dir: Pa
     assert [r.key for r in first] == [f"it0001-p{p}-g{g}" for p in range(2) for g in range(4)]
     assert all(r.prompt_ids and r.completion_ids for r in first)
     assert len({tuple(r.completion_ids) for r in first}) > 1  # sampled, not one greedy answer
+    # The engine's log-probs are kept as the behaviour log-probs, with the version that sampled them
+    assert all(r.policy_step == 0 and len(r.logprobs) == len(r.completion_ids) for r in first)
     policy.generate(CONVERSATIONS, 4, seed=11, key_prefix="it0001")
     assert engine.pushes == 1  # nothing changed, nothing pushed
 
@@ -203,7 +218,7 @@ def test_vllm_rollouts_always_sample_from_the_current_weights(tiny_model_dir: Pa
     assert engine.pushes == 2 and engine.same_weights_as_policy()
 
     policy.save(tmp_path / "ckpt")
-    policy.update(first, rewards_for(first))
+    assert policy.update(first, rewards_for(first))["staleness"] == 1.0  # trained against vLLM's log-probs
     policy.load(tmp_path / "ckpt")  # a resume: vLLM must get the restored weights
     policy.generate(CONVERSATIONS, 4, seed=13, key_prefix="it0003")
     assert engine.pushes == 3 and engine.same_weights_as_policy()
@@ -258,3 +273,10 @@ def test_colocated_vllm_rollouts_follow_the_policy(tiny_model_dir: Path, tmp_pat
     policy.update(rollouts, rewards_for(rollouts))
     policy.generate(CONVERSATIONS, 4, seed=2, key_prefix="it0002")
     assert policy.vllm.syncs == 2
+
+
+def test_vllm_logprobs_become_behaviour_logprobs_only_when_whole() -> None:
+    assert sampled_logprobs([[-0.5], [-1.25]]) == [-0.5, -1.25]
+    assert sampled_logprobs([[-0.5], [None]]) is None  # vLLM reports a NaN log-prob as None
+    assert sampled_logprobs([[-0.5], []]) is None
+    assert sampled_logprobs(None) is None
