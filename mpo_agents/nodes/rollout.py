@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
@@ -18,12 +20,14 @@ def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    started = time.perf_counter()
     rollouts = ctx.policy.generate(
         [ctx.task.policy_conversation(record) for record in records],
         num_generations=ctx.config.trainer.num_generations,
         seed=rollout_seed(ctx.config.trainer.seed, iteration),
         key_prefix=f"it{iteration:04d}",
     )
+    seconds = time.perf_counter() - started
     # Token ids go to disk; the state keeps only the path and the text.
     path = ctx.run_dir.rollouts_path(iteration)
     write_jsonl(path, [item.to_dict() for item in rollouts])
@@ -42,4 +46,9 @@ def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         )
         for item in rollouts
     ]
-    return {"rollout_path": ctx.run_dir.relative(path), "batch": batch}
+    # The iteration's metrics start here; the nodes after this one add theirs.
+    return {
+        "rollout_path": ctx.run_dir.relative(path),
+        "batch": batch,
+        "metrics": {"rollout_seconds": seconds},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from statistics import fmean
 
 from langgraph.runtime import Runtime
@@ -20,9 +21,11 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     iteration, rubric = state["iteration"], state["rubric"]
     scorer = Scorer(ctx.task, ctx.judge, ctx.config)
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    started = time.perf_counter()
     scored = await asyncio.gather(
         *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in state["batch"])
     )
+    judge_seconds = time.perf_counter() - started
     failed = sum(s["status"] in FAILED_STATUSES for s in scored)
     limit = ctx.config.scoring.max_failure_rate
     if limit is not None and scored and failed / len(scored) > limit:
@@ -38,6 +41,8 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     rewards = [s["reward"] for s in scored if s.get("reward") is not None]
     normalized = [s["normalized_reward"] for s in scored if s.get("normalized_reward") is not None]
     metrics = {
+        **state.get("metrics", {}),  # the rollout's
+        "judge_seconds": judge_seconds,  # the batch's judging, start to last judgment: the loop waits for all of it
         "reward_mean": fmean(rewards) if rewards else None,
         "normalized_reward_mean": fmean(normalized) if normalized else None,
         "judged": len(rewards),

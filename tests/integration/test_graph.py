@@ -42,6 +42,11 @@ def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_mo
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
     assert [m["rubric_version"] for m in metrics] == [0, 0, 1, 1]  # the version each batch was scored with
     assert [m["policy_step"] for m in metrics] == [1, 2, 3, 4]
+    # Where each iteration's time went, and every update on-policy (the synchronous loop)
+    assert all(
+        m["rollout_seconds"] > 0 and m["judge_seconds"] > 0 and m["update_seconds"] > 0 for m in metrics
+    )
+    assert [m["update_staleness"] for m in metrics] == [0, 0, 0, 0]
     samples = read_jsonl(run_dir.samples_path(3))
     assert len(samples) == 8 and {s["rubric_version"] for s in samples} == {1}
     assert all(s["status"] == "scored" and s["score"] is not None for s in samples)
