@@ -457,6 +457,30 @@ def test_checkpoint_round_trip_resumes_bitwise(base_dir: Path, tmp_path: Path) -
     assert resumed.step == original.step == 2
 
 
+def test_a_stale_batch_replays_bitwise_from_its_stored_record(base_dir: Path, tmp_path: Path) -> None:
+    """A resume applies a one-update-stale batch again from rollouts/ as written (JSON), with the same result."""
+    import json
+
+    root = tmp_path / "checkpoints"
+    original = make_policy(base_dir, tmp_path / "a")
+    stale = original.generate(CONVERSATIONS, 4, seed=1, key_prefix="it0")
+    fresh = original.generate(CONVERSATIONS, 4, seed=2, key_prefix="it1")
+    original.update(fresh, rewards_for(fresh))
+    original.save(checkpoint_dir(root, original.step))
+    continued = original.update(stale, rewards_for(stale))
+
+    stored = [Rollout.from_dict(json.loads(json.dumps(r.to_dict()))) for r in stale]
+    assert stored == stale
+    resumed = make_policy(base_dir, tmp_path / "b")
+    resumed.load(latest_checkpoint(root))
+    replayed = resumed.update(stored, rewards_for(stored))
+
+    assert replayed["staleness"] == continued["staleness"] == 1.0
+    assert replayed["loss"] == continued["loss"]
+    ours, theirs = params(resumed.model), params(original.model)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_incomplete_checkpoints_are_ignored_and_pruning_keeps_newest(base_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "checkpoints"
     policy = make_policy(base_dir, tmp_path / "a")
