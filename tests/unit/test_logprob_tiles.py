@@ -61,6 +61,8 @@ def _forward_state(tokens: int, seed: int) -> list[torch.Tensor]:
     ]
 
 
+# A logit scale, softcap and temperature that each change the numbers, and TRL's Triton block size (unused)
+KERNEL_ARGS = {"logit_scale": 0.75, "softcap": 30.0, "inv_t": 1 / 0.7, "BLOCK_SIZE": 1024}
 FLAG_SETS = list(itertools.product([False, True], repeat=5))  # softcap, entropy, sq-sum, mean, top-1
 
 
@@ -80,15 +82,12 @@ def test_the_forward_fold_equals_trls_on_every_branch(trl_own, strided, dtype):
                 *state,
                 vocab_start,
                 width,
-                logit_scale=0.75,
-                softcap=30.0,
-                inv_t=1 / 0.7,
+                **KERNEL_ARGS,
                 HAS_SOFTCAP=softcap,
                 HAS_ENTROPY=entropy,
                 HAS_LOG_SUM_SQ_PROBS=sq_sum,
                 HAS_MEAN_LOGITS=mean,
                 HAS_IS_TOP1=top1,
-                BLOCK_SIZE=1024,
             )
             results.append(state)
         for theirs, ours in zip(*results, strict=True):
@@ -121,13 +120,10 @@ def test_the_backward_fold_equals_trls_on_every_branch(trl_own, strided, dtype):
                 grad_entropy,
                 vocab_start,
                 width,
-                logit_scale=0.75,
-                softcap=30.0,
-                inv_t=1 / 0.7,
+                **KERNEL_ARGS,
                 HAS_SOFTCAP=softcap,
                 HAS_LOGPROB_GRAD=logprob_grad,
                 HAS_ENTROPY_GRAD=entropy_grad,
-                BLOCK_SIZE=1024,
             )
             tiles.append(tile)
         assert torch.equal(_bits(tiles[0]), _bits(tiles[1])), (softcap, logprob_grad, entropy_grad)
