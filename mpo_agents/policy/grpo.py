@@ -383,6 +383,9 @@ class TRLGRPOPolicy:
         bias the baseline nor move the policy. Raises ValueError when no reward at all is usable, unless
         `require_scored` is off: one process's share of a batch (see `mpo_agents.parallel`) may hold only
         failed judgments while the batch as a whole does not.
+
+        A batch sampled by an earlier policy version (`Rollout.policy_step`) is trained against its stored
+        behaviour log-probs (`use_behaviour_logprobs`); the returned `staleness` says by how many versions.
         """
         started = time.perf_counter()
         check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored)
