@@ -2,7 +2,8 @@
 
 A 6-iteration run of the real loop (`mpo_agents.runner.execute`): SmolLM2-135M-Instruct (the quickstart's
 policy, fp32 on CPU), 2 prompts x 4 generations, 48 new tokens, no meta steps, policy checkpoints at the
-default cadence (`output.checkpoint_every`: so one, after the last iteration), and an instant judge (a local OpenAI-compatible server in this process, reached through LiteLLM).
+default cadence (`output.checkpoint_every`: so one, after the last iteration), and an instant judge (a local
+OpenAI-compatible server in this process, reached through LiteLLM).
 The run happens in a child process, so what is measured is that process's own memory. Printed per iteration:
 `update_memory_mb` (resident size right after the update) and `update_peak_memory_mb` (the peak resident size
 since the previous update), then the floor: weights + gradients + AdamW's two moments + TRL's frozen reference

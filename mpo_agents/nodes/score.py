@@ -42,7 +42,8 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     normalized = [s["normalized_reward"] for s in scored if s.get("normalized_reward") is not None]
     metrics = {
         **state.get("metrics", {}),  # the rollout's
-        "judge_seconds": judge_seconds,  # the batch's judging, start to last judgment: the loop waits for all of it
+        # The batch's judging, start to last judgment: the synchronous loop waits for all of it
+        "judge_seconds": judge_seconds,
         "reward_mean": fmean(rewards) if rewards else None,
         "normalized_reward_mean": fmean(normalized) if normalized else None,
         "judged": len(rewards),
