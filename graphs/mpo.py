@@ -12,6 +12,17 @@ The two meta steps are subgraphs, one node per stage of the paper's meta-reward 
 proposal; `commit` accepts, rejects or edits it by the meta-level ("meta-meta") nodes' verdicts and, with
 `review`, a person's (a LangGraph interrupt). Meta-level nodes are plug-ins (config `meta_nodes`, entry point
 group `mpo_agents.meta_nodes`), each a node of its own here.
+
+With `schedule.pipeline: one_step` the judging of a batch overlaps the policy's work. In iteration t:
+
+rollout (batch t+1) -> judge_collect (batch t) -> [after_score nodes] -> [meta step] -> judge_dispatch (batch
+t+1) -> policy_update (batch t)
+
+so the judge scores batch t+1 while the policy updates on batch t and samples batch t+2. A run starts with
+rollout (batch 1) -> judge_dispatch (batch 1), and its last iteration samples and dispatches nothing. Batch t+1
+is sampled before the update on batch t: it trains one policy version stale, each token weighted by its
+truncated importance ratio against its stored sampling log-prob. Every batch is judged under the rubric in force when it is
+dispatched, which is the rubric the synchronous loop would score it under.
 """
 
 from __future__ import annotations
@@ -27,25 +38,62 @@ from mpo_agents.meta.schedule import knob
 from mpo_agents.nodes.meta_analyze import analyze, prescreen
 from mpo_agents.nodes.plugin import plugin_node
 from mpo_agents.nodes.policy_update import policy_update
-from mpo_agents.nodes.rollout import rollout
+from mpo_agents.nodes.rollout import rollout, rollout_ahead
 from mpo_agents.nodes.rubric_rewrite import commit, merge, refine
-from mpo_agents.nodes.score import score
+from mpo_agents.nodes.score import judge_collect, judge_dispatch, score
 from mpo_agents.plugins import MetaNode
 from mpo_agents.state import MPOState
 
+Pipeline = Literal["off", "one_step"]  # schedule.pipeline
 # The loop's subgraphs: in a stream with subgraphs=True their own update closes what their stages reported.
 META_STEPS = ("meta_analyze", "rubric_rewrite")
 
 
-def meta_due(state: MPOState, runtime) -> Literal["meta_analyze", "policy_update"]:
+def _meta_step_due(state: MPOState, runtime) -> bool:
     if state.get("meta_requested"):  # an alarm asked for a meta step now
-        return "meta_analyze"
+        return True
     every = knob(runtime.context.config, state, "meta_every")
-    return "meta_analyze" if every and state["iteration"] % every == 0 else "policy_update"
+    return bool(every and state["iteration"] % every == 0)
+
+
+def meta_due(state: MPOState, runtime) -> Literal["meta_analyze", "policy_update"]:
+    return "meta_analyze" if _meta_step_due(state, runtime) else "policy_update"
 
 
 def more_iterations(state: MPOState, runtime) -> Literal["rollout", "__end__"]:
     return "rollout" if state["iteration"] <= runtime.context.config.schedule.iterations else END
+
+
+# --- the pipelined loop's routes (schedule.pipeline: one_step) ---
+def after_rollout(state: MPOState) -> Literal["judge_dispatch", "judge_collect"]:
+    """A run's first batch goes straight to the judge; later ones wait while this iteration's batch is judged."""
+    return "judge_collect" if state.get("judging") else "judge_dispatch"
+
+
+def after_dispatch(state: MPOState, runtime) -> Literal["rollout", "judge_collect", "policy_update"]:
+    judging = state["judging"]
+    if judging is not None and judging["iteration"] == state["iteration"]:  # the first batch: sample the next
+        last = state["iteration"] >= runtime.context.config.schedule.iterations
+        return "judge_collect" if last else "rollout"
+    return "policy_update"
+
+
+def after_judged(state: MPOState) -> Literal["judge_dispatch", "policy_update"]:
+    """The next batch goes to the judge once this one's meta step (if any) has decided on the rubric."""
+    return "judge_dispatch" if state.get("sampled") else "policy_update"
+
+
+def meta_due_pipelined(
+    state: MPOState, runtime
+) -> Literal["meta_analyze", "judge_dispatch", "policy_update"]:
+    return "meta_analyze" if _meta_step_due(state, runtime) else after_judged(state)
+
+
+def more_pipelined(state: MPOState, runtime) -> Literal["rollout", "judge_collect", "__end__"]:
+    iteration, last = state["iteration"], runtime.context.config.schedule.iterations
+    if iteration > last:
+        return END
+    return "rollout" if iteration < last else "judge_collect"  # the last batch is sampled already
 
 
 def _chain(steps: dict[str, Callable]) -> StateGraph:
@@ -83,22 +131,38 @@ def build_meta_step_graph(meta_nodes: Sequence[MetaNode] = ()) -> StateGraph:
     )
 
 
-def build_graph(meta_nodes: Sequence[MetaNode] = ()) -> StateGraph:
-    """The loop, with the configured meta-level nodes wired in their order (see the module docstring)."""
+def build_graph(meta_nodes: Sequence[MetaNode] = (), pipeline: Pipeline = "off") -> StateGraph:
+    """The loop, with the configured meta-level nodes wired in their order; `pipeline` as
+    `schedule.pipeline` (see the module docstring). Nodes are added in the order they run."""
+    pipelined = pipeline == "one_step"
     graph = StateGraph(MPOState, context_schema=RunContext)
-    graph.add_node("rollout", rollout)
-    graph.add_node("score", score)
+    graph.add_node("rollout", rollout_ahead if pipelined else rollout)
+    judged = "judge_collect" if pipelined else "score"
+    graph.add_node(judged, judge_collect if pipelined else score)
+    after_score = [node.name for node in meta_nodes if node.stage == "after_score"]
+    for node in meta_nodes:
+        if node.stage == "after_score":
+            graph.add_node(node.name, plugin_node(node))
     graph.add_node("meta_analyze", build_meta_analyze_graph().compile())
     graph.add_node("rubric_rewrite", build_rubric_rewrite_graph(meta_nodes).compile())
+    if pipelined:
+        graph.add_node("judge_dispatch", judge_dispatch)
     graph.add_node("policy_update", policy_update)
-    after_score = [node for node in meta_nodes if node.stage == "after_score"]
-    for node in after_score:
-        graph.add_node(node.name, plugin_node(node))
 
-    for before, after in itertools.pairwise([START, "rollout", "score", *(n.name for n in after_score)]):
+    graph.add_edge(START, "rollout")
+    for before, after in itertools.pairwise([judged, *after_score]):
         graph.add_edge(before, after)
-    graph.add_conditional_edges(after_score[-1].name if after_score else "score", meta_due)
     graph.add_edge("meta_analyze", "rubric_rewrite")
-    graph.add_edge("rubric_rewrite", "policy_update")
-    graph.add_conditional_edges("policy_update", more_iterations)
+    last_judged = after_score[-1] if after_score else judged
+    if pipelined:
+        graph.add_conditional_edges("rollout", after_rollout)
+        graph.add_conditional_edges(last_judged, meta_due_pipelined)
+        graph.add_conditional_edges("rubric_rewrite", after_judged)
+        graph.add_conditional_edges("judge_dispatch", after_dispatch)
+        graph.add_conditional_edges("policy_update", more_pipelined)
+    else:
+        graph.add_edge("rollout", "score")
+        graph.add_conditional_edges(last_judged, meta_due)
+        graph.add_edge("rubric_rewrite", "policy_update")
+        graph.add_conditional_edges("policy_update", more_iterations)
     return graph

@@ -16,4 +16,4 @@ from mpo_agents.plugins import load_meta_nodes
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 
 config = load_config(Path(os.environ.get("MPO_CONFIG", DEFAULT_CONFIG)))
-graph = build_graph(load_meta_nodes(config.meta_nodes)).compile()
+graph = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline).compile()

@@ -449,6 +449,13 @@ class TrainerConfig(_Section):
         "grpo", description="TRL GRPO loss variant."
     )
     epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range of the policy ratio.")
+    importance_sampling_cap: float = Field(
+        2.0,
+        gt=1,
+        description="Upper bound of the importance weight pi_now / pi_sampling that each token of a batch "
+        "sampled by an earlier policy version (the pipelined loop's) is trained with: TRL's truncated "
+        "importance sampling (`vllm_importance_sampling_clip_max`).",
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group",
         description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all.",
@@ -479,6 +486,19 @@ class ScheduleConfig(_Section):
         "spending (LiteLLM prices; unpriced local models cost 0) reaches this many USD; None: no budget. "
         "`mpo resume RUN --budget-usd X` continues with a new budget.",
     )
+    pipeline: Literal["off", "one_step"] = Field(
+        "off",
+        description="`off`: each iteration samples, judges, then updates, one after the other. `one_step`: the "
+        "judge scores one batch while the policy updates on the batch before it and samples the next, so a "
+        "slow judge costs little waiting; every batch then trains one policy update after it was sampled, "
+        "each token weighted by its truncated importance ratio against its stored sampling log-prob "
+        "(`trainer.importance_sampling_cap`; docs/design.md, 'The pipelined loop'). Fixed for the life of a run.",
+    )
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _off_as_yaml_reads_it(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `off` as false
 
 
 class MetaNodeConfig(_Section):

@@ -3,9 +3,10 @@ through LangGraph's runtime context. None of this is ever written into the graph
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import asyncio
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from mpo_agents.config import MPOConfig
 from mpo_agents.judges.build import build_judges
@@ -36,6 +37,24 @@ class RunContext:
     # The last iteration whose update the policy in memory holds (0: none, the base model): set when a run
     # restores its checkpoint and replays, advanced by each update.
     policy_iteration: int = 0
+    # The pipelined loop's judging in flight, by the iteration of its batch: tasks on the run's event loop that
+    # `judge_dispatch` starts and `judge_collect` awaits. Never in the graph state: a stopped run has none.
+    judging: dict[int, asyncio.Future] = field(default_factory=dict)
+
+    def start_judging(self, iteration: int, judging: Coroutine[Any, Any, Any]) -> None:
+        self.judging[iteration] = asyncio.ensure_future(judging)
+
+    def take_judging(self, iteration: int) -> asyncio.Future | None:
+        """The judging of `iteration`'s batch this process started, if any (one started before a resume is
+        gone)."""
+        return self.judging.pop(iteration, None)
+
+    async def cancel_judging(self) -> None:
+        """Stop judging that nobody will collect (the run stops); what it finished is in the judgment cache."""
+        for future in self.judging.values():
+            future.cancel()
+        await asyncio.gather(*self.judging.values(), return_exceptions=True)
+        self.judging.clear()
 
     def check_server(self) -> None:
         """Raise ServerError if the local judge server has stopped serving for good (its restarts used up)."""

@@ -16,6 +16,7 @@ from mpo_agents.errors import CheckpointError, MPOError, RunFileError
 from mpo_agents.judges.cache import CACHE_FILE
 from mpo_agents.rundir import (
     CONFIG_FILE,
+    LEDGER_FILE,
     META_LEVELS_FILE,
     METRICS_FILE,
     REJECTED_FILE,
@@ -26,7 +27,7 @@ from mpo_agents.rundir import (
 
 Level = Literal["error", "warning", "repair", "note"]
 # Files the run appends to line by line: a last line without its line break is an interrupted append.
-APPENDED = (METRICS_FILE, TIMINGS_FILE, META_LEVELS_FILE, REJECTED_FILE)
+APPENDED = (METRICS_FILE, TIMINGS_FILE, META_LEVELS_FILE, REJECTED_FILE, LEDGER_FILE)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ async def _read_state(config: Any, directory: RunDirectory, environ: Mapping[str
     from mpo_agents.plugins import load_meta_nodes
 
     async with open_checkpointer(config, directory, environ) as (saver, thread):
-        app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
+        app = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline).compile(
+            checkpointer=saver
+        )
         await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
         snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
         return GraphState(dict(snapshot.values), tuple(snapshot.next))
@@ -189,13 +192,15 @@ def _torn_tail(path: Path) -> bool:
 
 
 def _needed_files(directory: RunDirectory, state: GraphState | None, replay: range) -> set[Path]:
-    """Run files a resumed run reads: the window's samples, the rollouts of the iteration in progress, and the
-    rollouts and samples of the updates it applies again."""
+    """Run files a resumed run reads: the window's samples, the rollouts of the iteration in progress (and, in
+    the pipelined loop, of the batches sampled ahead of it), and the rollouts and samples of the updates it
+    applies again."""
     if state is None:
         return set()
     paths = {directory.locate(entry) for entry in state.values.get("window", [])}
     if state.values.get("rollout_path"):
         paths.add(directory.locate(state.values["rollout_path"]))
+    paths |= {directory.locate(ref["rollout_path"]) for ref in _batches_ahead(state)}
     for iteration in replay:
         paths |= {directory.rollouts_path(iteration), directory.samples_path(iteration)}
     return paths
@@ -250,9 +255,15 @@ def _check_judge_cache(check: RunCheck, directory: RunDirectory) -> None:
         )
 
 
+def _batches_ahead(state: GraphState) -> list[dict[str, Any]]:
+    """The pipelined loop's batches sampled or being judged, ahead of the update in progress."""
+    return [ref for ref in (state.values.get("sampled"), state.values.get("judging")) if ref]
+
+
 def _check_state_paths(check: RunCheck, directory: RunDirectory, state: GraphState) -> None:
     entries = [("rollout_path", state.values.get("rollout_path"))]
     entries += [("window", entry) for entry in state.values.get("window", [])]
+    entries += [("ahead", ref["rollout_path"]) for ref in _batches_ahead(state)]
     for name, entry in entries:
         if not entry:
             continue
@@ -264,13 +275,14 @@ def _check_state_paths(check: RunCheck, directory: RunDirectory, state: GraphSta
                 f"the graph state names it by its old absolute path {entry}",
                 "read from this run directory instead (runs now store paths relative to it)",
             )
-        needed = name == "window" or "rollout" not in state.next
+        # The iteration's own rollouts are read until its update; a graph about to sample or (pipelined) to
+        # collect the next batch has trained on them.
+        needed = name in ("window", "ahead") or not {"rollout", "judge_collect"} & set(state.next)
         if not path.is_file() and needed:
-            what = (
-                "the next meta step reads these samples"
-                if name == "window"
-                else f"iteration {state.iteration} was sampled, and its update reads these token ids"
-            )
+            what = {
+                "window": "the next meta step reads these samples",
+                "ahead": "a batch sampled ahead: its judging and its update read these token ids",
+            }.get(name, f"iteration {state.iteration} was sampled, and its update reads these token ids")
             check.add("error", path, f"missing ({what})", "restore it from a copy of the run directory")
 
 

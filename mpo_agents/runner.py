@@ -292,7 +292,7 @@ async def _drive(
     try:
         async with open_checkpointer(ctx.config, ctx.run_dir, environ) as (saver, thread):
             run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
-            app = build_graph(meta_nodes).compile(checkpointer=saver)
+            app = build_graph(meta_nodes, ctx.config.schedule.pipeline).compile(checkpointer=saver)
             await refuse_unknown_nodes(app, run_config)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.timings_path, current)
@@ -335,6 +335,9 @@ async def _drive(
             return _outcome(ctx, snapshot.values, status)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+        await (
+            ctx.cancel_judging()
+        )  # a stopped pipelined run: a resume judges that batch again, from the cache
         for client in (ctx.judge, ctx.meta_judge):
             await client.aclose()
         await release_litellm()  # else LiteLLM's globals keep this run's context, policy included, alive
@@ -410,7 +413,8 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
 
     async def read() -> list[dict[str, Any]]:
         async with open_checkpointer(config, directory, os.environ) as (saver, thread):
-            app = build_graph(load_meta_nodes(config.meta_nodes)).compile(checkpointer=saver)
+            graph = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline)
+            app = graph.compile(checkpointer=saver)
             await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
             snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
             return [interrupt.value for interrupt in snapshot.interrupts]

@@ -66,6 +66,16 @@ class MetaProgress(TypedDict, total=False):
     candidates: dict[str, str | None]  # case id -> candidate rubric or guideline text
 
 
+class BatchRef(TypedDict):
+    """A batch ahead of the one being trained, in the pipelined loop (`schedule.pipeline: one_step`): where its
+    rollouts are, and, once sent to the judge, the rubric version it is scored under."""
+
+    iteration: int  # the iteration whose update trains on it
+    rollout_path: str  # relative to the run directory
+    rollout_seconds: float
+    rubric_version: NotRequired[int]  # set when judging starts
+
+
 class MPOState(TypedDict, total=False):
     iteration: int  # 1-based number of the iteration in progress
     rubric: RubricState  # the rubric in force
@@ -82,3 +92,7 @@ class MPOState(TypedDict, total=False):
     alarms: list[dict[str, Any]]  # alarms raised since the last meta step: node, message, evidence keys
     schedule: dict[str, int]  # meta_every / meta_samples set by meta-level nodes, overriding the config
     meta_requested: bool  # an alarm asked for a meta step at this iteration
+    # The pipelined loop only: the next batch, sampled but not yet sent to the judge, and the batch the judge is
+    # scoring (the one the next `judge_collect` takes). The sync loop leaves both unset.
+    sampled: BatchRef | None
+    judging: BatchRef | None

@@ -28,7 +28,7 @@ def graph(
 
     try:
         config = load_config(config_path, set_ or [])
-        compiled = build_graph(load_meta_nodes(config.meta_nodes)).compile()
+        compiled = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline).compile()
         typer.echo(compiled.get_graph(xray=1).draw_mermaid())
     except MPOError as exc:
         fail(exc)

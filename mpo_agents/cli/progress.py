@@ -35,6 +35,8 @@ LABELS = {
     "merge": "rubric-rewrite: merge",
     "commit": "rubric-rewrite: decision",
     "policy_update": "update",
+    "judge_dispatch": "judging starts",
+    "judge_collect": "judging",
 }
 
 
@@ -42,7 +44,9 @@ class ProgressView:
     """A rich progress bar over iterations with the latest reward, judge failures and rubric version; it shows
     the `runner.execute` events it is handed (`on_event`)."""
 
-    def __init__(self, total: int, done: list[dict[str, Any]], meta_nodes: list[MetaNodeConfig]):
+    def __init__(
+        self, total: int, done: list[dict[str, Any]], meta_nodes: list[MetaNodeConfig], pipeline: str = "off"
+    ):
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -57,6 +61,9 @@ class ProgressView:
         self.tokens = sum((m.get("judge_tokens") or 0) + (m.get("meta_judge_tokens") or 0) for m in done)
         self.cost = sum((m.get("judge_cost_usd") or 0) + (m.get("meta_judge_cost_usd") or 0) for m in done)
         self.meta_nodes = meta_nodes
+        self.pipeline = pipeline
+        self.judge_seconds = sum(m.get("judge_seconds") or 0 for m in done)
+        self.waited_seconds = sum(m.get("judge_wait_seconds") or 0 for m in done)
 
     @functools.cached_property
     def following(self) -> dict[str, list[str]]:
@@ -65,7 +72,7 @@ class ProgressView:
         from mpo_agents.graphs.mpo import build_graph
         from mpo_agents.plugins import load_meta_nodes
 
-        return next_nodes(build_graph(load_meta_nodes(self.meta_nodes)).compile())
+        return next_nodes(build_graph(load_meta_nodes(self.meta_nodes), self.pipeline).compile())
 
     def on_event(self, event: RunEvent) -> None:
         say = self.progress.console.print
@@ -102,10 +109,15 @@ class ProgressView:
             shown = "n/a" if reward is None else f"{reward:.2f}"
             self.tokens += (metrics.get("judge_tokens") or 0) + (metrics.get("meta_judge_tokens") or 0)
             self.cost += (metrics.get("judge_cost_usd") or 0) + (metrics.get("meta_judge_cost_usd") or 0)
+            self.judge_seconds += metrics.get("judge_seconds") or 0
+            self.waited_seconds += metrics.get("judge_wait_seconds") or 0
             stats = (
                 f"reward {shown} | judge failures {self.failures} | rubric v{metrics.get('rubric_version', 0)} "
                 f"| judge tokens {self.tokens / 1000:.1f}k ${self.cost:.4f}"
             )
+            # The pipelined loop: how much of the judging it waited for
+            if self.pipeline == "one_step" and self.judge_seconds:
+                stats += f" | judge wait {self.waited_seconds / self.judge_seconds:.0%}"
             self.progress.update(self.task, advance=1, stats=stats)
 
 

@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from langgraph.runtime import Runtime
 
@@ -31,7 +30,7 @@ def policy_update(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         if len(versions) > 1:
             # GRPO compares a completion with its group; scores on two rubric scales are not comparable.
             raise RuntimeError(f"one batch scored under several rubric versions: {sorted(versions)}")
-        rollouts = _rollouts(ctx.run_dir.locate(state["rollout_path"]))
+        rollouts = Rollout.read(ctx.run_dir.locate(state["rollout_path"]))
         rewards = [training_reward(sample, ctx.config) for sample in state["batch"]]
         stats = apply_update(ctx, iteration, rollouts, rewards)
     else:  # restored from this iteration's own checkpoint
@@ -74,6 +73,9 @@ def apply_update(
     ctx.policy_iteration = iteration
     atomic_write_text(
         ctx.run_dir.update_stats_path(iteration), json.dumps({**stats, UPDATE_REWARDS: rewards})
+    )
+    ctx.run_dir.record_batch(
+        iteration, "trained", policy_step=ctx.policy.step, staleness=stats.get("staleness", 0.0)
     )
     if checkpoint_due(ctx, iteration):
         saving = time.perf_counter()
@@ -132,7 +134,7 @@ def replay_updates(
         on_status(
             f"replaying the update of iteration {iteration} (of {iterations.start}..{iterations.stop - 1})"
         )
-        rollouts = _rollouts(ctx.run_dir.rollouts_path(iteration))
+        rollouts = Rollout.read(ctx.run_dir.rollouts_path(iteration))
         stats = apply_update(ctx, iteration, rollouts, stored_rewards(ctx, iteration))
         log.info("replayed the update of iteration %d: step %d, %s", iteration, ctx.policy.step, stats)
 
@@ -144,10 +146,6 @@ def stored_rewards(ctx: RunContext, iteration: int) -> list[float | None]:
     if rewards is not None:
         return rewards
     return [training_reward(sample, ctx.config) for sample in read_jsonl(ctx.run_dir.samples_path(iteration))]
-
-
-def _rollouts(path: Path) -> list[Rollout]:
-    return [Rollout.from_dict(item) for item in read_jsonl(path)]
 
 
 def judge_usage_metrics(ctx: RunContext, iteration: int) -> dict[str, float]:

@@ -1,14 +1,18 @@
-"""rollout: the policy samples G completions for each of this iteration's prompts."""
+"""rollout: the policy samples G completions for each of an iteration's prompts (in the pipelined loop, for the
+iteration after the one it is in)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
+from mpo_agents.policy import Rollout
 from mpo_agents.rundir import write_jsonl
-from mpo_agents.state import MPOState, ScoredSample
+from mpo_agents.scoring.scorer import pending_samples
+from mpo_agents.state import BatchRef, MPOState
 
 
 def rollout_seed(base_seed: int, iteration: int) -> int:
@@ -19,6 +23,29 @@ def rollout_seed(base_seed: int, iteration: int) -> int:
 def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
+    path, rollouts, seconds = sample_batch(ctx, iteration)
+    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    # The iteration's metrics start here; the nodes after this one add theirs.
+    return {
+        "rollout_path": ctx.run_dir.relative(path),
+        "batch": pending_samples(ctx.task, records, rollouts, state["rubric"]["version"]),
+        "metrics": {"rollout_seconds": seconds},
+    }
+
+
+def rollout_ahead(state: MPOState, runtime: Runtime[RunContext]) -> dict:
+    """The pipelined loop's rollout: the next iteration's batch while the judge scores this one's (or, with
+    nothing in flight, as at a run's start, this iteration's own)."""
+    ctx = runtime.context
+    iteration = state["iteration"] + (1 if state.get("judging") else 0)
+    path, _, seconds = sample_batch(ctx, iteration)
+    sampled = BatchRef(iteration=iteration, rollout_path=ctx.run_dir.relative(path), rollout_seconds=seconds)
+    return {"sampled": sampled}
+
+
+def sample_batch(ctx: RunContext, iteration: int) -> tuple[Path, list[Rollout], float]:
+    """Sample an iteration's batch with the policy as it is now, store it (token ids, behaviour log-probs,
+    policy version) and enter it in the batch ledger. Returns its file, its rollouts and the seconds it took."""
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     started = time.perf_counter()
     rollouts = ctx.policy.generate(
@@ -28,27 +55,14 @@ def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         key_prefix=f"it{iteration:04d}",
     )
     seconds = time.perf_counter() - started
-    # Token ids go to disk; the state keeps only the path and the text.
+    # Token ids go to disk; the state keeps only the path.
     path = ctx.run_dir.rollouts_path(iteration)
     write_jsonl(path, [item.to_dict() for item in rollouts])
-    batch = [
-        ScoredSample(
-            key=item.key,
-            prompt_index=item.prompt_index,
-            prompt=ctx.task.prompt_text(records[item.prompt_index]),
-            completion=item.completion,
-            truncated=item.truncated,
-            score=None,
-            reward=None,
-            status="pending",
-            rationale="",
-            rubric_version=state["rubric"]["version"],
-        )
-        for item in rollouts
-    ]
-    # The iteration's metrics start here; the nodes after this one add theirs.
-    return {
-        "rollout_path": ctx.run_dir.relative(path),
-        "batch": batch,
-        "metrics": {"rollout_seconds": seconds},
-    }
+    ctx.run_dir.record_batch(
+        iteration,
+        "generated",
+        policy_step=ctx.policy.step,
+        rollouts=ctx.run_dir.relative(path),
+        completions=len(rollouts),
+    )
+    return path, rollouts, seconds

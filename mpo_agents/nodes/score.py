@@ -1,31 +1,104 @@
-"""score: every completion is scored against the current rubric, concurrently (see mpo_agents/scoring/scorer.py)."""
+"""score, judge_dispatch, judge_collect: a batch's completions scored against the rubric in force, concurrently
+(see mpo_agents/scoring/scorer.py). The synchronous loop waits in `score`; the pipelined loop starts the judging
+in `judge_dispatch` and takes its outcome in `judge_collect`, with the policy's work in between."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from statistics import fmean
+from typing import Any
 
 from langgraph.runtime import Runtime
 
 from mpo_agents.context import RunContext
 from mpo_agents.errors import JudgeOutage
 from mpo_agents.judges.failures import FAILED_STATUSES, STATUS_UNPARSEABLE
+from mpo_agents.policy import Rollout
 from mpo_agents.rundir import write_jsonl
-from mpo_agents.scoring.scorer import Scorer
-from mpo_agents.state import MPOState
+from mpo_agents.scoring.scorer import Scorer, pending_samples
+from mpo_agents.state import MPOState, RubricState, ScoredSample
 
 
 async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
-    iteration, rubric = state["iteration"], state["rubric"]
+    iteration = state["iteration"]
+    scored, seconds = await judge_batch(ctx, state["rubric"], state["batch"], iteration)
+    # The synchronous loop waits for all of the batch's judging.
+    timing = {**state.get("metrics", {}), "judge_seconds": seconds, "judge_wait_seconds": seconds}
+    return judged(ctx, state, iteration, scored, timing)
+
+
+async def judge_dispatch(state: MPOState, runtime: Runtime[RunContext]) -> dict:
+    """Start judging the sampled batch under the rubric in force, on the run's event loop, and go on: the
+    judgments proceed while the next nodes update and sample on the policy's thread."""
+    ctx = runtime.context
+    sampled, rubric = state["sampled"], state["rubric"]
+    assert sampled is not None  # the graph routes here only with a batch sampled
+    ctx.start_judging(
+        sampled["iteration"], _judging(ctx, sampled["rollout_path"], rubric, sampled["iteration"])
+    )
+    return {"sampled": None, "judging": {**sampled, "rubric_version": rubric["version"]}}
+
+
+async def judge_collect(state: MPOState, runtime: Runtime[RunContext]) -> dict:
+    """Wait for the judging `judge_dispatch` started (the wait is what the pipeline did not hide). After a stop
+    or a kill nothing is in flight: the batch is judged again here, and judgments made before come from the
+    judgment cache."""
+    ctx = runtime.context
+    judging, rubric, iteration = state["judging"], state["rubric"], state["iteration"]
+    assert judging is not None and judging["iteration"] == iteration  # the graph's order guarantees both
+    if judging.get("rubric_version") != rubric["version"]:
+        raise RuntimeError(
+            f"the batch of iteration {iteration} was sent to the judge under rubric v{judging.get('rubric_version')}"
+            f" but v{rubric['version']} is in force: no rubric may change while a batch is being judged"
+        )
+    waiting = time.perf_counter()
+    # None after a resume: judged again here, from the cache where it can be.
+    in_flight = ctx.take_judging(iteration) or _judging(ctx, judging["rollout_path"], rubric, iteration)
+    scored, seconds = await in_flight
+    timing = {
+        "rollout_seconds": judging["rollout_seconds"],
+        "judge_seconds": seconds,
+        "judge_wait_seconds": time.perf_counter() - waiting,
+    }
+    return {
+        **judged(ctx, state, iteration, scored, timing),
+        "judging": None,
+        "rollout_path": judging["rollout_path"],
+    }
+
+
+async def _judging(
+    ctx: RunContext, rollout_path: str, rubric: RubricState, iteration: int
+) -> tuple[list[ScoredSample], float]:
+    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    batch = pending_samples(
+        ctx.task, records, Rollout.read(ctx.run_dir.locate(rollout_path)), rubric["version"]
+    )
+    return await judge_batch(ctx, rubric, batch, iteration)
+
+
+async def judge_batch(
+    ctx: RunContext, rubric: RubricState, batch: list[ScoredSample], iteration: int
+) -> tuple[list[ScoredSample], float]:
+    """Every sample of `batch` scored under `rubric`, concurrently; and the seconds from the first call to the
+    last judgment."""
     scorer = Scorer(ctx.task, ctx.judge, ctx.config)
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     started = time.perf_counter()
     scored = await asyncio.gather(
-        *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in state["batch"])
+        *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in batch)
     )
-    judge_seconds = time.perf_counter() - started
+    return list(scored), time.perf_counter() - started
+
+
+def judged(
+    ctx: RunContext, state: MPOState, iteration: int, scored: list[ScoredSample], timing: dict[str, Any]
+) -> dict:
+    """The state update of a judged batch: its samples stored and entered in the window, the ledger and the
+    iteration's metrics (after `timing`); JudgeOutage when too many judgments failed."""
     failed = sum(s["status"] in FAILED_STATUSES for s in scored)
     limit = ctx.config.scoring.max_failure_rate
     if limit is not None and scored and failed / len(scored) > limit:
@@ -38,12 +111,17 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         )
     path = ctx.run_dir.samples_path(iteration)
     write_jsonl(path, scored)
+    ctx.run_dir.record_batch(
+        iteration,
+        "judged",
+        rubric_version=scored[0]["rubric_version"] if scored else state["rubric"]["version"],
+        samples=ctx.run_dir.relative(path),
+        outcomes=dict(Counter(s["status"] for s in scored)),
+    )
     rewards = [s["reward"] for s in scored if s.get("reward") is not None]
     normalized = [s["normalized_reward"] for s in scored if s.get("normalized_reward") is not None]
     metrics = {
-        **state.get("metrics", {}),  # the rollout's
-        # The batch's judging, start to last judgment: the synchronous loop waits for all of it
-        "judge_seconds": judge_seconds,
+        **timing,
         "reward_mean": fmean(rewards) if rewards else None,
         "normalized_reward_mean": fmean(normalized) if normalized else None,
         "judged": len(rewards),

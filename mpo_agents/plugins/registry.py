@@ -15,6 +15,8 @@ RESERVED = frozenset(
     {
         "rollout",
         "score",
+        "judge_dispatch",
+        "judge_collect",
         "meta_due",
         "meta_analyze",
         "prescreen",

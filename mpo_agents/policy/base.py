@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from mpo_agents.rundir import read_jsonl
+
 
 @dataclass
 class Rollout:
@@ -27,6 +29,11 @@ class Rollout:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data."""
         return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> list[Rollout]:
+        """The rollouts of one stored batch (`rollouts/iter-N.jsonl`)."""
+        return [cls.from_dict(item) for item in read_jsonl(path)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rollout:

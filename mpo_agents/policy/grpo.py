@@ -124,7 +124,7 @@ class _ReplayBatch:
 
     def set(self, rollouts: list[Rollout], rewards: list[float | None], off_policy: bool = False) -> None:
         """The next batch; `off_policy`: it was sampled by an earlier version of the policy, so its stored
-        behaviour log-probs are the old log-probs of TRL's ratio (`use_behaviour_logprobs`)."""
+        behaviour log-probs weight its loss (`use_behaviour_logprobs`)."""
         self.rollouts = list(rollouts)
         self.scores = {r.key: reward for r, reward in zip(rollouts, rewards, strict=True)}
         self.off_policy = off_policy
@@ -136,7 +136,7 @@ class _ReplayBatch:
         return {
             "prompt_ids": [r.prompt_ids for r in self.rollouts],
             "completion_ids": [r.completion_ids for r in self.rollouts],
-            # On-policy, TRL uses the current policy's own logps as the old ones (num_iterations=1: ratio 1)
+            # TRL keeps these as `sampling_per_token_logps`; on-policy it needs none (ratio 1, no weights)
             "logprobs": [r.logprobs for r in self.rollouts] if self.off_policy else None,
             ROLLOUT_KEY_COLUMN: [r.key for r in self.rollouts],
         }
@@ -147,24 +147,49 @@ class _ReplayBatch:
 
 
 def use_behaviour_logprobs(trainer: Any, batch: _ReplayBatch) -> None:
-    """Make TRL's loss take an off-policy batch's behaviour log-probs as its old log-probs.
+    """Correct TRL's loss for an off-policy batch with TRL's own truncated importance sampling.
 
-    TRL 1.16 (use_vllm off, one step per generation) sets no old log-probs: its loss then uses the current
-    policy's own, detached, so the ratio is 1 and clipping does nothing. That is exact on-policy; on a batch
-    sampled one update earlier it would silently be on-policy maths on off-policy data. TRL keeps the log-probs
-    `rollout_func` returns as `sampling_per_token_logps` (right-padded with 0, masked out by the completion
-    mask); for an off-policy batch they become `old_per_token_logps`, so the ratio is pi_now / pi_behaviour
-    and TRL's clipping (epsilon) bounds it, as in PPO over several epochs."""
-    generate_and_score = trainer._generate_and_score_completions
+    TRL 1.16 (use_vllm off, one step per generation) takes the current policy's log-probs, detached, as the old
+    ones: the ratio is 1, exact on-policy. On a batch sampled one update earlier that alone would be on-policy
+    maths on off-policy data. For such a batch each token's loss is weighted by `min(pi_now / pi_behaviour, C)`
+    (TRL's `token_truncate` importance-sampling correction, which it applies to vLLM's sampling mismatch; C is
+    `vllm_importance_sampling_clip_max`, from `trainer.importance_sampling_cap`). pi_behaviour is the stored
+    sampling log-prob (TRL keeps what `rollout_func` returns as `sampling_per_token_logps`); pi_now is the
+    policy this step updates, which is also PPO's proximal policy here (one step per batch, so TRL's ratio stays
+    1 and its clipping is centred on it): the decoupled objective of asynchronous RL trainers. Its log-probs
+    come from the loss's own forward pass, detached, so the correction costs no extra forward. The KL term is
+    not weighted, as in TRL."""
+    compute_loss = trainer._compute_loss
+    per_token_logps = trainer._get_per_token_logps_and_entropies
 
-    @functools.wraps(generate_and_score)
-    def with_behaviour_logprobs(inputs: Any) -> dict[str, Any]:
-        output = generate_and_score(inputs)
-        if batch.off_policy:
-            output["old_per_token_logps"] = output["sampling_per_token_logps"]
-        return output
+    @functools.wraps(compute_loss)
+    def with_importance_weights(model: Any, inputs: dict[str, Any]) -> Any:
+        if not batch.off_policy:
+            return compute_loss(model, inputs)
 
-    trainer._generate_and_score_completions = with_behaviour_logprobs
+        def then_weights(*args: Any, **kwargs: Any) -> Any:
+            logps, entropies, aux_loss = per_token_logps(*args, **kwargs)
+            # Padded positions get some weight too; the loss masks them out.
+            ratio = torch.exp(logps.detach() - inputs["sampling_per_token_logps"])
+            inputs["importance_sampling_ratio"] = torch.clamp(
+                ratio,
+                min=trainer.args.vllm_importance_sampling_clip_min,
+                max=trainer.args.vllm_importance_sampling_clip_max,
+            )
+            return logps, entropies, aux_loss
+
+        # TRL multiplies each token's loss by inputs["importance_sampling_ratio"] under these two flags, which
+        # are read nowhere else in its loss.
+        flags = trainer.use_vllm, trainer.vllm_importance_sampling_correction
+        trainer._get_per_token_logps_and_entropies = then_weights
+        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+        try:
+            return compute_loss(model, inputs)
+        finally:
+            trainer._get_per_token_logps_and_entropies = per_token_logps
+            trainer.use_vllm, trainer.vllm_importance_sampling_correction = flags
+
+    trainer._compute_loss = with_importance_weights
 
 
 def grpo_config(
@@ -198,6 +223,8 @@ def grpo_config(
         "top_k": generation_cfg.top_k,
         "loss_type": trainer_cfg.loss_type,
         "epsilon": trainer_cfg.epsilon,
+        # The truncation of the importance weights of a batch sampled by an earlier policy version
+        "vllm_importance_sampling_clip_max": trainer_cfg.importance_sampling_cap,
         "scale_rewards": trainer_cfg.scale_rewards,
         "max_grad_norm": trainer_cfg.max_grad_norm,
         "weight_decay": trainer_cfg.weight_decay,

@@ -4,8 +4,8 @@
 update is still TRL's `training_step` on those ids (our GRPOConfig keeps `use_vllm=False`, so the loss is the
 one `tests/integration/test_policy_grpo.py` checks against `GRPOTrainer.train()`). vLLM's sampling log-probs
 are kept with each rollout as its behaviour log-probs: an update on a batch sampled before the previous update
-uses them as the old log-probs (policy/grpo.py); an on-policy update does not use them, as TRL with
-`vllm_importance_sampling_correction=False`.
+weights its tokens' loss by them (truncated importance sampling, policy/grpo.py); an on-policy update does not
+use them, as TRL with `vllm_importance_sampling_correction=False`.
 
 The two modes are TRL's:
 - `server`: a separate `trl vllm-serve --model <policy.model>` process on its own GPU(s). Process 0 sends the

@@ -70,6 +70,16 @@ class RunData:
         return sum(m.get(key) or 0 for m in self.metrics)
 
     @property
+    def judge_wait_share(self) -> float | None:
+        """The share of judge time the loop waited for (all of it in the synchronous loop); None without
+        timings."""
+        timed = [
+            m for m in self.metrics if m.get("judge_seconds") and m.get("judge_wait_seconds") is not None
+        ]
+        judging = sum(m["judge_seconds"] for m in timed)
+        return sum(m["judge_wait_seconds"] for m in timed) / judging if judging else None
+
+    @property
     def final_reward(self) -> float | None:
         return self.metrics[-1].get("reward_mean") if self.metrics else None
 

@@ -23,6 +23,7 @@ from mpo_agents.state import RubricState, ScoredSample
 if TYPE_CHECKING:
     from mpo_agents.config import MPOConfig
     from mpo_agents.judges.client import JudgeClient
+    from mpo_agents.policy import Rollout
     from mpo_agents.tasks import Task
 
 
@@ -195,6 +196,28 @@ class Scorer:
 
 def _joined(items: list[dict[str, Any]]) -> str:
     return "\n".join(f"[{item['criterion']}: {item['score']:g}] {item['rationale']}" for item in items)
+
+
+def pending_samples(
+    task: Task, records: list[dict[str, Any]], rollouts: list[Rollout], rubric_version: int
+) -> list[ScoredSample]:
+    """A batch's sampled completions (`records` are its prompts) as samples not yet judged, to be scored under
+    `rubric_version`."""
+    return [
+        ScoredSample(
+            key=item.key,
+            prompt_index=item.prompt_index,
+            prompt=task.prompt_text(records[item.prompt_index]),
+            completion=item.completion,
+            truncated=item.truncated,
+            score=None,
+            reward=None,
+            status="pending",
+            rationale="",
+            rubric_version=rubric_version,
+        )
+        for item in rollouts
+    ]
 
 
 def training_reward(sample: ScoredSample, config: MPOConfig) -> float | None:

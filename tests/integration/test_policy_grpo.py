@@ -181,7 +181,7 @@ def test_update_equals_trl_train_step(
     assert metrics["staleness"] == 0.0  # sampled by the policy it trains: TRL's own on-policy step above
 
 
-# --- 1b. a batch sampled one update earlier: the ratio is against its behaviour log-probs ----------------------
+# --- 1b. a batch sampled one update earlier: its tokens weighted by truncated importance ratios ----------------
 def token_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
     """Each completion token's log-prob under `model`, scored as TRL scores it (logits times 1/T), by hand."""
     ids = torch.tensor([rollout.prompt_ids + rollout.completion_ids])
@@ -206,30 +206,39 @@ def test_rollouts_carry_their_behaviour_logprobs(base_dir: Path, tmp_path: Path)
 
 def hand_grpo_step(
     model: torch.nn.Module, rollouts: list[Rollout], rewards: list[float], cfg: TrainerConfig, behaviour: bool
-) -> tuple[float, dict[str, torch.Tensor]]:
-    """TRL's "grpo" loss (beta 0, rewards centred per group, unscaled) written out: per token
-    -min(ratio * A, clip(ratio) * A), averaged over each completion, then over completions. The old log-probs
-    are the stored behaviour ones, or (`behaviour` off) the current ones detached: ratio 1."""
+) -> tuple[float, dict[str, torch.Tensor], float]:
+    """TRL's "grpo" loss (beta 0, rewards centred per group, unscaled) with its truncated importance-sampling
+    correction, written out: per token -min(ratio * A, clip(ratio) * A) * w, averaged over each completion, then
+    over completions. The ratio is against the policy being updated (its own log-probs, detached: 1 in value);
+    w = min(pi_now / pi_behaviour, cap) from the stored behaviour log-probs, or (`behaviour` off) 1. Also returns
+    the largest untruncated weight."""
     model.zero_grad()
     groups = torch.tensor(rewards).view(-1, cfg.num_generations)
     advantages = (groups - groups.mean(dim=1, keepdim=True)).flatten()
-    losses = []
+    losses, largest = [], 0.0
     for rollout, advantage in zip(rollouts, advantages, strict=True):
         now = token_logprobs(model, rollout, GEN.temperature)
-        old = torch.tensor(rollout.logprobs) if behaviour else now.detach()
-        ratio = torch.exp(now - old)
+        ratio = torch.exp(now - now.detach())
         clipped = torch.clamp(ratio, 1 - cfg.epsilon, 1 + cfg.epsilon)
-        losses.append(-torch.min(ratio * advantage, clipped * advantage).mean())
+        weight = torch.ones_like(now)
+        if behaviour:
+            weight = torch.exp(now.detach() - torch.tensor(rollout.logprobs))
+            largest = max(largest, weight.max().item())
+            weight = torch.clamp(weight, max=cfg.importance_sampling_cap)
+        losses.append((-torch.min(ratio * advantage, clipped * advantage) * weight).mean())
     loss = torch.stack(losses).mean()
     loss.backward()
-    return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}, largest
 
 
-def test_a_stale_batch_is_trained_against_its_behaviour_logprobs(base_dir: Path, tmp_path: Path) -> None:
+def test_a_stale_batch_is_trained_with_truncated_importance_weights(base_dir: Path, tmp_path: Path) -> None:
     import copy
 
-    # No KL term, no reward scaling, no clipping of the gradient norm: the ratio is what is under test.
-    cfg = trainer_config(beta=0.0, loss_type="grpo", scale_rewards="none", max_grad_norm=1e6)
+    # No KL term, no reward scaling, no clipping of the gradient norm: the weights are what is under test. A cap
+    # just above 1, so that some tokens' weights are truncated.
+    cfg = trainer_config(
+        beta=0.0, loss_type="grpo", scale_rewards="none", max_grad_norm=1e6, importance_sampling_cap=1.05
+    )
     policy = make_policy(base_dir, tmp_path, cfg)
     stale = policy.generate(CONVERSATIONS, cfg.num_generations, seed=1, key_prefix="a")  # by version 0
     fresh = policy.generate(CONVERSATIONS, cfg.num_generations, seed=2, key_prefix="b")
@@ -255,17 +264,21 @@ def test_a_stale_batch_is_trained_against_its_behaviour_logprobs(base_dir: Path,
     hook.remove()
     assert metrics["staleness"] == 1.0
 
-    with torch.no_grad():  # the policy moved: a ratio of 1 would be wrong here
+    with torch.no_grad():  # the policy moved: weights of 1 would be wrong here
         drift = max(
             (token_logprobs(before, r, GEN.temperature) - torch.tensor(r.logprobs)).abs().max().item()
             for r in stale
         )
     assert drift > 0.05
-    loss, expected = hand_grpo_step(before, stale, rewards, cfg, behaviour=True)
-    _, on_policy_maths = hand_grpo_step(version_one(), stale, rewards, cfg, behaviour=False)
+    loss, expected, largest = hand_grpo_step(before, stale, rewards, cfg, behaviour=True)
+    assert largest > cfg.importance_sampling_cap  # the truncation is exercised
+    on_policy_loss, on_policy_maths, _ = hand_grpo_step(version_one(), stale, rewards, cfg, behaviour=False)
     assert metrics["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-6)
     assert max_rel_error(ours, expected) < 1e-4
     assert max_rel_error(ours, on_policy_maths) > 1e-2
+    assert loss != pytest.approx(on_policy_loss, rel=1e-3)
+    # Only the loss of an off-policy batch runs under TRL's vLLM flag (what gates its correction); not after it.
+    assert not policy.trainer.use_vllm
 
 
 def test_a_stale_batch_without_logprobs_or_from_a_later_policy_is_refused(

@@ -172,7 +172,8 @@ class JudgeServer:
     read timeouts do not catch), "garbage" (a reply with no score), "empty" (empty content), "truncated"
     (cut mid-sentence, finish_reason "length"), or an HTTP status such as "500", "429", "401".
     `fail_randomly(rate, kinds)` makes each request without a queued fault fail with probability `rate`.
-    With `api_key` set, requests without that bearer token get 401.
+    With `api_key` set, requests without that bearer token get 401. With `concurrency`, at most that many
+    requests are served at once (each for `latency` seconds), the others queue: a rate-limited endpoint.
     """
 
     def __init__(
@@ -183,11 +184,14 @@ class JudgeServer:
         api_key: str | None = None,
         timeout_sleep: float = 30.0,
         port: int = 0,
+        concurrency: int | None = None,
     ) -> None:
         self.reply_fn = reply_fn or KeywordRule("good")
         self.latency = latency
         self.api_key = api_key
         self.timeout_sleep = timeout_sleep
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
         self.counts: Counter[str] = Counter()  # "requests", "chat", "completion", and one per fault served
         self.in_flight = 0
         self.max_in_flight = 0
@@ -292,6 +296,7 @@ class JudgeServer:
         body = await request.json()
         if self._stopping is None:
             self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+            self._slots = asyncio.Semaphore(self.concurrency) if self.concurrency else None
         with self._lock:
             self._requests.append(body)
             self.counts["requests"] += 1
@@ -307,7 +312,10 @@ class JudgeServer:
         try:
             if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
                 return _error(401, "Incorrect API key provided.")
-            if self.latency:
+            if self._slots is not None:
+                async with self._slots:
+                    await asyncio.sleep(self.latency)
+            elif self.latency:
                 await asyncio.sleep(self.latency)
             if fault == "timeout":
                 try:  # hold the request, but let shutdown end it at once
@@ -376,6 +384,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rule", default="keyword:good", help="keyword:WORD (the only rule so far)")
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=None, help="requests served at once; others queue")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests that fail")
     parser.add_argument(
         "--faults", default="500,429,timeout,garbage,empty,truncated", help="kinds, comma-separated"
@@ -386,7 +395,11 @@ def main() -> None:
     if kind != "keyword" or not word:
         parser.error(f"--rule must be keyword:WORD, got {args.rule!r}")
     server = JudgeServer(
-        KeywordRule(word), latency=args.latency, port=args.port, timeout_sleep=args.timeout_sleep
+        KeywordRule(word),
+        latency=args.latency,
+        port=args.port,
+        timeout_sleep=args.timeout_sleep,
+        concurrency=args.concurrency,
     )
     if args.fault_rate:
         server.fail_randomly(args.fault_rate, tuple(args.faults.split(",")))

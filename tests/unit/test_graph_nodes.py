@@ -17,12 +17,20 @@ from mpo_agents.state import MPOState
 RUN = {"configurable": {"thread_id": "mpo"}}
 
 
-def test_every_node_and_stage_of_the_loop_is_reserved_for_it():
-    app = build_graph().compile()
+def _names(app) -> tuple[set[str], set[str]]:
     steps = {name for name in app.get_graph().nodes if not name.startswith("__")}
     stages = {name.split(":")[-1] for name in app.get_graph(xray=1).nodes if not name.startswith("__")}
+    return steps, stages
+
+
+def test_every_node_and_stage_of_the_loop_is_reserved_for_it():
+    steps, stages = _names(build_graph().compile())
     assert steps == {"rollout", "score", "meta_analyze", "rubric_rewrite", "policy_update"}
-    assert steps | stages | {"meta_due"} == RESERVED  # meta_due: the router after score
+    pipelined_steps, pipelined_stages = _names(build_graph(pipeline="one_step").compile())
+    # The pipelined loop judges in two nodes: one starts the judging, one collects it.
+    assert pipelined_steps == steps - {"score"} | {"judge_dispatch", "judge_collect"}
+    assert pipelined_stages - pipelined_steps == stages - steps  # the same meta stages
+    assert steps | stages | pipelined_steps | {"meta_due"} == RESERVED  # meta_due: the router after score
 
 
 def stopped_before(node: str, saver: InMemorySaver) -> None:

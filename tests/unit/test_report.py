@@ -41,6 +41,12 @@ def _metrics(iteration: int, version: int) -> dict[str, Any]:
         "judge_cost_usd": 0.0125,
         "meta_judge_tokens": 800 if iteration in (2, 4) else 0,
         "meta_judge_cost_usd": 0.02 if iteration in (2, 4) else 0.0,
+        # A pipelined run: 4 s of judging per batch, of which the loop waited 0.5 s from the second on
+        "rollout_seconds": 5.0,
+        "judge_seconds": 4.0,
+        "judge_wait_seconds": 4.0 if iteration == 1 else 0.5,
+        "update_seconds": 10.0,
+        "update_staleness": 0 if iteration == 1 else 1,
     }
 
 
@@ -211,6 +217,7 @@ def test_report_shows_the_runs_numbers_rubric_diff_decisions_and_evaluations(rep
     for text in ("tiny-policy-7m", "openai/judge-model-x", "openai/meta-model-y", "4 of 4 planned"):
         assert text in html
     assert "7.625" in html  # the last iteration's reward mean (7 + 7 + 8 + 8.5) / 4
+    assert "Judge time waited for" in html and "34.4%" in html  # (4 + 3 x 0.5) / (4 x 4)
     assert "$0.0900" in html  # 4 x 0.0125 judge + 2 x 0.02 meta-judge
     # v1's diff against v0: its new criterion as an added line, the kept one as context
     assert re.search(r'<span class="add">\+Criterion 2: Every claim is backed', html)
