@@ -49,13 +49,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from loop_bench import judge_reply, loop_overrides, node_seconds, time_each_call
+from loop_bench import (
+    judge_reply,
+    loop_overrides,
+    node_seconds,
+    time_each_call,
+    trl_trainer,
+    update_end_times,
+)
 
 from mpo_agents.config import load_config
-from mpo_agents.events import NodeFinished
 from mpo_agents.policy import logprob_tiles
 from mpo_agents.prompts import load_prompt
-from mpo_agents.runner import execute, new_run_dir
+from mpo_agents.runner import new_run_dir
 from tests.support.judge_server import JudgeServer
 
 
@@ -70,18 +76,7 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[fl
     cadence = f"output.checkpoint_every={args.every}"
     config = load_config(None, overrides(args, url, args.steps + 1, cadence))
     run_dir = new_run_dir(config, workdir / "mpo-run")
-    finished: list[float] = []
-    execute(
-        config,
-        run_dir,
-        {"BENCH_KEY": "x"},
-        fresh=True,
-        on_event=lambda event: (
-            finished.append(time.perf_counter())
-            if isinstance(event, NodeFinished) and event.node == "policy_update"
-            else None
-        ),
-    )
+    finished = update_end_times(config, run_dir, {"BENCH_KEY": "x"})
     breakdown = node_seconds(run_dir.root)
     print(
         "MPO per-node median seconds:",
@@ -93,13 +88,8 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[fl
 
 def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOTrainer
 
     from mpo_agents.litellm_import import import_litellm
-    from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
-    from mpo_agents.policy.grpo import grpo_config
-    from mpo_agents.policy.models import load_policy_model
     from mpo_agents.tasks import build_task
 
     litellm = import_litellm()  # as the judge client imports it (keep-alive below the server's)
@@ -126,34 +116,8 @@ def time_trl(args: argparse.Namespace, url: str, workdir: Path) -> list[float]:
 
         return await asyncio.gather(*(one(p, c) for p, c in zip(prompts, completions)))
 
-    ends: list[float] = []
-
-    class StepTimer(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            ends.append(time.perf_counter())
-
-    device = resolve_device(config.policy)
-    dtype = resolve_dtype(config.policy, device)
-    model, tokenizer = load_policy_model(resolve_model_dir(config.policy.model), device, dtype)
     # The same GRPOConfig our policy uses, but TRL generates and calls the reward itself, in its own loop.
-    args_ = grpo_config(
-        config.trainer,
-        config.policy.generation,
-        device,
-        dtype,
-        workdir / "trl-out",
-        max_steps=args.steps + 1,
-        shuffle_dataset=False,
-        disable_tqdm=True,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=judge_reward,
-        args=args_,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[StepTimer()],
-    )
+    trainer, ends = trl_trainer(config, judge_reward, dataset, workdir / "trl-out", args.steps + 1)
     generation = time_each_call(trainer, "_generate_single_turn")  # to set beside our rollout node
     trainer.train()
     steps = [b - a for a, b in itertools.pairwise(ends)]

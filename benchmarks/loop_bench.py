@@ -64,3 +64,61 @@ def time_each_call(owner: Any, name: str) -> list[float]:
 
     setattr(owner, name, timed)
     return seconds
+
+
+def update_end_times(config: Any, run_dir: Any, environ: dict[str, str]) -> list[float]:
+    """Run `config` in `run_dir` to its end in this process: the `perf_counter` time at which each policy
+    update finished (iteration k+1 took end(k)..end(k+1))."""
+    from mpo_agents.events import NodeFinished
+    from mpo_agents.runner import execute
+
+    ends: list[float] = []
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, NodeFinished) and event.node == "policy_update":
+            ends.append(time.perf_counter())
+
+    execute(config, run_dir, environ, fresh=True, on_event=on_event)
+    return ends
+
+
+def trl_trainer(
+    config: Any, reward: Any, dataset: Any, output_dir: Path, max_steps: int
+) -> tuple[Any, list[float]]:
+    """TRL's own `GRPOTrainer` on `config`'s policy, with the `GRPOConfig` our policy uses but TRL generating
+    and calling `reward` itself; and the list the end time of each of its steps is appended to."""
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
+    from mpo_agents.policy.grpo import grpo_config
+    from mpo_agents.policy.models import load_policy_model
+
+    ends: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            ends.append(time.perf_counter())
+
+    device = resolve_device(config.policy)
+    dtype = resolve_dtype(config.policy, device)
+    model, tokenizer = load_policy_model(resolve_model_dir(config.policy.model), device, dtype)
+    args = grpo_config(
+        config.trainer,
+        config.policy.generation,
+        device,
+        dtype,
+        output_dir,
+        max_steps=max_steps,
+        shuffle_dataset=False,
+        disable_tqdm=True,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[StepTimer()],
+    )
+    return trainer, ends
