@@ -1,6 +1,6 @@
 """The pipelined loop (`schedule.pipeline: one_step`): judging overlaps the policy's work, each batch trains one
-policy version stale with its own sampling log-probs, the rubric rule of the synchronous loop holds, and a kill
-at any point resumes to the same result."""
+policy version stale (weighted by its sampling log-probs), the rubric rule of the synchronous loop holds, and a
+kill at any point resumes to the same result."""
 
 from __future__ import annotations
 
@@ -46,12 +46,8 @@ def test_the_judge_scores_one_batch_while_the_policy_trains_on_the_one_before(
     meta_step = ["prescreen", "analyze", "meta_analyze", "refine", "merge", "commit", "rubric_rewrite"]
     assert events == [
         *["rollout", "judge_dispatch"],  # batch 1 sampled and sent to the judge
-        *[
-            "rollout",
-            "judge_collect",
-            "judge_dispatch",
-            "policy_update",
-        ],  # 2 sampled, 1 judged, 2 sent, 1 trained
+        # batch 2 sampled, 1 collected, 2 sent, 1 trained
+        *["rollout", "judge_collect", "judge_dispatch", "policy_update"],
         *["rollout", "judge_collect", *meta_step, "judge_dispatch", "policy_update"],
         *["rollout", "judge_collect", "judge_dispatch", "policy_update"],
         *["judge_collect", *meta_step, "policy_update"],  # the last batch: nothing left to sample
@@ -94,7 +90,7 @@ def test_meta_level_nodes_review_pauses_and_the_budget_stop_work_pipelined(
     tmp_path, tiny_model_dir, judge_server
 ):
     server = judge_server()
-    # An alarm asks for a meta step after batch 1 (the schedule has none); its rewrite waits for a person.
+    # An alarm asks for meta steps the schedule does not have (from batch 2); their rewrites wait for a person.
     settings = {
         **PIPELINED,
         "schedule.iterations": 3,
