@@ -24,7 +24,6 @@ METRICS_FILE = "metrics.jsonl"  # one line per finished iteration
 TIMINGS_FILE = "timings.jsonl"  # seconds per node, for `mpo report`
 META_LEVELS_FILE = "meta_levels.jsonl"  # what each meta-level plug-in decided
 LEDGER_FILE = "batches.jsonl"  # each batch's way: generated -> judged -> trained
-BATCH_STATUSES = ("generated", "judged", "trained")
 REJECTED_FILE = "rejected.jsonl"  # in rubrics/: rewrites that were refused, and why
 RUN_LOG = "run.log"
 UPDATE_REWARDS = "rewards"  # key of an update's stats file (`updates/iter-N.json`) holding its rewards
@@ -390,23 +389,21 @@ class RunDirectory:
     def ledger(self) -> dict[int, dict[str, Any]]:
         """Each batch's facts so far, by the iteration that trains it; `status` is the furthest step it took."""
         batches: dict[int, dict[str, Any]] = {}
-        if self.ledger_path.exists():
-            for entry in read_jsonl(self.ledger_path, torn_tail_ok=True):
-                batches.setdefault(entry["batch"], {}).update(entry)
+        for entry in self._ledger_entries():
+            batches.setdefault(entry["batch"], {}).update(entry)
         return batches
 
     def record_batch(self, batch: int, status: str, **facts: Any) -> bool:
         """Append a batch's step along generated -> judged -> trained with what it adds (policy version, files,
         rubric version, judgment outcomes), unless that step is recorded already (a node run again after a
         crash writes it once). True when the line was written now."""
-        if not self.ledger_path.exists():
-            done = set()
-        else:
-            done = {(e["batch"], e["status"]) for e in read_jsonl(self.ledger_path, torn_tail_ok=True)}
-        if (batch, status) in done:
+        if any((e["batch"], e["status"]) == (batch, status) for e in self._ledger_entries()):
             return False
         append_jsonl(self.ledger_path, {"batch": batch, "status": status, **facts})
         return True
+
+    def _ledger_entries(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.ledger_path, torn_tail_ok=True) if self.ledger_path.exists() else []
 
     @property
     def log_path(self) -> Path:

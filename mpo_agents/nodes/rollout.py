@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from langgraph.runtime import Runtime
 
@@ -23,8 +24,8 @@ def rollout_seed(base_seed: int, iteration: int) -> int:
 def rollout(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
-    path, rollouts, seconds = sample_batch(ctx, iteration)
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    path, rollouts, seconds = sample_batch(ctx, iteration, records)
     # The iteration's metrics start here; the nodes after this one add theirs.
     return {
         "rollout_path": ctx.run_dir.relative(path),
@@ -38,15 +39,18 @@ def rollout_ahead(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     nothing in flight, as at a run's start, this iteration's own)."""
     ctx = runtime.context
     iteration = state["iteration"] + (1 if state.get("judging") else 0)
-    path, _, seconds = sample_batch(ctx, iteration)
+    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    path, _, seconds = sample_batch(ctx, iteration, records)
     sampled = BatchRef(iteration=iteration, rollout_path=ctx.run_dir.relative(path), rollout_seconds=seconds)
     return {"sampled": sampled}
 
 
-def sample_batch(ctx: RunContext, iteration: int) -> tuple[Path, list[Rollout], float]:
-    """Sample an iteration's batch with the policy as it is now, store it (token ids, behaviour log-probs,
-    policy version) and enter it in the batch ledger. Returns its file, its rollouts and the seconds it took."""
-    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+def sample_batch(
+    ctx: RunContext, iteration: int, records: list[dict[str, Any]]
+) -> tuple[Path, list[Rollout], float]:
+    """Sample an iteration's batch (`records` are its prompts) with the policy as it is now, store it (token
+    ids, behaviour log-probs, policy version) and enter it in the batch ledger. Returns its file, its rollouts
+    and the seconds it took."""
     started = time.perf_counter()
     rollouts = ctx.policy.generate(
         [ctx.task.policy_conversation(record) for record in records],

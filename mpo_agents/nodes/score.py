@@ -24,7 +24,8 @@ from mpo_agents.state import MPOState, RubricState, ScoredSample
 async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
-    scored, seconds = await judge_batch(ctx, state["rubric"], state["batch"], iteration)
+    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
+    scored, seconds = await judge_batch(ctx, state["rubric"], records, state["batch"], iteration)
     # The synchronous loop waits for all of the batch's judging.
     timing = {**state.get("metrics", {}), "judge_seconds": seconds, "judge_wait_seconds": seconds}
     return judged(ctx, state, iteration, scored, timing)
@@ -77,16 +78,19 @@ async def _judging(
     batch = pending_samples(
         ctx.task, records, Rollout.read(ctx.run_dir.locate(rollout_path)), rubric["version"]
     )
-    return await judge_batch(ctx, rubric, batch, iteration)
+    return await judge_batch(ctx, rubric, records, batch, iteration)
 
 
 async def judge_batch(
-    ctx: RunContext, rubric: RubricState, batch: list[ScoredSample], iteration: int
+    ctx: RunContext,
+    rubric: RubricState,
+    records: list[dict[str, Any]],
+    batch: list[ScoredSample],
+    iteration: int,
 ) -> tuple[list[ScoredSample], float]:
-    """Every sample of `batch` scored under `rubric`, concurrently; and the seconds from the first call to the
-    last judgment."""
+    """Every sample of `batch` (`records` are its prompts) scored under `rubric`, concurrently; and the seconds
+    from the first call to the last judgment."""
     scorer = Scorer(ctx.task, ctx.judge, ctx.config)
-    records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     started = time.perf_counter()
     scored = await asyncio.gather(
         *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in batch)
