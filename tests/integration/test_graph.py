@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from mpo_agents.rundir import read_jsonl
 from tests.support import TEST_ENV, run_overrides
-from tests.support.runs import run_in_process
-
-
-def run_loop(tmp_path, model_dir, server, **extra):
-    events: list[str | type] = []
-    outcome, run_dir = run_in_process(
-        run_overrides(model_dir, server.url, **extra), tmp_path / "run", events=events
-    )
-    return outcome, run_dir, events
+from tests.support.judge_server import count_e
+from tests.support.runs import LEARNS_COUNT_E, run_in_process, run_loop
 
 
 def test_loop_runs_nodes_in_order_and_writes_the_run_directory(tmp_path, tiny_model_dir, judge_server):
@@ -106,25 +98,8 @@ def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir
 
 
 def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir, judge_server):
-    def count_e(prompt: str, request: dict) -> str:
-        response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
-        return f"Reason: counted the letter e.\nScore: {min(5, response.count('e'))}"
-
     server = judge_server(count_e)
-    run_loop(
-        tmp_path,
-        tiny_model_dir,
-        server,
-        **{
-            "schedule.iterations": 6,
-            "schedule.meta_every": 0,
-            "trainer.learning_rate": 0.05,
-            "trainer.beta": 0.0,
-            "trainer.num_generations": 8,
-            "policy.generation.temperature": 1.0,
-            "task.truncation_penalty": 0,
-        },
-    )
+    run_loop(tmp_path, tiny_model_dir, server, **LEARNS_COUNT_E, **{"schedule.iterations": 6})
     rewards = [m["reward_mean"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(rewards) == 6
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 1.0, rewards

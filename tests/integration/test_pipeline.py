@@ -5,7 +5,6 @@ kill at any point resumes to the same result."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import time
@@ -19,21 +18,14 @@ from mpo_agents.rundir import RunDirectory, read_jsonl
 from mpo_agents.runner import execute
 from tests.support import TEST_ENV, run_overrides
 from tests.support.cli import finish, mpo, run_command, start_mpo, wait_for
-from tests.support.runs import prepared_run, run_in_process, summary
+from tests.support.judge_server import count_e
+from tests.support.runs import LEARNS_COUNT_E, prepared_run, run_loop, summary
 
 # One worker runs this module under pytest-xdist: the uninterrupted run (module-scoped) is made once.
 pytestmark = pytest.mark.xdist_group("pipeline")
 
 SCHEDULE = {"schedule.iterations": 4, "schedule.meta_every": 2, "output.checkpoint_every": 1}
 PIPELINED = {**SCHEDULE, "schedule.pipeline": "one_step"}
-
-
-def run_loop(tmp_path, model_dir, server, name="run", **settings):
-    events: list[str | type] = []
-    outcome, run_dir = run_in_process(
-        run_overrides(model_dir, server.url, **settings), tmp_path / name, events=events
-    )
-    return outcome, run_dir, events
 
 
 def test_the_judge_scores_one_batch_while_the_policy_trains_on_the_one_before(
@@ -126,29 +118,11 @@ def test_meta_level_nodes_review_pauses_and_the_budget_stop_work_pipelined(
 
 
 def test_the_pipelined_policy_learns_like_the_synchronous_one(tmp_path, tiny_model_dir, judge_server):
-    def count_e(prompt: str, request: dict) -> str:
-        response = re.findall(r"<response>(.*?)</response>", prompt, re.DOTALL)[-1]
-        return f"Reason: counted the letter e.\nScore: {min(5, response.count('e'))}"
-
     server = judge_server(count_e)
     curves = {}
     for pipeline in ("off", "one_step"):
-        _, run_dir, _ = run_loop(
-            tmp_path,
-            tiny_model_dir,
-            server,
-            name=pipeline,
-            **{
-                "schedule.iterations": 8,
-                "schedule.meta_every": 0,
-                "schedule.pipeline": pipeline,
-                "trainer.learning_rate": 0.05,
-                "trainer.beta": 0.0,
-                "trainer.num_generations": 8,
-                "policy.generation.temperature": 1.0,
-                "task.truncation_penalty": 0,
-            },
-        )
+        settings = {**LEARNS_COUNT_E, "schedule.iterations": 8, "schedule.pipeline": pipeline}
+        _, run_dir, _ = run_loop(tmp_path, tiny_model_dir, server, name=pipeline, **settings)
         curves[pipeline] = [m["reward_mean"] for m in run_dir.metrics()]
     # The criterion of test_graph's synchronous learning test, for both. The pipelined curve trails: each batch
     # is sampled one update earlier. (With the behaviour log-probs as PPO's old log-probs instead, clipping

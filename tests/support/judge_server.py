@@ -43,6 +43,12 @@ _ITEM_RANGE = re.compile(r"from (-?\d+) to (-?\d+)")
 _JSON_ITEM = re.compile(r"^(\d+)\. .*\(score from (-?\d+) to (-?\d+)\)$", re.MULTILINE)
 
 
+def count_e(prompt_text: str, request_json: dict[str, Any]) -> str:
+    """A judge the tiny policy can learn to please: the number of letters "e" in the response, up to 5."""
+    response = re.findall(r"<response>(.*?)</response>", prompt_text, re.DOTALL)[-1]
+    return f"Reason: counted the letter e.\nScore: {min(5, response.count('e'))}"
+
+
 def _has(text: str, markers: tuple[str, ...]) -> bool:
     return any(marker in text for marker in markers)
 

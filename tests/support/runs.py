@@ -44,6 +44,31 @@ def run_in_process(
     return execute(config, run_dir, dict(env), fresh=True, **execute_options), run_dir
 
 
+# Settings under which the tiny policy learns what the `count_e` judge rewards within a few iterations.
+LEARNS_COUNT_E = {
+    "schedule.meta_every": 0,
+    "trainer.learning_rate": 0.05,
+    "trainer.beta": 0.0,
+    "trainer.num_generations": 8,
+    "policy.generation.temperature": 1.0,
+    "task.truncation_penalty": 0,
+}
+
+
+def run_loop(
+    tmp_path: Path, model_dir: Path, server: Any, name: str = "run", **settings: Any
+) -> tuple[RunOutcome, RunDirectory, list[str | type]]:
+    """A fast run of the tiny model against the test judge `server` (`run_overrides` plus `settings`) at
+    `tmp_path / name`: `(outcome, run_dir, events)`."""
+    from tests.support import run_overrides
+
+    events: list[str | type] = []
+    outcome, run_dir = run_in_process(
+        run_overrides(model_dir, server.url, **settings), tmp_path / name, events=events
+    )
+    return outcome, run_dir, events
+
+
 def summary(run_dir: Path) -> dict[str, Any]:
     """What two runs that did the same work agree on: iterations, policy and optimizer steps, rubric versions
     and the final policy's weights."""
