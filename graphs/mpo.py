@@ -23,6 +23,14 @@ rollout (batch 1) -> judge_dispatch (batch 1), and its last iteration samples an
 is sampled before the update on batch t: it trains one policy version stale, each token weighted by its
 truncated importance ratio against its stored sampling log-prob. Every batch is judged under the rubric in force when it is
 dispatched, which is the rubric the synchronous loop would score it under.
+
+With `rubric.scope: prompt` each prompt has its own buffer of items, readied before its group is judged:
+
+rollout -> rubric_evolve -> score -> [after_score nodes] -> policy_update
+
+`rubric_evolve` writes a prompt's persistent items the first time it is drawn and, every `schedule.meta_every`
+iterations, prunes and proposes its evolved items: that is this scope's meta step, so the task-level
+meta_analyze and rubric_rewrite steps are not part of its loop.
 """
 
 from __future__ import annotations
@@ -33,18 +41,22 @@ from typing import Literal
 
 from langgraph.graph import END, START, StateGraph
 
+from mpo_agents.config import MPOConfig
 from mpo_agents.context import RunContext
+from mpo_agents.errors import ConfigError
 from mpo_agents.meta.schedule import knob
 from mpo_agents.nodes.meta_analyze import analyze, prescreen
 from mpo_agents.nodes.plugin import plugin_node
 from mpo_agents.nodes.policy_update import policy_update
 from mpo_agents.nodes.rollout import rollout, rollout_ahead
+from mpo_agents.nodes.rubric_evolve import rubric_evolve
 from mpo_agents.nodes.rubric_rewrite import commit, merge, refine
 from mpo_agents.nodes.score import judge_collect, judge_dispatch, score
-from mpo_agents.plugins import MetaNode
+from mpo_agents.plugins import MetaNode, load_meta_nodes
 from mpo_agents.state import MPOState
 
 Pipeline = Literal["off", "one_step"]  # schedule.pipeline
+Scope = Literal["task", "prompt"]  # rubric.scope
 # The loop's subgraphs: in a stream with subgraphs=True their own update closes what their stages reported.
 META_STEPS = ("meta_analyze", "rubric_rewrite")
 
@@ -131,9 +143,19 @@ def build_meta_step_graph(meta_nodes: Sequence[MetaNode] = ()) -> StateGraph:
     )
 
 
-def build_graph(meta_nodes: Sequence[MetaNode] = (), pipeline: Pipeline = "off") -> StateGraph:
+def loop_graph(config: MPOConfig) -> StateGraph:
+    """The loop a config describes: its meta-level nodes, its pipeline and its rubric scope."""
+    return build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline, config.rubric.scope)
+
+
+def build_graph(
+    meta_nodes: Sequence[MetaNode] = (), pipeline: Pipeline = "off", scope: Scope = "task"
+) -> StateGraph:
     """The loop, with the configured meta-level nodes wired in their order; `pipeline` as
-    `schedule.pipeline` (see the module docstring). Nodes are added in the order they run."""
+    `schedule.pipeline` and `scope` as `rubric.scope` (see the module docstring). Nodes are added in the order
+    they run."""
+    if scope == "prompt":
+        return _prompt_scope_graph(meta_nodes)
     pipelined = pipeline == "one_step"
     graph = StateGraph(MPOState, context_schema=RunContext)
     graph.add_node("rollout", rollout_ahead if pipelined else rollout)
@@ -165,4 +187,24 @@ def build_graph(meta_nodes: Sequence[MetaNode] = (), pipeline: Pipeline = "off")
         graph.add_conditional_edges(last_judged, meta_due)
         graph.add_edge("rubric_rewrite", "policy_update")
         graph.add_conditional_edges("policy_update", more_iterations)
+    return graph
+
+
+def _prompt_scope_graph(meta_nodes: Sequence[MetaNode]) -> StateGraph:
+    """rollout -> rubric_evolve -> score -> [after_score nodes] -> policy_update, while iterations remain."""
+    rewriters = [node.name for node in meta_nodes if node.stage != "after_score"]
+    if rewriters:
+        raise ConfigError(
+            f"meta_nodes: {', '.join(rewriters)} judge(s) a task rubric's rewrite, which rubric.scope: prompt does "
+            "not make; drop them from meta_nodes or set rubric.scope: task"
+        )
+    graph = StateGraph(MPOState, context_schema=RunContext)
+    steps = {"rollout": rollout, "rubric_evolve": rubric_evolve, "score": score}
+    steps |= {node.name: plugin_node(node) for node in meta_nodes}
+    steps["policy_update"] = policy_update
+    for name, node in steps.items():
+        graph.add_node(name, node)
+    for before, after in itertools.pairwise([START, *steps]):
+        graph.add_edge(before, after)
+    graph.add_conditional_edges("policy_update", more_iterations)
     return graph

@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 from mpo_agents.config import load_config
-from mpo_agents.graphs.mpo import build_graph
-from mpo_agents.plugins import load_meta_nodes
+from mpo_agents.graphs.mpo import loop_graph
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 
 config = load_config(Path(os.environ.get("MPO_CONFIG", DEFAULT_CONFIG)))
-graph = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline).compile()
+graph = loop_graph(config).compile()

@@ -511,6 +511,38 @@ class MetaNodeConfig(_Section):
 
 
 class RubricConfig(_Section):
+    scope: Literal["task", "prompt"] = Field(
+        "task",
+        description="What a rubric covers: `task`, one rubric for every prompt that the meta-judge rewrites "
+        "every `schedule.meta_every` iterations (MPO, the paper); `prompt`, a buffer of weighted items per "
+        "prompt: persistent items written once per prompt (by the meta-judge, or read from "
+        "`rubric.items_field`) and evolved items that the meta-judge proposes from the prompt's group of "
+        "rollouts every `schedule.meta_every` iterations (RLER-style evolving rubrics).",
+    )
+    max_active: int = Field(
+        5, ge=1, description="Scope `prompt`: evolved items a prompt's buffer keeps; the oldest go first."
+    )
+    prune_after: int = Field(
+        2,
+        ge=1,
+        description="Scope `prompt`: an evolved item whose scores did not differ across its prompt's group in "
+        "each of its last N uses no longer tells the completions apart and is pruned (logged with the reason).",
+    )
+    aggregate: Literal["weighted", "points"] = Field(
+        "weighted",
+        description="Scope `prompt`: a sample's reward from its item judgments (each 0-2, read as 0..1): "
+        "`weighted` is sum(w*s) / sum(|w|) over the items judged (RLER), `points` is sum(w*s), the weights "
+        "read as point ranges.",
+    )
+    items_field: str | None = Field(
+        None,
+        description="Scope `prompt`: the record field holding a prompt's persistent items (a list of {title, "
+        "description, weight}, e.g. a Rubrics-as-Rewards column); None has the meta-judge write them the "
+        "first time the prompt is drawn.",
+    )
+    max_new_items: int = Field(
+        3, ge=1, description="Scope `prompt`: evolved items taken from one proposal for one prompt."
+    )
     max_words: int = Field(400, ge=10, description="A rewritten rubric longer than this is rejected.")
     max_items: int = Field(
         12, ge=1, description="A rewritten rubric with more criteria than this is rejected."
@@ -523,12 +555,20 @@ class RubricConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    mode: Literal["per_item", "json", "holistic"] = Field(
+    mode: Literal["per_item", "json", "holistic", "listwise"] = Field(
         "per_item",
         description="How the judge applies a rubric: `per_item` asks for a short rationale and a score for "
         "each criterion, one call per criterion, and sums them (the paper); `json` gets every criterion's "
         "rationale and score in one call as JSON (faster); `holistic` asks for one total score (best for "
-        "very small judges).",
+        "very small judges); `listwise` shows the judge a prompt's whole group of completions under "
+        "anonymous ids in a shuffled order and asks for a 0-10 score for each in one call (RULER-style; "
+        "GRPO only needs the scores' order within a group). With `rubric.scope: prompt`, `per_item` or "
+        "`listwise`.",
+    )
+    listwise_orders: Literal[1, 2] = Field(
+        1,
+        description="Listwise mode: judge each group once, or twice (the shuffled order and its reverse) and "
+        "average, which cancels a judge's bias for early or late positions at twice the calls.",
     )
     reward: Literal["raw", "normalized"] = Field(
         "raw",
@@ -734,6 +774,22 @@ class MPOConfig(BaseSettings):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"meta_nodes lists {', '.join(repeated)} more than once; list each node once")
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_scope_supported(self) -> MPOConfig:
+        if self.rubric.scope != "prompt":
+            return self
+        if self.scoring.mode not in ("per_item", "listwise"):
+            raise ValueError(
+                f"scoring.mode={self.scoring.mode!r} cannot score per-prompt rubrics (rubric.scope: prompt); "
+                "set scoring.mode to per_item (one call per item, RLER) or listwise (one call per group)"
+            )
+        if self.schedule.pipeline != "off":
+            raise ValueError(
+                "rubric.scope: prompt evolves a prompt's items from its rollouts before they are judged, which "
+                "the pipelined loop does not wait for; set schedule.pipeline: off"
+            )
         return self
 
     @model_validator(mode="after")

@@ -138,13 +138,10 @@ def _graph_state(check: RunCheck, config: Any, directory: RunDirectory, environ:
 
 async def _read_state(config: Any, directory: RunDirectory, environ: Mapping[str, str]) -> GraphState:
     from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
-    from mpo_agents.graphs.mpo import build_graph
-    from mpo_agents.plugins import load_meta_nodes
+    from mpo_agents.graphs.mpo import loop_graph
 
     async with open_checkpointer(config, directory, environ) as (saver, thread):
-        app = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline).compile(
-            checkpointer=saver
-        )
+        app = loop_graph(config).compile(checkpointer=saver)
         await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
         snapshot = await app.aget_state({"configurable": {"thread_id": thread}})
         return GraphState(dict(snapshot.values), tuple(snapshot.next))

@@ -29,8 +29,41 @@ class Criterion:
 
 
 @dataclass(frozen=True)
+class RubricItem:
+    """One thing a rubric checks, whatever its scope: a task rubric's criterion (a point range, `low`..`high`)
+    or an item of a prompt's buffer (a signed `weight`: positive rewards what it describes, negative penalises
+    it)."""
+
+    id: str  # "c2" (criterion 2 of a task rubric), "p1" (persistent), "e7.2" (evolved at iteration 7)
+    title: str
+    description: str
+    weight: float | None = None
+    low: float | None = None
+    high: float | None = None
+    origin: str = "initial"  # initial, persistent, evolved, edited
+    iteration: int = 0  # the iteration it was written at (0: before training)
+
+    def to_state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: dict) -> RubricItem:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True)
 class Rubric:
     criteria: tuple[Criterion, ...]
+
+    def items(self, origin: str = "initial", iteration: int = 0) -> tuple[RubricItem, ...]:
+        """The criteria in the shared item form (a task rubric is the `task` scope of one rubric model)."""
+        return tuple(
+            RubricItem(
+                f"c{n}", f"Criterion {n}", c.text, low=c.low, high=c.high, origin=origin, iteration=iteration
+            )
+            for n, c in enumerate(self.criteria, start=1)
+        )
 
     @property
     def low(self) -> float:

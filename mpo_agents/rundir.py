@@ -348,6 +348,11 @@ class RunDirectory:
     def rubrics_dir(self) -> Path:
         return self.root / "rubrics"
 
+    @property
+    def prompt_rubrics_dir(self) -> Path:
+        """Per-prompt buffers (`rubric.scope: prompt`), a folder per prompt id."""
+        return self.rubrics_dir / "prompts"
+
     def rollouts_path(self, iteration: int) -> Path:
         return self.root / "rollouts" / f"iter-{iteration:04d}.jsonl"
 

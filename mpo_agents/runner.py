@@ -292,7 +292,9 @@ async def _drive(
     try:
         async with open_checkpointer(ctx.config, ctx.run_dir, environ) as (saver, thread):
             run_config = {"configurable": {"thread_id": thread}, "recursion_limit": GRAPH_RECURSION_LIMIT}
-            app = build_graph(meta_nodes, ctx.config.schedule.pipeline).compile(checkpointer=saver)
+            app = build_graph(meta_nodes, ctx.config.schedule.pipeline, ctx.config.rubric.scope).compile(
+                checkpointer=saver
+            )
             await refuse_unknown_nodes(app, run_config)
             current = (await app.aget_state(run_config)).values.get("iteration", 1)
             timings = NodeTimings(ctx.run_dir.timings_path, current)
@@ -395,8 +397,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
     import os
 
     from mpo_agents.graph_checkpoints import open_checkpointer, refuse_unknown_nodes
-    from mpo_agents.graphs.mpo import build_graph
-    from mpo_agents.plugins import load_meta_nodes
+    from mpo_agents.graphs.mpo import loop_graph
 
     run_dir = Path(run_dir)
     config = saved_config(run_dir)
@@ -413,7 +414,7 @@ def pending_reviews(run_dir: Path) -> list[dict[str, Any]]:
 
     async def read() -> list[dict[str, Any]]:
         async with open_checkpointer(config, directory, os.environ) as (saver, thread):
-            graph = build_graph(load_meta_nodes(config.meta_nodes), config.schedule.pipeline)
+            graph = loop_graph(config)
             app = graph.compile(checkpointer=saver)
             await refuse_unknown_nodes(app, {"configurable": {"thread_id": thread}})
             snapshot = await app.aget_state({"configurable": {"thread_id": thread}})

@@ -26,6 +26,12 @@ class RubricState(TypedDict):
     origin: NotRequired[str]  # how it came about: initial, merge, merge_fallback, per_cluster
     evidence: NotRequired[str | None]  # the meta step's record (analyses, candidates) that led to it
     review: NotRequired[str | None]  # who decided on it beyond the meta-judge (meta-level nodes, a person)
+    # A prompt's buffer as the scorer sees it (`rubric.scope: prompt`, see buffers.py): `version` stays the task
+    # rubric's, `text` and `low`/`high` are the buffer's.
+    scope: NotRequired[Literal["task", "prompt"]]
+    prompt_id: NotRequired[str]
+    buffer_version: NotRequired[int]
+    prompt_items: NotRequired[list[dict[str, Any]]]
 
 
 class ScoredSample(TypedDict):
@@ -48,6 +54,17 @@ class ScoredSample(TypedDict):
         list[dict[str, Any]]
     ]  # an ensemble's per-member model, status, score and item scores
     agreement: NotRequired[float | None]  # share of ensemble member pairs that gave equal scores
+    prompt_id: NotRequired[str]  # rubric.scope: prompt: the prompt's buffer and the version that scored it
+    buffer_version: NotRequired[int]
+    item_judgments: NotRequired[
+        list[dict[str, Any]]
+    ]  # per buffer item: weight, 0-2 score (None: masked), status
+    masked_items: NotRequired[
+        int
+    ]  # buffer items whose judgment failed, left out of the reward with their weight
+    listwise: NotRequired[
+        dict[str, Any]
+    ]  # listwise mode: its anonymous id, the order shown, the raw 0-10 scores
 
 
 class MetaCase(TypedDict):
@@ -96,3 +113,6 @@ class MPOState(TypedDict, total=False):
     # scoring (the one the next `judge_collect` takes). The sync loop leaves both unset.
     sampled: BatchRef | None
     judging: BatchRef | None
+    # rubric.scope: prompt: the buffer version in force per prompt id (the buffers are files under
+    # rubrics/prompts/; this pointer is what a resume restores).
+    buffers: dict[str, int]

@@ -104,10 +104,19 @@ def score(
     rubric: Annotated[
         Path | None, typer.Option("--rubric", help="Rubric file; default: the task's initial rubric.")
     ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            help="rubric.scope: prompt: score each prompt under this run's latest buffer for it (prompts it has "
+            "none for: their `rubric.items_field`, else the rubric's criteria as items).",
+        ),
+    ] = None,
     set_: Overrides = None,
 ) -> None:
     """Score completions against a rubric with the configured judge, exactly as training would (guards, exact
-    match, `scoring.mode`, penalties): the tool for debugging a rubric before training."""
+    match, `scoring.mode`, `rubric.scope`, penalties): the tool for debugging a rubric before training. Lines
+    with the same prompt are one group (what listwise judging compares)."""
     prepare_environment()
     import os
     from statistics import fmean
@@ -123,7 +132,7 @@ def score(
             version = rubric_from_file(task, rubric) if rubric else task.initial_rubric()
             pairs = load_pairs(input_path, task)
             with console.status(f"scoring {len(pairs)} completions"):
-                scored = score_file(scorer, version, pairs)
+                scored = score_file(scorer, version, pairs, run)
     except MPOError as exc:
         fail(exc)
     write_jsonl(output, scored)
@@ -133,9 +142,8 @@ def score(
     }
     out = Console()
     mean = f"{fmean(rewards):.3g}" if rewards else "n/a"
-    out.print(
-        f"{len(scored)} scored: {statuses}; mean reward {mean}; range {version.low:g}..{version.high:g}"
-    )
+    scale = "per-prompt buffers" if config.rubric.scope == "prompt" else f"range {version.low:g}..{version.high:g}"
+    out.print(f"{len(scored)} scored: {statuses}; mean reward {mean}; {scale}")
     out.print(f"Scores and rationales: {output}; judge calls: {calls_dir / 'calls' / 'judge.jsonl'}")
 
 

@@ -45,7 +45,12 @@ class ProgressView:
     the `runner.execute` events it is handed (`on_event`)."""
 
     def __init__(
-        self, total: int, done: list[dict[str, Any]], meta_nodes: list[MetaNodeConfig], pipeline: str = "off"
+        self,
+        total: int,
+        done: list[dict[str, Any]],
+        meta_nodes: list[MetaNodeConfig],
+        pipeline: str = "off",
+        scope: str = "task",
     ):
         self.progress = Progress(
             SpinnerColumn(),
@@ -62,6 +67,7 @@ class ProgressView:
         self.cost = sum((m.get("judge_cost_usd") or 0) + (m.get("meta_judge_cost_usd") or 0) for m in done)
         self.meta_nodes = meta_nodes
         self.pipeline = pipeline
+        self.scope = scope
         self.judge_seconds = sum(m.get("judge_seconds") or 0 for m in done)
         self.waited_seconds = sum(m.get("judge_wait_seconds") or 0 for m in done)
 
@@ -72,7 +78,7 @@ class ProgressView:
         from mpo_agents.graphs.mpo import build_graph
         from mpo_agents.plugins import load_meta_nodes
 
-        return next_nodes(build_graph(load_meta_nodes(self.meta_nodes), self.pipeline).compile())
+        return next_nodes(build_graph(load_meta_nodes(self.meta_nodes), self.pipeline, self.scope).compile())
 
     def on_event(self, event: RunEvent) -> None:
         say = self.progress.console.print

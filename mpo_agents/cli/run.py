@@ -198,7 +198,9 @@ def _run(
 
     log_to_file(run_dir.log_path)
     total = config.schedule.iterations
-    view = ProgressView(total, run_dir.metrics(), config.meta_nodes, config.schedule.pipeline)
+    view = ProgressView(
+        total, run_dir.metrics(), config.meta_nodes, config.schedule.pipeline, config.rubric.scope
+    )
     with view.progress:
         outcome = execute(
             config,

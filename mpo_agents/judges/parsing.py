@@ -1,5 +1,6 @@
 """Reading a judge's verdict out of its reply: a score in a range, the content of an XML-ish tag, every
-criterion's score from a JSON reply, and the rationale before the score line."""
+criterion's score from a JSON reply, every completion's score from a listwise reply, and the rationale before
+the score line."""
 
 from __future__ import annotations
 
@@ -93,12 +94,8 @@ def rationale_of(reply: str) -> str:
     return re.sub(r"^\W*reason\W*", "", text, flags=re.IGNORECASE).strip()
 
 
-def parse_item_scores(reply: str, criteria: tuple[Criterion, ...]) -> list[dict[str, Any]] | None:
-    """Every criterion's rationale and score from a JSON reply, or None if any is missing or out of range.
-
-    Accepts `{"items": [...]}` or a bare list, each entry `{"criterion": N, "rationale": "...", "score": S}`,
-    inside a code fence or surrounded by prose.
-    """
+def _json_value(reply: str) -> Any:
+    """The first JSON object or list in `reply` (inside a code fence or surrounded by prose), or None."""
     fenced = _JSON_FENCE.search(reply)
     text = fenced.group(1) if fenced else reply
     start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
@@ -108,6 +105,40 @@ def parse_item_scores(reply: str, criteria: tuple[Criterion, ...]) -> list[dict[
         data, _ = json.JSONDecoder().raw_decode(text[start:])
     except json.JSONDecodeError:
         return None
+    return data
+
+
+def parse_listwise(reply: str, ids: list[str], low: float, high: float) -> dict[str, dict[str, Any]] | None:
+    """Every listed completion's score and explanation from a listwise reply, keyed by its id; None (so the
+    call is retried, then the group fails whole) unless every id in `ids` appears exactly once, no other id
+    appears, and every score is a number in [low, high].
+
+    Accepts `{"scores": [...]}` or a bare list of `{"id": "c3", "explanation": "...", "score": 7}`.
+    """
+    data = _json_value(reply)
+    entries = data.get("scores") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return None
+        key, score = str(entry.get("id", "")).strip(), entry.get("score")
+        if isinstance(score, bool) or not isinstance(score, int | float) or not low <= score <= high:
+            return None
+        if key not in ids or key in found:
+            return None
+        found[key] = {"score": float(score), "explanation": str(entry.get("explanation", ""))}
+    return found if len(found) == len(ids) else None
+
+
+def parse_item_scores(reply: str, criteria: tuple[Criterion, ...]) -> list[dict[str, Any]] | None:
+    """Every criterion's rationale and score from a JSON reply, or None if any is missing or out of range.
+
+    Accepts `{"items": [...]}` or a bare list, each entry `{"criterion": N, "rationale": "...", "score": S}`,
+    inside a code fence or surrounded by prose.
+    """
+    data = _json_value(reply)
     entries = data.get("items") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         return None

@@ -12,6 +12,7 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
+from mpo_agents.buffers import BufferStore, prompt_id
 from mpo_agents.context import RunContext
 from mpo_agents.errors import JudgeOutage
 from mpo_agents.judges.failures import FAILED_STATUSES, STATUS_UNPARSEABLE
@@ -25,7 +26,9 @@ async def score(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     iteration = state["iteration"]
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
-    scored, seconds = await judge_batch(ctx, state["rubric"], records, state["batch"], iteration)
+    scored, seconds = await judge_batch(
+        ctx, state["rubric"], records, state["batch"], iteration, state.get("buffers")
+    )
     # The synchronous loop waits for all of the batch's judging.
     timing = {**state.get("metrics", {}), "judge_seconds": seconds, "judge_wait_seconds": seconds}
     return judged(ctx, state, iteration, scored, timing)
@@ -87,15 +90,33 @@ async def judge_batch(
     records: list[dict[str, Any]],
     batch: list[ScoredSample],
     iteration: int,
+    buffers: dict[str, int] | None = None,
 ) -> tuple[list[ScoredSample], float]:
-    """Every sample of `batch` (`records` are its prompts) scored under `rubric`, concurrently; and the seconds
-    from the first call to the last judgment."""
+    """Every sample of `batch` (`records` are its prompts) scored under `rubric`, or with `rubric.scope: prompt`
+    under its prompt's buffer (`buffers`: the version in force per prompt id), a prompt's group at a time and
+    all groups concurrently; and the seconds from the first call to the last judgment."""
     scorer = Scorer(ctx.task, ctx.judge, ctx.config)
+    groups: dict[int, list[ScoredSample]] = {}
+    for sample in batch:
+        groups.setdefault(sample["prompt_index"], []).append(sample)
+    store = BufferStore(ctx.run_dir.prompt_rubrics_dir)
+    how = ctx.config.rubric.aggregate
+
+    def rubric_of(record: dict[str, Any]) -> RubricState:
+        if ctx.config.rubric.scope != "prompt":
+            return rubric
+        pid = prompt_id(ctx.task.prompt_text(record))
+        return store.load(pid, (buffers or {})[pid]).rubric_state(rubric["version"], how)
+
     started = time.perf_counter()
-    scored = await asyncio.gather(
-        *(scorer.score(rubric, records[s["prompt_index"]], s, iteration) for s in batch)
+    judged = await asyncio.gather(
+        *(
+            scorer.score_group(rubric_of(records[index]), records[index], group, iteration)
+            for index, group in groups.items()
+        )
     )
-    return list(scored), time.perf_counter() - started
+    by_key = {sample["key"]: sample for group in judged for sample in group}
+    return [by_key[sample["key"]] for sample in batch], time.perf_counter() - started
 
 
 def judged(

@@ -58,7 +58,8 @@ class RubricGate:
             : self.max_cases
         ]
         before, after = await asyncio.gather(
-            run_check(scorer, parent.to_state(), cases), run_check(scorer, proposal.to_state(), cases)
+            run_check(scorer, lambda record: parent.to_state(), cases),
+            run_check(scorer, lambda record: proposal.to_state(), cases),
         )
         hacks_win = [f"{row['case']}/{row['kind']}" for row in after if row["verdict"] == "hack_wins"]
         held_before = {f"{row['case']}/{row['kind']}" for row in before if row["verdict"] == "ok"}

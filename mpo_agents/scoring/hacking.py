@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,33 +94,40 @@ def rubric_for_check(
     return task.initial_rubric()
 
 
-async def run_check(scorer: Scorer, rubric: RubricState, cases: list[HackCase]) -> list[dict[str, Any]]:
-    """Score every reference and hack; one row per hack, with the reference's reward beside it."""
+async def run_check(
+    scorer: Scorer, rubric_of: Callable[[dict[str, Any]], RubricState], cases: list[HackCase]
+) -> list[dict[str, Any]]:
+    """Score every reference and hack, a case's completions as one group (its prompt's group, which listwise
+    judging compares), under `rubric_of(the case's record)`; one row per hack, with the reference's reward
+    beside it."""
+    from mpo_agents.scoring.offline import pending_sample
 
-    async def score(index: int, case: HackCase, kind: str, completion: str) -> ScoredSample:
-        from mpo_agents.scoring.offline import pending_sample
-
+    async def score(index: int, case: HackCase) -> list[ScoredSample]:
         # One exact-match draw per case (its index), as per prompt group in training.
-        sample = pending_sample(
-            f"{case.case}/{kind}",
-            index,
-            scorer.task,
-            case.record,
-            completion,
-            kind in TRUNCATED_KINDS,
-            rubric["version"],
-        )
-        return await scorer.score(rubric, case.record, sample, iteration=0)
+        rubric = rubric_of(case.record)
+        samples = [
+            pending_sample(
+                f"{case.case}/{kind}",
+                index,
+                scorer.task,
+                case.record,
+                completion,
+                kind in TRUNCATED_KINDS,
+                rubric["version"],
+            )
+            for kind, completion in [(REFERENCE, case.reference), *case.hacks.items()]
+        ]
+        return await scorer.score_group(rubric, case.record, samples, iteration=0)
 
+    judged = await asyncio.gather(*(score(index, case) for index, case in enumerate(cases)))
     jobs = [
-        (case, kind, score(index, case, kind, completion))
-        for index, case in enumerate(cases)
-        for kind, completion in [(REFERENCE, case.reference), *case.hacks.items()]
+        (case, kind, result)
+        for case, results in zip(cases, judged, strict=True)
+        for kind, result in zip([REFERENCE, *case.hacks], results, strict=True)
     ]
-    results = await asyncio.gather(*(job for _, _, job in jobs))
-    references = {case.case: result for (case, kind, _), result in zip(jobs, results) if kind == REFERENCE}
+    references = {case.case: result for case, kind, result in jobs if kind == REFERENCE}
     rows = []
-    for (case, kind, _), result in zip(jobs, results):
+    for case, kind, result in jobs:
         if kind == REFERENCE:
             continue
         reference = references[case.case]
@@ -128,7 +135,8 @@ async def run_check(scorer: Scorer, rubric: RubricState, cases: list[HackCase]) 
             {
                 "case": case.case,
                 "kind": kind,
-                "rubric_version": rubric["version"],
+                "rubric_version": result["rubric_version"],
+                **({"buffer_version": result["buffer_version"]} if "buffer_version" in result else {}),
                 "reward": result.get("reward"),
                 "status": result["status"],
                 "grader": result.get("grader"),
@@ -158,9 +166,10 @@ def execute_check(
     work_dir: Path,
 ) -> tuple[RubricVersion, list[dict[str, Any]]]:
     """Load the rubric and the suites and score every case with the configured judge."""
-    from mpo_agents.scoring.offline import judge_session, run_scoring
+    from mpo_agents.scoring.offline import judge_session, rubric_for, run_scoring
 
     with judge_session(config, environ, work_dir) as (task, scorer):
         rubric = rubric_for_check(task, rubric_file, run_dir, version)
         cases = [case for path in (suites or [default_suite(task)]) for case in load_suite(path, task)]
-        return rubric, run_scoring(scorer, lambda: run_check(scorer, rubric.to_state(), cases))
+        rubric_of = rubric_for(task, config, rubric, run_dir)
+        return rubric, run_scoring(scorer, lambda: run_check(scorer, rubric_of, cases))

@@ -10,12 +10,13 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mpo_agents.buffers import BufferStore, PromptRubric, items_from_data, items_from_rubric, prompt_id
 from mpo_agents.errors import ConfigError
 from mpo_agents.judges.failures import FAILED_STATUSES
 from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
-from mpo_agents.rundir import read_checked_jsonl, read_jsonl, write_jsonl
+from mpo_agents.rundir import RunDirectory, read_checked_jsonl, read_jsonl, write_jsonl
 from mpo_agents.scoring.scorer import Scorer
-from mpo_agents.state import ScoredSample
+from mpo_agents.state import RubricState, ScoredSample
 
 if TYPE_CHECKING:
     from mpo_agents.config import MPOConfig
@@ -85,6 +86,34 @@ def rubric_from_file(task: Task, path: Path) -> RubricVersion:
     return RubricVersion.of(parse_rubric(text)[0], version=0, parent=None, iteration=0)
 
 
+def rubric_for(
+    task: Task, config: MPOConfig, version: RubricVersion, run_dir: Path | None = None
+) -> Callable[[dict[str, Any]], RubricState]:
+    """What to score a record's completions under: `version`, or with `rubric.scope: prompt` the prompt's
+    buffer: the latest version `run_dir` holds for it, else its items in the data (`rubric.items_field`), else
+    `version`'s criteria as weighted items."""
+    if config.rubric.scope != "prompt":
+        return lambda record: version.to_state()
+    store = BufferStore(RunDirectory(Path(run_dir)).prompt_rubrics_dir) if run_dir else None
+    field = config.rubric.items_field
+
+    def buffer_of(record: dict[str, Any]) -> RubricState:
+        pid = prompt_id(task.prompt_text(record))
+        versions = store.versions(pid) if store else []
+        if versions:
+            buffer = versions[-1]
+        else:
+            items = (
+                items_from_data(record[field], f"rubric.items_field '{field}'")
+                if field and field in record
+                else items_from_rubric(version)
+            )
+            buffer = PromptRubric(pid, 0, tuple(items), None, 0, prompt=task.prompt_text(record))
+        return buffer.rubric_state(version.version, config.rubric.aggregate)
+
+    return buffer_of
+
+
 def pending_sample(
     key: str,
     index: int,
@@ -131,23 +160,32 @@ def load_pairs(path: Path, task: Task) -> list[tuple[dict[str, Any], str, bool]]
 
 
 def score_file(
-    scorer: Scorer, rubric: RubricVersion, pairs: list[tuple[dict, str, bool]]
+    scorer: Scorer, rubric: RubricVersion, pairs: list[tuple[dict, str, bool]], run_dir: Path | None = None
 ) -> list[ScoredSample]:
-    state = rubric.to_state()
-    samples = [
-        pending_sample(f"line-{i + 1}", i, scorer.task, record, completion, truncated, rubric.version)
-        for i, (record, completion, truncated) in enumerate(pairs)
-    ]
+    """Score each (record, completion, truncated); lines with the same prompt form one group (what listwise
+    judging compares), numbered by the prompt's first line. `run_dir`: a run whose buffers to use (prompt
+    scope)."""
+    state_of = rubric_for(scorer.task, scorer.config, rubric, run_dir)
+    first_line: dict[str, int] = {}
+    groups: dict[int, list[tuple[dict, ScoredSample]]] = {}
+    for i, (record, completion, truncated) in enumerate(pairs):
+        group = first_line.setdefault(scorer.task.prompt_text(record), i)
+        sample = pending_sample(
+            f"line-{i + 1}", group, scorer.task, record, completion, truncated, rubric.version
+        )
+        groups.setdefault(group, []).append((record, sample))
 
     async def work() -> list[ScoredSample]:
-        return list(
-            await asyncio.gather(
-                *(
-                    scorer.score(state, record, sample, iteration=0)
-                    for (record, _, _), sample in zip(pairs, samples)
+        judged = await asyncio.gather(
+            *(
+                scorer.score_group(
+                    state_of(members[0][0]), members[0][0], [s for _, s in members], iteration=0
                 )
+                for members in groups.values()
             )
         )
+        by_key = {sample["key"]: sample for group in judged for sample in group}
+        return [by_key[f"line-{i + 1}"] for i in range(len(pairs))]
 
     return run_scoring(scorer, work)
 
@@ -160,7 +198,15 @@ def rejudge_run(scorer: Scorer, run_dir: Path) -> dict[int, tuple[int, int]]:
     meta-judge's window, reports and analyses read.
     """
     versions = {v.version: v for v in RubricStore(run_dir / "rubrics").versions()}
+    buffers = BufferStore(RunDirectory(run_dir).prompt_rubrics_dir)
     per_iteration = scorer.config.trainer.prompts_per_iteration
+
+    def rubric_of(sample: ScoredSample) -> RubricState:
+        version = versions[sample["rubric_version"]]
+        if "buffer_version" not in sample:
+            return version.to_state()
+        buffer = buffers.load(sample["prompt_id"], sample["buffer_version"])
+        return buffer.rubric_state(version.version, scorer.config.rubric.aggregate)
 
     async def one_file(path: Path) -> tuple[int, tuple[int, int]] | None:
         iteration = int(path.stem.split("-")[1])
@@ -169,17 +215,22 @@ def rejudge_run(scorer: Scorer, run_dir: Path) -> dict[int, tuple[int, int]]:
         if not failed:
             return None
         records = scorer.task.batch(iteration, per_iteration)
-        results = await asyncio.gather(
+        groups: dict[int, list[int]] = {}  # a listwise group failed whole: judged again whole
+        for i in failed:
+            groups.setdefault(samples[i]["prompt_index"], []).append(i)
+        judged = await asyncio.gather(
             *(
-                scorer.score(
-                    versions[samples[i]["rubric_version"]].to_state(),
-                    records[samples[i]["prompt_index"]],
-                    {**samples[i], "status": "pending"},
+                scorer.score_group(
+                    rubric_of(samples[members[0]]),
+                    records[group],
+                    [{**samples[i], "status": "pending"} for i in members],
                     iteration,
                 )
-                for i in failed
+                for group, members in groups.items()
             )
         )
+        results = [result for group in judged for result in group]
+        failed = [i for members in groups.values() for i in members]
         for i, result in zip(failed, results, strict=True):
             samples[i] = result
         write_jsonl(path, samples)

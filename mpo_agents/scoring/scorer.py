@@ -13,11 +13,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mpo_agents.buffers import aggregate
 from mpo_agents.judges.client import JudgeResult
 from mpo_agents.judges.ensemble import JudgePanel, agreement, combine, combine_items, nearest
 from mpo_agents.judges.failures import PARSE_FAILURES, STATUS_JUDGE_FAILED, STATUS_UNPARSEABLE
 from mpo_agents.judges.injection import as_judge_data, echoes_rubric, grader_address_flags
-from mpo_agents.scoring.scorers import JudgeCall, JudgeScorer, Judgment, scorer_named
+from mpo_agents.scoring.listwise import SCALE, GroupVerdict, judge_group
+from mpo_agents.scoring.scorers import JudgeCall, JudgeScorer, buffer_items, scorer_named
 from mpo_agents.state import RubricState, ScoredSample
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ def normalized(value: float, low: float, high: float) -> float:
 
 
 def _failure_status(result: JudgeResult) -> str:
-    return STATUS_UNPARSEABLE if result.error in PARSE_FAILURES else STATUS_JUDGE_FAILED
+    return _failure_status_of(result.error)
 
 
 def _failure_note(result: JudgeResult) -> str:
@@ -63,7 +65,10 @@ class Scorer:
     def __post_init__(self) -> None:
         if self.judge is not None and not isinstance(self.judge, JudgePanel):
             self.judge = JudgePanel((self.judge,))
-        if self.task.judge_scorer is not None:
+        self.listwise = self.config.scoring.mode == "listwise"
+        if self.listwise:
+            self.judge_scorer = scorer_named("holistic", "scoring.mode")  # unused: groups are judged whole
+        elif self.task.judge_scorer is not None:
             self.judge_scorer = scorer_named(self.task.judge_scorer, f"task {self.task.name}: judge_scorer")
         else:
             self.judge_scorer = scorer_named(self.config.scoring.mode, "scoring.mode")
@@ -93,31 +98,119 @@ class Scorer:
             "normalized_reward": normalized(reward, rubric["low"], rubric["high"]),
         }
 
-    async def score(
+    async def score_group(
+        self, rubric: RubricState, record: dict[str, Any], samples: list[ScoredSample], iteration: int
+    ) -> list[ScoredSample]:
+        """The completions of one prompt (`record`): in listwise mode judged together in one call per judge
+        model (and order), otherwise each on its own, concurrently."""
+        if not self.listwise:
+            return list(await asyncio.gather(*(self.score(rubric, record, s, iteration) for s in samples)))
+        prepared = [self._prepared(rubric, record, sample, iteration) for sample in samples]
+        pending = [sample for sample, done in prepared if done is None]
+        judged: dict[str, ScoredSample] = {}
+        if pending:
+            judged = {s["key"]: s for s in await self._judged_group(rubric, record, pending, iteration)}
+        return [done if done is not None else judged[sample["key"]] for sample, done in prepared]
+
+    def _prepared(
         self, rubric: RubricState, record: dict[str, Any], sample: ScoredSample, iteration: int
-    ) -> ScoredSample:
+    ) -> tuple[ScoredSample, ScoredSample | None]:
+        """The sample with its cluster and injection flags, and its final verdict when no judge is needed (a
+        guard, exact match), else None."""
         flags = grader_address_flags(sample["completion"])
         if echoes_rubric(sample["completion"], rubric.get("text", "")):
             flags.append("rubric_echo")
         sample = {**sample, "cluster": self.task.cluster_of(record), "items": [], "injection_flags": flags}
+        if rubric.get("scope") == "prompt":
+            sample = {**sample, "prompt_id": rubric["prompt_id"], "buffer_version": rubric["buffer_version"]}
         guarded = self.task.guard(record, sample["completion"])
         if guarded is not None:
-            return self.finish(
+            done = self.finish(
                 sample, guarded.score, rubric, status="guarded", grader="guard", rationale=guarded.reason
             )
+            return sample, done
         if self.uses_exact_match(iteration, sample["prompt_index"]):
             exact = self.task.exact_match_score(record, sample["completion"])
             if exact is not None:
-                return self.finish(
+                done = self.finish(
                     sample, exact.score, rubric, status="scored", grader="exact_match", rationale=exact.reason
                 )
-        metadata = {
-            "iteration": iteration,
-            "node": "score",
-            "sample": sample["key"],
-            "rubric_version": rubric["version"],
-            **self.call_metadata,
-        }
+                return sample, done
+        return sample, None
+
+    def _metadata(self, rubric: RubricState, iteration: int, **fields: Any) -> dict[str, Any]:
+        """What every judge call of a scoring records in the call log."""
+        metadata = {"iteration": iteration, "node": "score", **fields, "rubric_version": rubric["version"]}
+        if rubric.get("scope") == "prompt":
+            metadata |= {"prompt_id": rubric["prompt_id"], "buffer_version": rubric["buffer_version"]}
+        return {**metadata, **self.call_metadata}
+
+    async def _judged_group(
+        self, rubric: RubricState, record: dict[str, Any], samples: list[ScoredSample], iteration: int
+    ) -> list[ScoredSample]:
+        """Listwise: each judge model scores the whole group; a group no model could score (or too few, for an
+        ensemble's quorum) fails whole."""
+        group = samples[0]["prompt_index"]
+        metadata = self._metadata(rubric, iteration, sample=f"group-{group}")
+        seed = f"{self.config.trainer.seed}/{iteration}/{group}/listwise"
+        variables = self.task.prompt_variables(record)
+        template = self._prompt("judge_listwise")
+        orders = self.config.scoring.listwise_orders
+        reference = self.task.reference_of(record) or ""
+        members = self.judge.members
+        verdicts: list[GroupVerdict] = await asyncio.gather(
+            *(
+                judge_group(
+                    member,
+                    template,
+                    rubric,
+                    samples,
+                    variables,
+                    reference,
+                    seed,
+                    orders,
+                    metadata if len(members) == 1 else {**metadata, "member": number},
+                )
+                for number, member in enumerate(members)
+            )
+        )
+        scored = [verdict for verdict in verdicts if verdict.scores is not None]
+        if len(scored) < self.judge.quorum or not scored:
+            failed = next(verdict.failed for verdict in verdicts if verdict.failed is not None)
+            note = f"the listwise judgment of this prompt's group of {len(samples)} failed; " + _failure_note(
+                failed
+            )
+            return [{**s, "status": _failure_status(failed), "rationale": note} for s in samples]
+        low, high = rubric["low"], rubric["high"]
+        results = []
+        for sample in samples:
+            values = [verdict.scores[sample["key"]]["score"] for verdict in scored]
+            value = combine(values, self.judge.aggregate) if len(values) > 1 else values[0]
+            first = scored[nearest(values, value)].scores[sample["key"]]
+            listwise = {"id": first["id"], "score": value, "raw": first["raw"], "orders": scored[0].orders}
+            result = self.finish(
+                sample,
+                low + value / SCALE * (high - low),
+                rubric,
+                status="scored",
+                grader="judge",
+                rationale=first["explanation"],
+                listwise=listwise,
+            )
+            if len(verdicts) > 1:
+                result = {**result, "agreement": agreement([values])}
+            results.append(result)
+        return results
+
+    async def score(
+        self, rubric: RubricState, record: dict[str, Any], sample: ScoredSample, iteration: int
+    ) -> ScoredSample:
+        if self.listwise:  # one sample is a group of one
+            return (await self.score_group(rubric, record, [sample], iteration))[0]
+        sample, done = self._prepared(rubric, record, sample, iteration)
+        if done is not None:
+            return done
+        metadata = self._metadata(rubric, iteration, sample=sample["key"])
         # The completion is data to the judge: it cannot close its <response> block or fake the judge's tags.
         variables = {**self.task.prompt_variables(record), "response": as_judge_data(sample["completion"])}
         reference = self.task.reference_of(record) or ""
@@ -135,8 +228,13 @@ class Scorer:
         return self._combined(sample, rubric, verdicts)
 
     async def _judged(self, call: JudgeCall, rubric: RubricState, sample: ScoredSample) -> ScoredSample:
-        """`sample` scored by one judge model through the chosen scorer."""
-        judgment: Judgment = await self.judge_scorer(call)
+        """`sample` scored by one judge model through the chosen scorer (a prompt's buffer: item by item)."""
+        if rubric.get("scope") == "prompt":
+            judgment = await buffer_items(call)
+            if judgment.failed is None:
+                return self._buffered(sample, rubric, judgment.items or [])
+        else:
+            judgment = await self.judge_scorer(call)
         if judgment.failed is not None:
             result = judgment.failed
             step = f"{judgment.step}: " if judgment.step else ""
@@ -192,6 +290,39 @@ class Scorer:
         return self.finish(
             sample, total, rubric, status="scored", grader="judge", items=items, rationale=_joined(items)
         )
+
+    def _buffered(
+        self, sample: ScoredSample, rubric: RubricState, judged: list[dict[str, Any]]
+    ) -> ScoredSample:
+        """A sample scored on its prompt's buffer: an item whose judgment failed is left out with its weight (its
+        status says why), never counted as 0."""
+        for item in judged:
+            error = item.pop("error", None)
+            item["status"] = "scored" if item["score"] is not None else _failure_status_of(error)
+        usable = [(item["weight"], item["score"]) for item in judged if item["score"] is not None]
+        masked = len(judged) - len(usable)
+        lines = [
+            f"[{item['item']} {item['weight']:+g}: {_shown(item['score'])}] {item['rationale']}"
+            for item in judged
+        ]
+        return self.finish(
+            sample,
+            aggregate(usable, self.config.rubric.aggregate),
+            rubric,
+            status="scored",
+            grader="judge",
+            rationale="\n".join(lines),
+            item_judgments=judged,
+            masked_items=masked,
+        )
+
+
+def _shown(score: float | None) -> str:
+    return "masked" if score is None else f"{score:g}"
+
+
+def _failure_status_of(error: str | None) -> str:
+    return STATUS_UNPARSEABLE if error in PARSE_FAILURES else STATUS_JUDGE_FAILED
 
 
 def _joined(items: list[dict[str, Any]]) -> str:

@@ -1,5 +1,6 @@
 """The named ways one judge model scores one completion under one rubric (`holistic`, `per_item`, `json`,
-`plan_then_execute`): `scoring.mode` picks one, and a task may name its own (math: `plan_then_execute`).
+`plan_then_execute`): `scoring.mode` picks one, and a task may name its own (math: `plan_then_execute`); and
+`buffer_items`, how a prompt's buffer is judged (`rubric.scope: prompt`), one call per item.
 
 A scorer is an async function of a `JudgeCall` that returns a `Judgment`; it calls the judge and parses the
 reply, nothing more. The `Scorer` turns the judgment into a scored sample (reward, penalties, status), so every
@@ -13,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mpo_agents.buffers import ITEM_SCALE
 from mpo_agents.errors import ConfigError
 from mpo_agents.judges.parsing import parse_item_scores, parse_score, rationale_of
-from mpo_agents.rubrics import Criterion, RubricVersion
+from mpo_agents.rubrics import Criterion, RubricItem, RubricVersion
 
 if TYPE_CHECKING:
     from mpo_agents.judges.client import JudgeClient, JudgeResult
@@ -127,6 +129,59 @@ async def per_item(call: JudgeCall) -> Judgment:
         for n, r in enumerate(results, start=1)
     ]
     return Judgment(items=items)
+
+
+def item_text(item: RubricItem) -> str:
+    """A buffer item as the per-item judge reads it: what to look for and what 0, 1 and 2 mean."""
+    if (item.weight or 0) < 0:
+        return (
+            f"{item.title} (a flaw): {item.description} Score how clearly the response shows this flaw: 0 not at "
+            "all, 1 somewhat, 2 clearly."
+        )
+    return (
+        f"{item.title}: {item.description} Score 0 if the response does not do this, 1 if partly, 2 if fully."
+    )
+
+
+async def buffer_items(call: JudgeCall) -> Judgment:
+    """One call per item of the prompt's buffer, each scored 0-2. An item whose judgment fails is kept with its
+    error, for the scorer to leave out of the aggregate with its weight; the judgment fails only when no item
+    was scored."""
+    items = [RubricItem.from_state(item) for item in call.rubric["prompt_items"]]
+    template = call.prompt("judge_item")
+
+    async def judge_item(number: int, item: RubricItem) -> JudgeResult:
+        prompt = template.render(
+            **call.variables,
+            rubric=call.rubric["text"],
+            item_number=number,
+            item_count=len(items),
+            item_text=item_text(item),
+            item_low="0",
+            item_high=f"{ITEM_SCALE:g}",
+        )
+        return await call.judge.complete(
+            prompt.messages,
+            parse=lambda reply: parse_score(reply, 0.0, ITEM_SCALE),
+            metadata={**call.metadata, "item": item.id},
+        )
+
+    results = await asyncio.gather(*(judge_item(n, item) for n, item in enumerate(items, start=1)))
+    if not any(result.ok for result in results):
+        return Judgment(failed=results[0], step=f"all {len(items)} items")
+    judged = [
+        {
+            "item": item.id,
+            "weight": item.weight,
+            "score": result.value if result.ok else None,
+            "error": result.error,
+            "rationale": rationale_of(result.reply or "")
+            if result.ok
+            else (result.detail or result.reply or "")[:200],
+        }
+        for item, result in zip(items, results, strict=True)
+    ]
+    return Judgment(items=judged)
 
 
 @scorer("json")

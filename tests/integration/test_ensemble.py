@@ -111,6 +111,17 @@ def test_per_item_scores_combine_criterion_by_criterion_then_sum(tmp_path, judge
     assert sample["agreement"] == pytest.approx((1 / 3 + 1) / 2)
 
 
+def test_listwise_scores_of_three_models_combine_per_completion(tmp_path, judge_server):
+    servers = [judge_server(KeywordRule(word)) for word in ("clear", "good", "good")]
+    config = panel_config(servers, "listwise", aggregate="mean")
+    sample = score_one(config, "A good, clear and good essay, good overall.", ONE_CRITERION, tmp_path)
+
+    # Each member scores the group of one on 0-10 (1, 3, 3); the mean, 7/3, is mapped onto the criterion's 0-5.
+    assert sample["status"] == "scored" and sample["score"] == pytest.approx(7 / 3 / 10 * 5)
+    assert sample["agreement"] == pytest.approx(1 / 3)
+    assert all(s.counts["requests"] == 1 for s in servers)
+
+
 def test_a_failed_member_is_outvoted_by_the_quorum_and_recorded(tmp_path, judge_server):
     servers = [judge_server() for _ in range(3)]
     servers[2].inject("500")

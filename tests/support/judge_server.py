@@ -35,6 +35,10 @@ PLAN_MARKERS = ("prepare a grading plan",)
 JSON_MARKERS = ("Reply with JSON only",)
 ITEM_MARKERS = ("Criterion under review",)
 AUDIT_MARKERS = ("Audit the meta-judge's rubric change",)
+LISTWISE_MARKERS = ("Score each of the", "one per response id, as JSON")
+PROPOSE_MARKERS = ("You keep the grading checklist", "New checklist lines")
+PERSISTENT_MARKERS = ("Write the grading checklist for one prompt", "Checklist for this prompt")
+_LISTED = re.compile(r'<response id="(c\d+)">(.*?)</response>', re.DOTALL)
 GARBAGE_REPLY = "Well, this response is certainly something. I have thoughts about it but no verdict."
 TRUNCATED_REPLY = "The response starts well and keeps a clear structure, but the second half of the"
 # Besides these, any HTTP status code as a string ("500", "429", "401", ...) is a fault.
@@ -59,9 +63,11 @@ class KeywordRule:
     A judge prompt's score is the number of occurrences of `word` (whole word, any case) in the last
     ``<response>...</response>`` block, clipped to the range the prompt asks for: 0-5 for a holistic prompt
     (replied as ``<score>N</score>``), the criterion's range for a per-criterion prompt, each criterion's range
-    for a JSON prompt. A math plan prompt gets a short plan. Meta prompts get fixed replies: prescreen says
-    "flawed" when the score shown is above 2, an analysis names the keyword, a refine or merge prompt gets a
-    two-criterion rubric (or, for guidelines, a paragraph) whose wording changes with every call.
+    for a JSON prompt, 0-10 for each `<response id="cN">` of a listwise prompt (as JSON). A math plan prompt
+    gets a short plan. Meta prompts get fixed replies: prescreen says "flawed" when the score shown is above 2,
+    an analysis names the keyword, a refine or merge prompt gets a two-criterion rubric (or, for guidelines, a
+    paragraph) whose wording changes with every call; a prompt's persistent items are three fixed lines (keyword
+    +2, on topic +1, rambling -1) and a proposal two new lines (keyword +1, capitals -1) named by its round.
     """
 
     def __init__(self, word: str) -> None:
@@ -86,6 +92,28 @@ class KeywordRule:
             return self._rewrites
 
     def __call__(self, prompt_text: str, request_json: dict[str, Any]) -> str:
+        if _has(prompt_text, LISTWISE_MARKERS):
+            scores = [
+                {
+                    "id": ident,
+                    "explanation": "counted the keyword",
+                    "score": min(10, len(self._pattern.findall(text))),
+                }
+                for ident, text in _LISTED.findall(prompt_text)
+            ]
+            return json.dumps({"scores": scores})
+        if _has(prompt_text, PERSISTENT_MARKERS):
+            return (
+                f"+2 | Uses the keyword | The response uses the word '{self.word}' where it fits the task.\n"
+                "+1 | Stays on topic | The response answers the prompt it was given and nothing else.\n"
+                "-1 | Rambles | The response repeats itself or pads its length without adding content."
+            )
+        if _has(prompt_text, PROPOSE_MARKERS):
+            n = self._next_revision()
+            return (
+                f"+1 | Keyword again, round {n} | The response repeats the word '{self.word}' more than once.\n"
+                f"-1 | Shouting, round {n} | The response writes whole sentences in capital letters."
+            )
         if _has(prompt_text, PRESCREEN_MARKERS):
             shown = re.search(r"score:? (-?\d+(?:\.\d+)?)", prompt_text, re.IGNORECASE)
             flawed = shown is not None and float(shown.group(1)) > 2

@@ -1,4 +1,5 @@
-"""One completion scored under a two-criterion rubric by the run's own Scorer and judges, outside any run."""
+"""One completion, or one prompt's group of completions, scored under a two-criterion rubric by the run's own
+Scorer and judges, outside any run."""
 
 from __future__ import annotations
 
@@ -31,10 +32,47 @@ def score_once(
         else task_.initial_rubric()
     )
     record = task_.records[0]
-    sample = {
-        "key": "k",
+
+    async def go():
+        try:
+            scorer = Scorer(task_, judge, config)
+            return await scorer.score(
+                rubric.to_state(), record, _pending(task_, record, "k", completion), iteration=1
+            )
+        finally:
+            await judge.aclose()
+            await meta_judge.aclose()
+
+    return asyncio.run(go())
+
+
+def score_group(tmp_path: Path, server: Any, completions: list[str], **extra: Any) -> list[dict[str, Any]]:
+    """`completions` to the first essay prompt, scored as one group (`Scorer.score_group`) under TWO_CRITERIA
+    by the judge at `server`; samples are keyed "k0", "k1", ...; `extra` are more `--set` overrides."""
+    config = load_config(None, run_overrides("unused", server.url, **extra))
+    judge, meta_judge = build_judges(config, RunDirectory(tmp_path / "run"), TEST_ENV, None)
+    task = build_task(config.task)
+    rubric = RubricVersion.of(parse_rubric(TWO_CRITERIA)[0], version=0, parent=None, iteration=0)
+    record = task.records[0]
+    samples = [_pending(task, record, f"k{n}", text) for n, text in enumerate(completions)]
+
+    async def go():
+        try:
+            return await Scorer(task, judge, config).score_group(
+                rubric.to_state(), record, samples, iteration=1
+            )
+        finally:
+            await judge.aclose()
+            await meta_judge.aclose()
+
+    return asyncio.run(go())
+
+
+def _pending(task: Any, record: dict[str, Any], key: str, completion: str) -> dict[str, Any]:
+    return {
+        "key": key,
         "prompt_index": 0,
-        "prompt": task_.prompt_text(record),
+        "prompt": task.prompt_text(record),
         "completion": completion,
         "truncated": False,
         "score": None,
@@ -43,12 +81,3 @@ def score_once(
         "rationale": "",
         "rubric_version": 0,
     }
-
-    async def go():
-        try:
-            return await Scorer(task_, judge, config).score(rubric.to_state(), record, sample, iteration=1)
-        finally:
-            await judge.aclose()
-            await meta_judge.aclose()
-
-    return asyncio.run(go())
