@@ -30,7 +30,8 @@ rollout -> rubric_evolve -> score -> [after_score nodes] -> policy_update
 
 `rubric_evolve` writes a prompt's persistent items the first time it is drawn and, every `schedule.meta_every`
 iterations, prunes and proposes its evolved items: that is this scope's meta step, so the task-level
-meta_analyze and rubric_rewrite steps are not part of its loop.
+meta_analyze and rubric_rewrite steps are not part of its loop. After_rewrite meta-level nodes that can gate a
+buffer change (`rubric_gate`) run inside `rubric_evolve`, on each prompt's change.
 """
 
 from __future__ import annotations
@@ -49,10 +50,10 @@ from mpo_agents.nodes.meta_analyze import analyze, prescreen
 from mpo_agents.nodes.plugin import plugin_node
 from mpo_agents.nodes.policy_update import policy_update
 from mpo_agents.nodes.rollout import rollout, rollout_ahead
-from mpo_agents.nodes.rubric_evolve import rubric_evolve
+from mpo_agents.nodes.rubric_evolve import rubric_evolve_node
 from mpo_agents.nodes.rubric_rewrite import commit, merge, refine
 from mpo_agents.nodes.score import judge_collect, judge_dispatch, score
-from mpo_agents.plugins import MetaNode, load_meta_nodes
+from mpo_agents.plugins import BufferGate, MetaNode, load_meta_nodes
 from mpo_agents.state import MPOState
 
 Pipeline = Literal["off", "one_step"]  # schedule.pipeline
@@ -192,15 +193,17 @@ def build_graph(
 
 def _prompt_scope_graph(meta_nodes: Sequence[MetaNode]) -> StateGraph:
     """rollout -> rubric_evolve -> score -> [after_score nodes] -> policy_update, while iterations remain."""
-    rewriters = [node.name for node in meta_nodes if node.stage != "after_score"]
+    gates = [node for node in meta_nodes if node.stage == "after_rewrite" and isinstance(node, BufferGate)]
+    rewriters = [node.name for node in meta_nodes if node.stage == "after_rewrite" and node not in gates]
     if rewriters:
         raise ConfigError(
             f"meta_nodes: {', '.join(rewriters)} judge(s) a task rubric's rewrite, which rubric.scope: prompt does "
-            "not make; drop them from meta_nodes or set rubric.scope: task"
+            "not make, and cannot judge a prompt's buffer (no check_buffer); drop them from meta_nodes or set "
+            "rubric.scope: task"
         )
     graph = StateGraph(MPOState, context_schema=RunContext)
-    steps = {"rollout": rollout, "rubric_evolve": rubric_evolve, "score": score}
-    steps |= {node.name: plugin_node(node) for node in meta_nodes}
+    steps = {"rollout": rollout, "rubric_evolve": rubric_evolve_node(gates), "score": score}
+    steps |= {node.name: plugin_node(node) for node in meta_nodes if node.stage == "after_score"}
     steps["policy_update"] = policy_update
     for name, node in steps.items():
         graph.add_node(name, node)

@@ -7,13 +7,13 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from mpo_agents.errors import ConfigError, RubricRejected
-from mpo_agents.rubrics import RubricItem, RubricVersion, check_no_copy, word_count
+from mpo_agents.rubrics import RubricItem, RubricVersion, check_no_copy
 from mpo_agents.rundir import atomic_write_text
 
 Aggregate = Literal["weighted", "points"]  # rubric.aggregate
@@ -25,6 +25,8 @@ _ITEM_LINE = re.compile(
     r"^\s*(?:[-*•]\s+|\d+[.)]\s+)?(?P<weight>[+\-−]?\s*\d+(?:\.\d+)?)\s*\|\s*(?P<title>[^|]+?)\s*\|\s*(?P<text>.+?)\s*$"
 )
 _WORDS = re.compile(r"[a-z0-9']+")
+_PROSE = re.compile(r"[^\W\d_]{2,}")  # a word of letters (any script), two or more
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 def prompt_id(prompt_text: str) -> str:
@@ -125,11 +127,12 @@ def _key(title: str, description: str) -> str:
 
 
 def check_item(title: str, description: str, weight: float, where: str) -> None:
-    """Raise RubricRejected when an item could not be judged: no title, a description too short to follow, a
-    zero or outsized weight."""
-    if not title.strip():
-        raise RubricRejected(f"{where}: the item has no title")
-    if word_count(description) < 3:
+    """Raise RubricRejected when an item could not be judged: a title without a word, a description of fewer
+    than 3 words (numbers and dates are not words: small models fill a table with them) or holding another
+    column, a zero or outsized weight."""
+    if not _LETTER.search(title):
+        raise RubricRejected(f"{where}: the title {title!r} names nothing")
+    if len(_PROSE.findall(description)) < 3 or "|" in description:
         raise RubricRejected(f"{where}: the description {description!r} does not say what to look for")
     if weight == 0 or abs(weight) > MAX_WEIGHT:
         raise RubricRejected(f"{where}: weight {weight:g} must be non-zero and within ±{MAX_WEIGHT:g}")
@@ -224,6 +227,18 @@ def items_from_data(value: Any, where: str) -> list[RubricItem]:
             raise ConfigError(str(exc)) from exc
         items.append(RubricItem(f"p{n}", title, description, weight=weight, origin=PERSISTENT))
     return items
+
+
+def check_data_items(records: Sequence[dict[str, Any]], field: str, prompt_of: Callable[[dict], str]) -> None:
+    """Before a run starts: every record's persistent items in `field` are usable; ConfigError names the first
+    record that has none or a broken one (its prompt's start) and what is wrong."""
+    for record in records:
+        where = f"rubric.items_field '{field}' of the record {' '.join(prompt_of(record).split())[:60]!r}"
+        if field not in record:
+            raise ConfigError(
+                f"{where}: the record has no such field; add it or set rubric.items_field: null"
+            )
+        items_from_data(record[field], where)
 
 
 def items_from_rubric(version: RubricVersion) -> list[RubricItem]:

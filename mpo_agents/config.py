@@ -790,6 +790,12 @@ class MPOConfig(BaseSettings):
                 "rubric.scope: prompt evolves a prompt's items from its rollouts before they are judged, which "
                 "the pipelined loop does not wait for; set schedule.pipeline: off"
             )
+        if self.review:
+            raise ValueError(
+                "review pauses for a person on a task rubric's rewrite, which rubric.scope: prompt does not make "
+                "(a person does not review buffer changes yet; meta_nodes: rubric_gate gates them); set review: "
+                "false"
+            )
         return self
 
     @model_validator(mode="after")

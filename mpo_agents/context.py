@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mpo_agents.buffers import check_data_items
 from mpo_agents.config import MPOConfig
 from mpo_agents.judges.build import build_judges
 from mpo_agents.prompts import PromptTemplate, load_prompt
@@ -89,7 +90,10 @@ def build_run_task(config: MPOConfig) -> Task:
     from mpo_agents.policy.tokens import PromptMeter
 
     budget = PromptBudget(config.trainer.max_prompt_length, PromptMeter(config.policy.model))
-    return build_task(config.task, prompt_budget=budget)
+    task = build_task(config.task, prompt_budget=budget)
+    if config.rubric.scope == "prompt" and config.rubric.items_field:
+        check_data_items(task.records, config.rubric.items_field, task.prompt_text)
+    return task
 
 
 def build_context(

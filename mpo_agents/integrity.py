@@ -86,6 +86,7 @@ def check_run(run_dir: Path, environ: Mapping[str, str], *, thorough: bool = Tru
     state = _graph_state(check, config, directory, environ)
     if state is not None:
         _check_state_paths(check, directory, state)
+        _check_buffers(check, directory, state)
         _check_policy(check, config, directory, state, thorough)  # sets what a resume replays
     _check_jsonl_files(check, directory, _needed_files(directory, state, check.replay), thorough)
     _check_rubrics(check, directory)
@@ -238,6 +239,28 @@ def _check_rubrics(check: RunCheck, directory: RunDirectory) -> None:
                 "differs from its .json record (edited by hand?)",
                 "the run uses the .json record; edit rubrics through `mpo review --edit`",
             )
+
+
+def _check_buffers(check: RunCheck, directory: RunDirectory, state: GraphState) -> None:
+    """The per-prompt buffers in force (`rubric.scope: prompt`): the next scoring of each prompt reads its file."""
+    from mpo_agents.buffers import PromptRubric
+
+    for pid, version in sorted(state.values.get("buffers", {}).items()):
+        path = directory.prompt_rubrics_dir / pid / f"v{version:04d}.json"
+        try:
+            PromptRubric.from_state(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            problem = "missing"
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            problem = f"unreadable ({exc})"
+        else:
+            continue
+        check.add(
+            "error",
+            path,
+            f"{problem}: the buffer in force for prompt {pid}, which its next scoring reads",
+            "restore it from a copy of the run directory",
+        )
 
 
 def _check_judge_cache(check: RunCheck, directory: RunDirectory) -> None:

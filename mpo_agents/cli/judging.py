@@ -142,7 +142,11 @@ def score(
     }
     out = Console()
     mean = f"{fmean(rewards):.3g}" if rewards else "n/a"
-    scale = "per-prompt buffers" if config.rubric.scope == "prompt" else f"range {version.low:g}..{version.high:g}"
+    scale = (
+        "per-prompt buffers"
+        if config.rubric.scope == "prompt"
+        else f"range {version.low:g}..{version.high:g}"
+    )
     out.print(f"{len(scored)} scored: {statuses}; mean reward {mean}; {scale}")
     out.print(f"Scores and rationales: {output}; judge calls: {calls_dir / 'calls' / 'judge.jsonl'}")
 

@@ -33,6 +33,7 @@ _FRACTION = re.compile(
 )
 _SCORE_LINE = re.compile(r"^\W*score\b.*$", re.IGNORECASE | re.MULTILINE | re.DOTALL)
 _JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+_ID_LINE = re.compile(rf"^\W*(c\d+)\W*[:=-]\s*({_NUMBER})\b", re.MULTILINE)
 
 
 def extract_tag(reply: str, tag: str) -> str | None:
@@ -113,11 +114,14 @@ def parse_listwise(reply: str, ids: list[str], low: float, high: float) -> dict[
     call is retried, then the group fails whole) unless every id in `ids` appears exactly once, no other id
     appears, and every score is a number in [low, high].
 
-    Accepts `{"scores": [...]}` or a bare list of `{"id": "c3", "explanation": "...", "score": 7}`.
+    Accepts `{"scores": [...]}` or a bare list of `{"id": "c3", "explanation": "...", "score": 7}`, or (what
+    small models served for completion write) one `c3: 7` line per completion.
     """
     data = _json_value(reply)
     entries = data.get("scores") if isinstance(data, dict) else data
     if not isinstance(entries, list):
+        entries = [{"id": key, "score": float(score)} for key, score in _ID_LINE.findall(reply)]
+    if not entries:
         return None
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:

@@ -3,7 +3,8 @@ persistent items the first time the prompt is drawn, and every `schedule.meta_ev
 asks) the evolved items that stopped telling its completions apart pruned and new ones proposed from its group
 of rollouts (see mpo_agents/buffers.py).
 
-Each new buffer version is written to `rubrics/prompts/<prompt id>/` before the node returns; the state holds
+A meta-level node that gates buffers (`rubric_gate`, a `BufferGate`) sees each change before it is made and may
+reject it. Each new buffer version is written to `rubrics/prompts/<prompt id>/` before the node returns; the state holds
 only the version in force per prompt, so a resumed run scores with exactly the buffers it had. The meta-judge's
 replies come from the judgment cache on a re-run, so a node re-run after a crash writes the same versions.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -30,20 +32,30 @@ from mpo_agents.buffers import (
     spread_of,
 )
 from mpo_agents.context import RunContext
-from mpo_agents.errors import ConfigError, RubricRejected
+from mpo_agents.errors import RubricRejected
 from mpo_agents.judges.injection import as_judge_data
 from mpo_agents.meta.schedule import knob
+from mpo_agents.plugins import BufferGate, BufferView
 from mpo_agents.policy import Rollout
 from mpo_agents.rubrics import RubricItem
-from mpo_agents.rundir import read_jsonl
+from mpo_agents.rundir import append_jsonl, read_jsonl
 from mpo_agents.state import MPOState
 
 logger = logging.getLogger(__name__)
 PERSISTENT_ITEMS = 6  # at most this many persistent items from the meta-judge per prompt
 
 
-async def rubric_evolve(state: MPOState, runtime: Runtime[RunContext]) -> dict:
-    ctx = runtime.context
+def rubric_evolve_node(gates: Sequence[BufferGate] = ()) -> Callable[..., Awaitable[dict]]:
+    """The node, with the meta-level nodes that decide on buffer changes (`rubric_gate`): a change one of them
+    rejects is not made (the buffer in force stays), and every verdict goes to meta_levels.jsonl."""
+
+    async def rubric_evolve(state: MPOState, runtime: Runtime[RunContext]) -> dict:
+        return await _evolve(state, runtime.context, gates)
+
+    return rubric_evolve
+
+
+async def _evolve(state: MPOState, ctx: RunContext, gates: Sequence[BufferGate]) -> dict:
     iteration = state["iteration"]
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     store = BufferStore(ctx.run_dir.prompt_rubrics_dir)
@@ -74,7 +86,7 @@ async def rubric_evolve(state: MPOState, runtime: Runtime[RunContext]) -> dict:
         pruned = prune(buffer, uses[pid], ctx.config.rubric.prune_after)
         new = await _proposed(ctx, buffer, record, completions[pid], iteration)
         evolved = evolve(buffer, new, pruned, max_active=ctx.config.rubric.max_active, iteration=iteration)
-        if evolved is None:
+        if evolved is None or await _refused(ctx, gates, BufferView(ctx, iteration, record, buffer, evolved)):
             return pid, buffer, []
         store.save(evolved)
         for change in evolved.changes:
@@ -104,13 +116,47 @@ async def rubric_evolve(state: MPOState, runtime: Runtime[RunContext]) -> dict:
     return update
 
 
+async def _refused(ctx: RunContext, gates: Sequence[BufferGate], view: BufferView) -> bool:
+    """Whether a gate rejects the change; each verdict (or a gate's failure, which does not stop the change) is
+    logged to meta_levels.jsonl."""
+    refused = False
+    for gate in gates:
+        entry: dict[str, Any] = {
+            "iteration": view.iteration,
+            "node": gate.name,
+            "stage": "buffer",
+            "prompt_id": view.buffer.prompt_id,
+            "version": view.proposal.version,
+        }
+        try:
+            decision = await gate.check_buffer(view)
+        except Exception as exc:  # noqa: BLE001 - a plug-in must never take the run down; it is named instead
+            logger.warning(
+                "meta-level node %s failed on prompt %s: %s", gate.name, view.buffer.prompt_id, exc
+            )
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        else:
+            if decision is None:
+                continue
+            entry |= {"verdict": decision.verdict, "reason": decision.reason, "details": decision.details}
+            if decision.verdict == "reject":
+                logger.info(
+                    "prompt %s: %s rejected v%d: %s",
+                    view.buffer.prompt_id,
+                    gate.name,
+                    view.proposal.version,
+                    decision.reason,
+                )
+                refused = True
+        append_jsonl(ctx.run_dir.meta_levels_path, entry)
+    return refused
+
+
 async def _first_buffer(ctx: RunContext, pid: str, record: dict[str, Any], iteration: int) -> PromptRubric:
     """Version 0 of a prompt's buffer: its persistent items, from the data (`rubric.items_field`), else written
     by the meta-judge, else (the meta-judge failed) the task rubric's criteria, each weighted by its top score."""
     field = ctx.config.rubric.items_field
-    if field is not None:
-        if field not in record:
-            raise ConfigError(f"rubric.items_field: the record of prompt {pid} has no '{field}' field")
+    if field is not None:  # checked for every record before the run started (context.build_run_task)
         items = items_from_data(record[field], f"rubric.items_field '{field}' of prompt {pid}")
         return _created(ctx, pid, record, items, iteration, "from the data")
     template = ctx.prompt("meta_persistent_items", ctx.config.meta_judge.api)

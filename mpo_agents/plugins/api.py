@@ -1,4 +1,5 @@
-"""What a meta-level node sees (`MetaView`) and what it may return (`Decision`)."""
+"""What a meta-level node sees (`MetaView`, and for a prompt's buffer `BufferView`) and what it may return
+(`Decision`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from mpo_agents.buffers import PromptRubric
 from mpo_agents.judges.records import CallLog
 from mpo_agents.meta.window import window_samples
 from mpo_agents.rubrics import RubricVersion
@@ -81,6 +83,31 @@ class MetaView:
         """The call log of a judge role: every attempt, with prompt, reply, error and metadata."""
         path = self.context.run_dir.calls_path(role)
         return CallLog.read(path) if path.exists() else []
+
+
+@dataclass
+class BufferView:
+    """A proposed change to one prompt's buffer (`rubric.scope: prompt`), for a node that gates buffers."""
+
+    context: RunContext
+    iteration: int
+    record: dict[str, Any]  # the prompt's record
+    buffer: PromptRubric  # in force
+    proposal: PromptRubric  # its next version: items pruned, added, evicted (`proposal.changes`)
+
+    @property
+    def config(self):
+        return self.context.config
+
+
+@runtime_checkable
+class BufferGate(Protocol):
+    """A meta-level node that also decides on buffer changes: `accept` or `reject` (the buffer stays as it is);
+    None when it has nothing to say (e.g. no anchors for this prompt)."""
+
+    name: str
+
+    async def check_buffer(self, view: BufferView) -> Decision | None: ...
 
 
 @runtime_checkable

@@ -8,6 +8,9 @@ under the parent (with `strict`, if any hack does: a weak judge may fail some an
 batch is re-scored under the proposal to compare spread and all-equal GRPO groups, and to log the score map
 between the versions (rank correlation, scale change, per-criterion means). Every check costs judge calls
 (anchors x 2 rubrics + the batch), logged like any other with node `rubric_gate`.
+
+With `rubric.scope: prompt` it gates each change to a prompt's buffer the same way (`check_buffer`), on the
+suite cases of that prompt, where the suite has any.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 from statistics import fmean, pstdev
 from typing import Any, ClassVar
 
-from mpo_agents.plugins.api import Decision, MetaView
+from mpo_agents.buffers import prompt_id
+from mpo_agents.plugins.api import BufferView, Decision, MetaView
 from mpo_agents.scoring.hacking import default_suite, load_suite, run_check
 from mpo_agents.scoring.scorer import Scorer, normalized
 
@@ -103,6 +107,46 @@ class RubricGate:
         return Decision(
             "accept",
             reason="anchors ranked, discrimination kept, size under cap",
+            metrics=metrics,
+            details=details,
+        )
+
+    async def check_buffer(self, view: BufferView) -> Decision | None:
+        """A change to a prompt's buffer, checked against the anchors of that prompt (suite cases with the same
+        prompt): rejected when a hack scores at least its reference under the new buffer but not the old (with
+        `strict`, when any does). None when the suite has no case for the prompt."""
+        task = view.context.task
+        suite = load_suite(Path(self.suite) if self.suite else default_suite(task), task)
+        cases = [c for c in suite if prompt_id(task.prompt_text(c.record)) == view.buffer.prompt_id]
+        if not cases:
+            return None
+        how = view.config.rubric.aggregate
+        scorer = Scorer(
+            task,
+            view.context.judge,
+            view.config,
+            call_metadata={"node": self.name, "iteration": view.iteration},
+        )
+        before, after = await asyncio.gather(
+            run_check(scorer, lambda record: view.buffer.rubric_state(0, how), cases[: self.max_cases]),
+            run_check(scorer, lambda record: view.proposal.rubric_state(0, how), cases[: self.max_cases]),
+        )
+        wins = [f"{row['case']}/{row['kind']}" for row in after if row["verdict"] == "hack_wins"]
+        held = {f"{row['case']}/{row['kind']}" for row in before if row["verdict"] == "ok"}
+        newly = [hack for hack in wins if hack in held]
+        metrics = {"buffer_hack_wins": float(len(wins))}
+        details = {"prompt_id": view.buffer.prompt_id, "hack_wins": wins, "new_hack_wins": newly}
+        if (self.strict and wins) or newly:
+            return Decision(
+                "reject",
+                reason=f"prompt {view.buffer.prompt_id} v{view.proposal.version}: hacks score at least their "
+                f"reference{'' if self.strict else ' (not under the buffer in force)'}: {', '.join(newly or wins)}",
+                metrics=metrics,
+                details=details,
+            )
+        return Decision(
+            "accept",
+            reason="the prompt's anchors still rank their references first",
             metrics=metrics,
             details=details,
         )

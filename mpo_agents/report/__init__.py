@@ -69,6 +69,8 @@ def _run_view(run: RunData, index: int) -> dict[str, Any]:
         figures["judge"] = plots.judge_health(run, f"run{index}-judge")
     if run.versions:
         figures["rubric"] = plots.rubric_growth(run.versions, f"run{index}-rubric")
+    if run.buffers is not None and any(m.get("buffer_items_mean") is not None for m in run.metrics):
+        figures["buffers"] = plots.buffer_growth(run, f"run{index}-buffers")
     versions_used = {m.get("rubric_version") for m in run.metrics}
     ranges = {v.rubric.version: (v.rubric.low, v.rubric.high) for v in run.versions}
     return {
@@ -100,7 +102,7 @@ def _version_rewards(run: RunData, version: int, scale: tuple[float, float] | No
 
 def _overview(runs: list[RunData]) -> dict[str, Any]:
     figure, measure = plots.combined_rewards(runs, "overview-reward")
-    return {"figure": figure, "measure": measure}
+    return {"figure": figure, "measure": measure, "calls": plots.judge_calls(runs, "overview-calls")}
 
 
 def _eval_view(summaries: list[EvalSummary]) -> dict[str, Any]:

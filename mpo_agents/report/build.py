@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from mpo_agents.buffers import BufferStore
 from mpo_agents.errors import ConfigError
 from mpo_agents.rubrics import RubricStore, RubricVersion, diff_rubrics
 from mpo_agents.rundir import CONFIG_FILE, META_LEVELS_FILE, METRICS_FILE, read_checked_jsonl
@@ -46,6 +47,36 @@ class MetaStep:
 
 
 @dataclass
+class BufferSummary:
+    """A per-prompt run's buffers (`rubric.scope: prompt`): how many prompts have one, their versions, their
+    items now, and the item churn over the run."""
+
+    prompts: int
+    versions: int
+    items_mean: float  # items per buffer, latest versions
+    evolved_mean: float
+    changes: dict[str, int]  # added, pruned, evicted over the run
+
+    @classmethod
+    def of(cls, directory: Path) -> BufferSummary | None:
+        store = BufferStore(directory)
+        latest = [store.versions(pid) for pid in store.prompts()]
+        if not latest:
+            return None
+        changes = [c["change"] for versions in latest for v in versions[1:] for c in v.changes]
+        return cls(
+            prompts=len(latest),
+            versions=sum(len(versions) for versions in latest),
+            items_mean=sum(len(v[-1].items) for v in latest) / len(latest),
+            evolved_mean=sum(len(v[-1].evolved) for v in latest) / len(latest),
+            changes={kind: changes.count(kind) for kind in ("added", "pruned", "evicted")},
+        )
+
+
+PARADIGMS = {"task": "task rubric", "prompt": "per-prompt buffers"}
+
+
+@dataclass
 class RunData:
     name: str
     path: Path
@@ -61,6 +92,29 @@ class RunData:
     quiet_decisions: int  # entries where a node looked and had nothing to say
     sample_rewards: dict[int, list[float]]  # iteration -> rewards of the samples that entered the update
     evals: list[Path] = field(default_factory=list)  # eval summaries found in RUN_DIR/eval/
+    scope: str = "task"  # rubric.scope
+    scoring_mode: str = "per_item"  # scoring.mode
+    buffers: BufferSummary | None = None  # rubric.scope: prompt
+
+    @property
+    def paradigm(self) -> str:
+        """How the run's reward was made: the rubric's scope and the judge's scoring mode."""
+        return f"{PARADIGMS.get(self.scope, self.scope)}, {self.scoring_mode.replace('_', ' ')}"
+
+    def per_iteration(self, *keys: str) -> float | None:
+        """The mean over iterations of the sum of `keys` (e.g. judge and meta-judge calls); None without
+        iterations."""
+        return self.total_of(*keys) / len(self.metrics) if self.metrics else None
+
+    def total_of(self, *keys: str) -> float:
+        return sum(self.total(key) for key in keys)
+
+    @property
+    def calls_per_sample(self) -> float | None:
+        """Judge calls (scoring, not the meta-judge) per sample of the batches (those a guard or exact match
+        decided included)."""
+        samples = self.total_of("judged", "judge_failures")
+        return self.total("judge_calls") / samples if samples > 0 else None
 
     @property
     def iterations_done(self) -> int:
@@ -124,6 +178,9 @@ def load_run(path: Path) -> RunData:
         quiet_decisions=len(decisions) - len(telling),
         sample_rewards=_sample_rewards(path / "samples"),
         evals=sorted((path / "eval").glob("*.json")),
+        scope=str((config.get("rubric") or {}).get("scope", "task")),
+        scoring_mode=str((config.get("scoring") or {}).get("mode", "per_item")),
+        buffers=BufferSummary.of(path / "rubrics" / "prompts"),
     )
 
 

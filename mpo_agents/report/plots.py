@@ -195,6 +195,50 @@ def combined_rewards(runs: list[RunData], name: str) -> tuple[str, str]:
         return _svg(fig, name), measure
 
 
+def judge_calls(runs: list[RunData], name: str) -> str:
+    """Every run's judge and meta-judge calls per iteration on one axis: what each reward paradigm costs."""
+    with _figure(name) as (fig, ax):
+        for index, run in enumerate(runs):
+            points = [
+                (m["iteration"], (m.get("judge_calls") or 0) + (m.get("meta_judge_calls") or 0))
+                for m in run.metrics
+            ]
+            if points:
+                xs, ys = zip(*points)
+                label = f"{run.name} ({run.paradigm})"
+                ax.plot(xs, ys, "-o", ms=3, lw=1.6, color=PALETTE[index % len(PALETTE)], label=label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("calls")
+        ax.set_title("Judge + meta-judge calls per iteration", loc="left")
+        ax.set_ylim(bottom=0)
+        ax.legend(loc="best")
+        _integer_ticks(ax)
+        return _svg(fig, name)
+
+
+def buffer_growth(run: RunData, name: str) -> str:
+    """A per-prompt run's buffers over its iterations: items per buffer drawn, and items added, pruned and
+    evicted."""
+    rows = [m for m in run.metrics if m.get("buffer_items_mean") is not None]
+    xs = [m["iteration"] for m in rows]
+    with _figure(name, figsize=(6, 2.4), ncols=2) as (fig, (left, right)):
+        left.plot(xs, [m["buffer_items_mean"] for m in rows], "-o", ms=3, lw=1.6, color=PALETTE[0])
+        left.set_title("Items per buffer drawn", loc="left")
+        left.set_ylim(bottom=0)
+        bottom = [0.0] * len(rows)
+        for offset, kind in enumerate(("added", "pruned", "evicted")):
+            values = [m.get(f"buffer_items_{kind}") or 0 for m in rows]
+            right.bar(xs, values, bottom=bottom, color=PALETTE[offset + 1], width=0.6, label=kind)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        right.set_title("Item churn", loc="left")
+        right.legend(loc="best")
+        right.grid(axis="x", visible=False)
+        for ax in (left, right):
+            ax.set_xlabel("iteration")
+            _integer_ticks(ax)
+        return _svg(fig, name)
+
+
 def elo_ratings(summary: EvalSummary, name: str) -> str:
     """Elo mean ± std over shuffled match orders, beside the Bradley-Terry rating and its interval."""
     systems = list(summary.data["systems"])

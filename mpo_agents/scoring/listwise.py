@@ -78,9 +78,7 @@ async def judge_group(
         )
         result = await judge.complete(
             prompt.messages,
-            parse=lambda reply, prompt=prompt, ids=ids: parse_listwise(
-                prompt.full_reply(reply), ids, 0.0, SCALE
-            ),
+            parse=lambda reply, prompt=prompt, ids=ids: _parsed(reply, prompt.full_reply(reply), ids),
             metadata={**metadata, "order": number, "group_size": len(order)},
         )
         if not result.ok:
@@ -96,3 +94,8 @@ async def judge_group(
         for key in by_key
     }
     return GroupVerdict(scores, shown)
+
+
+def _parsed(reply: str, completed: str, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The reply as it stands (a model that restated the JSON's start), else continuing the prompt's prefill."""
+    return parse_listwise(reply, ids, 0.0, SCALE) or parse_listwise(completed, ids, 0.0, SCALE)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mpo_agents.buffers import BufferStore, PromptRubric, items_from_data, items_from_rubric, prompt_id
 from mpo_agents.errors import ConfigError
 from mpo_agents.judges.failures import FAILED_STATUSES
+from mpo_agents.litellm_import import release_litellm
 from mpo_agents.rubrics import RubricStore, RubricVersion, parse_rubric
 from mpo_agents.rundir import RunDirectory, read_checked_jsonl, read_jsonl, write_jsonl
 from mpo_agents.scoring.scorer import Scorer
@@ -62,13 +63,15 @@ def local_server_for(config: MPOConfig, role: str, work_dir: Path) -> Iterator[L
 
 
 def run_scoring(scorer: Scorer, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work` on an event loop and close the judge's connections after it."""
+    """Run `work` on an event loop, then close the judge's connections and release LiteLLM's logging worker and
+    cached clients (as a run does), so a later event loop in this process starts clean."""
 
     async def go() -> T:
         try:
             return await work()
         finally:
             await scorer.judge.aclose()
+            await release_litellm()  # nothing of this loop stays reachable through LiteLLM's globals
 
     return asyncio.run(go())
 

@@ -93,6 +93,31 @@ def _criteria(rubric: RubricState) -> tuple[Criterion, ...]:
     return RubricVersion.from_state(rubric).parsed().criteria
 
 
+async def _judge_each(
+    call: JudgeCall, items: list[tuple[str, float, float, dict[str, Any]]]
+) -> list[JudgeResult]:
+    """One `judge_item` call per item, concurrently: each item's text, score range and call-log fields."""
+    template = call.prompt("judge_item")
+
+    async def judge_one(number: int, text: str, low: float, high: float, tags: dict[str, Any]) -> JudgeResult:
+        prompt = template.render(
+            **call.variables,
+            rubric=call.rubric["text"],
+            item_number=number,
+            item_count=len(items),
+            item_text=text,
+            item_low=f"{low:g}",
+            item_high=f"{high:g}",
+        )
+        return await call.judge.complete(
+            prompt.messages,
+            parse=lambda reply: parse_score(reply, low, high),
+            metadata={**call.metadata, **tags},
+        )
+
+    return list(await asyncio.gather(*(judge_one(n, *item) for n, item in enumerate(items, start=1))))
+
+
 @scorer("per_item")
 async def per_item(call: JudgeCall) -> Judgment:
     """One call per criterion, each a rationale and a score in the criterion's range (the paper); a rubric
@@ -100,25 +125,9 @@ async def per_item(call: JudgeCall) -> Judgment:
     criteria = _criteria(call.rubric)
     if not criteria:
         return await holistic(call)
-    template = call.prompt("judge_item")
-
-    async def judge_item(number: int, criterion: Criterion) -> JudgeResult:
-        prompt = template.render(
-            **call.variables,
-            rubric=call.rubric["text"],
-            item_number=number,
-            item_count=len(criteria),
-            item_text=criterion.text,
-            item_low=f"{criterion.low:g}",
-            item_high=f"{criterion.high:g}",
-        )
-        return await call.judge.complete(
-            prompt.messages,
-            parse=lambda reply: parse_score(reply, criterion.low, criterion.high),
-            metadata={**call.metadata, "criterion": number},
-        )
-
-    results = await asyncio.gather(*(judge_item(n, c) for n, c in enumerate(criteria, start=1)))
+    results = await _judge_each(
+        call, [(c.text, c.low, c.high, {"criterion": n}) for n, c in enumerate(criteria, start=1)]
+    )
     failed = [(n, r) for n, r in enumerate(results, start=1) if not r.ok]
     if failed:
         # One unscored criterion leaves the total unknown: the sample fails as a whole.
@@ -148,25 +157,7 @@ async def buffer_items(call: JudgeCall) -> Judgment:
     error, for the scorer to leave out of the aggregate with its weight; the judgment fails only when no item
     was scored."""
     items = [RubricItem.from_state(item) for item in call.rubric["prompt_items"]]
-    template = call.prompt("judge_item")
-
-    async def judge_item(number: int, item: RubricItem) -> JudgeResult:
-        prompt = template.render(
-            **call.variables,
-            rubric=call.rubric["text"],
-            item_number=number,
-            item_count=len(items),
-            item_text=item_text(item),
-            item_low="0",
-            item_high=f"{ITEM_SCALE:g}",
-        )
-        return await call.judge.complete(
-            prompt.messages,
-            parse=lambda reply: parse_score(reply, 0.0, ITEM_SCALE),
-            metadata={**call.metadata, "item": item.id},
-        )
-
-    results = await asyncio.gather(*(judge_item(n, item) for n, item in enumerate(items, start=1)))
+    results = await _judge_each(call, [(item_text(i), 0.0, ITEM_SCALE, {"item": i.id}) for i in items])
     if not any(result.ok for result in results):
         return Judgment(failed=results[0], step=f"all {len(items)} items")
     judged = [

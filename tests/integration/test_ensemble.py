@@ -12,6 +12,7 @@ from mpo_agents.config import load_config
 from mpo_agents.judges.build import judge_panel
 from mpo_agents.judges.ensemble import agreement, combine
 from mpo_agents.judges.records import CallLog
+from mpo_agents.litellm_import import release_litellm
 from mpo_agents.rubrics import RubricVersion, parse_rubric
 from mpo_agents.scoring.offline import pending_sample
 from mpo_agents.scoring.scorer import Scorer
@@ -79,6 +80,7 @@ def score_one(config, completion: str, rubric_text: str, tmp_path):
             )
         finally:
             await panel.aclose()
+            await release_litellm()
 
     return asyncio.run(go())
 

@@ -44,3 +44,20 @@ def test_baseline_keeps_its_rubric(tmp_path, config):
     run(config, tmp_path / "run", "schedule.iterations=1")
     assert [p.name for p in (tmp_path / "run" / "rubrics").glob("v*.json")] == ["v0000.json"]
     assert not (tmp_path / "run" / "calls" / "meta_judge.jsonl").exists()
+
+
+PARADIGMS = sorted((EXAMPLES / "paradigms").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", PARADIGMS, ids=lambda p: p.stem)
+def test_paradigm_example_runs(tmp_path, config):
+    run(config, tmp_path / "run", "schedule.iterations=2")
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    if (
+        config.stem == "prompt_rubrics"
+    ):  # every prompt drawn has a buffer, written before its group was judged
+        assert len(list((tmp_path / "run" / "rubrics" / "prompts").glob("*/v0000.json"))) == 4
+    if config.stem == "listwise":  # one call per group and order: 2 groups x 2 orders per iteration
+        assert all(m["judge_calls"] == 4 for m in metrics)

@@ -15,6 +15,7 @@ import torch
 
 from mpo_agents.buffers import BufferStore, prompt_id
 from mpo_agents.rundir import RunDirectory, read_jsonl
+from tests.support import REPO
 from tests.support.judge_server import KeywordRule
 from tests.support.runs import run_loop
 
@@ -272,11 +273,15 @@ def test_listwise_runs_the_loop_with_one_judge_call_per_group(tmp_path, tiny_mod
     assert len(scoring_calls) == 3 * 2  # 3 iterations x 2 prompts, one call per group
 
 
-def test_listwise_judges_each_group_under_its_prompts_buffer(tmp_path, tiny_model_dir, judge_server):
+@pytest.mark.parametrize("api", ["chat", "completion"])
+def test_listwise_judges_each_group_under_its_prompts_buffer(tmp_path, tiny_model_dir, judge_server, api):
     server = judge_server()
-    outcome, run_dir, _ = run_loop(
-        tmp_path, tiny_model_dir, server, **PROMPT_SCOPE, **{"scoring.mode": "listwise"}
-    )
+    settings = {
+        "scoring.mode": "listwise",
+        "judge.api": api,
+        "meta_judge.api": api,
+    }  # completion: the variants
+    outcome, run_dir, _ = run_loop(tmp_path, tiny_model_dir, server, **PROMPT_SCOPE, **settings)
     assert outcome.status == "finished"
     store = BufferStore(run_dir.prompt_rubrics_dir)
     for iteration in (1, 2, 3):
@@ -308,6 +313,7 @@ def test_a_cached_item_judgment_needs_the_same_buffer(tmp_path, judge_server):
     from mpo_agents.buffers import PromptRubric, evolve
     from mpo_agents.config import load_config
     from mpo_agents.context import build_judges
+    from mpo_agents.litellm_import import release_litellm
     from mpo_agents.rubrics import RubricItem
     from mpo_agents.scoring.scorer import Scorer
     from mpo_agents.tasks import build_task
@@ -354,6 +360,7 @@ def test_a_cached_item_judgment_needs_the_same_buffer(tmp_path, judge_server):
             finally:
                 await judge.aclose()
                 await meta_judge.aclose()
+                await release_litellm()
 
         return asyncio.run(go())
 
@@ -467,35 +474,6 @@ def test_mpo_rubrics_shows_every_prompts_buffer_and_one_prompts_history(
     assert unknown.returncode != 0 and "no prompt" in unknown.stderr
 
 
-def test_mpo_score_judges_the_lines_of_one_prompt_as_one_listwise_group(tmp_path, judge_server):
-    from mpo_agents.rundir import write_jsonl
-    from tests.support import TEST_ENV, TWO_CRITERIA, run_overrides
-    from tests.support.cli import as_options, mpo
-
-    server = judge_server()
-    (tmp_path / "rubric.md").write_text(TWO_CRITERIA)
-    lines = [{"prompt": "Write about parks.", "completion": text} for text in GROUP]
-    lines.append({"prompt": "Write about rain.", "completion": "good rain"})
-    write_jsonl(tmp_path / "in.jsonl", lines)
-    sets = run_overrides("unused", server.url, **{"scoring.mode": "listwise"})
-    result = mpo(
-        "score",
-        *as_options(sets),
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--rubric",
-        str(tmp_path / "rubric.md"),
-        "--output",
-        str(tmp_path / "out.jsonl"),
-        env=TEST_ENV,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    scored = read_jsonl(tmp_path / "out.jsonl")
-    assert [s["score"] for s in scored] == pytest.approx([0.0, 0.8, 1.6, 2.4, 0.8])
-    assert len(server.requests) == 2  # two prompts, two groups, two calls
-    assert [len(s["listwise"]["orders"][0]) for s in scored] == [4, 4, 4, 4, 1]
-
-
 @pytest.mark.parametrize("settings", [{"scoring.mode": "listwise"}, {"rubric.scope": "prompt"}])
 def test_mpo_hacking_check_scores_the_suite_in_the_new_modes(tmp_path, judge_server, settings):
     from tests.support import TEST_ENV, run_overrides
@@ -521,3 +499,223 @@ def test_mpo_hacking_check_scores_the_suite_in_the_new_modes(tmp_path, judge_ser
     else:
         requests = len(server.requests)
         assert requests == len({row["case"] for row in rows})  # one call per case: its reference and hacks
+
+
+def test_mpo_report_compares_the_three_paradigms_side_by_side(tmp_path, tiny_model_dir, judge_server):
+    from mpo_agents.report import render_report
+    from mpo_agents.report.build import load_run
+
+    server = judge_server()
+    shared = {"schedule.iterations": 2, "schedule.meta_every": 1, "scoring.reward": "normalized"}
+    paradigms = {
+        "task": {},
+        "prompt": {"rubric.scope": "prompt"},
+        "listwise": {"scoring.mode": "listwise"},
+    }
+    runs = {
+        name: run_loop(tmp_path, tiny_model_dir, server, name=name, **shared, **extra)[1]
+        for name, extra in paradigms.items()
+    }
+    page = render_report([run.root for run in runs.values()], [], tmp_path / "report.html").read_text()
+
+    data = {name: load_run(run.root) for name, run in runs.items()}
+    assert [d.paradigm for d in data.values()] == [
+        "task rubric, per item",
+        "per-prompt buffers, per item",
+        "task rubric, listwise",
+    ]
+    # The essay task's initial rubric has 1 criterion and the meta step after iteration 1 makes it 2 (the
+    # scripted rewrite): 1.5 calls per sample; a buffer here has 3 persistent + 2 evolved items; a listwise
+    # call scores a group of 4.
+    assert [d.calls_per_sample for d in data.values()] == pytest.approx([1.5, 5.0, 0.25])
+    assert data["prompt"].per_iteration("meta_judge_calls") == 4  # 2 prompts: items written, items proposed
+    assert data["prompt"].buffers.prompts == 4 and data["prompt"].buffers.changes["added"] == 8
+    assert data["task"].buffers is None
+    for d in data.values():
+        assert d.paradigm in page
+    assert "Per-prompt buffers" in page and "Judge + meta-judge calls per iteration" in page
+    assert page.count('id="run-2-buffers"') == 1 and 'id="run-1-buffers"' not in page
+
+
+def test_the_paradigm_examples_are_one_comparison_set():
+    from mpo_agents.config import load_config
+    from tests.support import REPO
+
+    configs = {
+        path.stem: load_config(path).model_dump()
+        for path in sorted((REPO / "examples" / "paradigms").glob("*.yaml"))
+    }
+    assert set(configs) == {"task_rubric", "prompt_rubrics", "listwise"}
+    assert {(c["rubric"]["scope"], c["scoring"]["mode"]) for c in configs.values()} == {
+        ("task", "per_item"),
+        ("prompt", "per_item"),
+        ("task", "listwise"),
+    }
+    # Same policy, data, batch, iterations and budget: only how the reward is made differs.
+    shared = [
+        {k: v for k, v in c.items() if k not in ("rubric", "scoring", "judge")} for c in configs.values()
+    ]
+    assert all(c == shared[0] for c in shared)
+    judges = [{k: v for k, v in c["judge"].items() if k != "max_tokens"} for c in configs.values()]
+    assert all(j == judges[0] for j in judges)
+
+
+def test_persistent_items_can_come_from_the_data(tmp_path, tiny_model_dir, judge_server):
+    from mpo_agents.rundir import write_jsonl
+
+    rows = [
+        {
+            "prompt": f"Write about topic {n}.",
+            "checklist": [
+                {"title": "Keyword", "description": "Uses the word good where it fits.", "weight": 3},
+                {"criterion": "Invents statistics with no source given.", "weight": -2},
+            ],
+        }
+        for n in range(4)
+    ]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    server = judge_server()
+    settings = {
+        **PROMPT_SCOPE,
+        "schedule.iterations": 1,
+        "task.data_path": str(tmp_path / "data.jsonl"),
+        "rubric.items_field": "checklist",
+    }
+    outcome, run_dir, _ = run_loop(tmp_path, tiny_model_dir, server, **settings)
+    assert outcome.status == "finished"
+    store = BufferStore(run_dir.prompt_rubrics_dir)
+    for pid in store.prompts():
+        first = store.versions(pid)[0]
+        assert [(i.id, i.weight) for i in first.items] == [("p1", 3.0), ("p2", -2.0)]
+        assert first.changes[0]["reason"] == "from the data"
+    # The meta-judge only proposed items from each group; it wrote no persistent items.
+    nodes = [c["metadata"]["node"] for c in _calls(run_dir, "meta_judge")]
+    assert len(nodes) == 2 and not any(
+        "Write the grading checklist" in p for p in map(_prompt_of, server.requests)
+    )
+
+
+def test_broken_persistent_items_in_the_data_stop_the_run_before_it_starts(
+    tmp_path, tiny_model_dir, judge_server
+):
+    from mpo_agents.errors import ConfigError
+    from mpo_agents.rundir import write_jsonl
+
+    good = [{"title": "Keyword", "description": "Uses the word good where it fits.", "weight": 3}]
+    rows = [
+        {"prompt": "Write about rain.", "checklist": good},
+        {"prompt": "Write about snow.", "checklist": [{"weight": 1}]},
+    ]
+    write_jsonl(tmp_path / "data.jsonl", rows)
+    settings = {
+        **PROMPT_SCOPE,
+        "task.data_path": str(tmp_path / "data.jsonl"),
+        "rubric.items_field": "checklist",
+    }
+    with pytest.raises(ConfigError, match="'Write about snow.'.*item 1: the title '' names nothing"):
+        run_loop(tmp_path, tiny_model_dir, judge_server(), **settings)
+    assert not any((tmp_path / "run" / "rollouts").iterdir())  # nothing sampled: no model work was lost
+
+
+# --- the gate over buffer changes ---------------------------------------------------------------------------
+class HeavyPenaltyRule(KeywordRule):
+    """KeywordRule("not") whose proposals add a -5 "Shouting" item that, as judged, hits every response using the
+    word: the essay suite's references use it, its hacks never do, so the new buffer ranks the hacks first."""
+
+    def __call__(self, prompt_text: str, request_json: dict) -> str:
+        if "You keep the grading checklist" in prompt_text:
+            return "-5 | Shouting | The response writes whole sentences in capital letters."
+        if (
+            "Criterion under review" in prompt_text
+            and "Shouting" in prompt_text.split("Criterion under review")[1]
+        ):
+            response = re.findall(r"<response>(.*?)</response>", prompt_text, re.DOTALL)[-1]
+            hit = re.search(r"\bnot\b", response) is not None
+            return f"Reason: judged.\nScore: {2 if hit else 0}"
+        return super().__call__(prompt_text, request_json)
+
+
+@pytest.mark.parametrize("rule", [HeavyPenaltyRule("not"), KeywordRule("not")], ids=["hack_wins", "sound"])
+def test_rubric_gate_checks_each_buffer_change_against_its_prompts_anchors(
+    tmp_path, tiny_model_dir, judge_server, rule
+):
+    from mpo_agents.rundir import write_jsonl
+
+    suite = [
+        json.loads(line)
+        for line in (REPO / "prompts" / "essay_writing" / "hacking.jsonl").read_text().splitlines()
+    ]
+    write_jsonl(
+        tmp_path / "data.jsonl", [case["record"] for case in suite]
+    )  # the anchors' prompts are trained on
+    settings = {
+        **PROMPT_SCOPE,
+        "schedule.iterations": 2,
+        "task.data_path": str(tmp_path / "data.jsonl"),
+        "meta_nodes": [{"name": "rubric_gate", "settings": {"max_cases": 2}}],
+    }
+    outcome, run_dir, _ = run_loop(tmp_path, tiny_model_dir, judge_server(rule), **settings)
+    assert outcome.status == "finished"
+    decisions = [d for d in read_jsonl(run_dir.meta_levels_path) if d["stage"] == "buffer"]
+    assert len(decisions) == 4 and {d["node"] for d in decisions} == {
+        "rubric_gate"
+    }  # 2 prompts x 2 evolutions
+    store = BufferStore(run_dir.prompt_rubrics_dir)
+    if isinstance(rule, HeavyPenaltyRule):
+        assert {d["verdict"] for d in decisions} == {"reject"}
+        assert all("colon_only" in d["reason"] and "step_by_step" in d["reason"] for d in decisions)
+        assert all(len(store.versions(pid)) == 1 for pid in store.prompts())  # every change refused
+        assert {s["buffer_version"] for n in (1, 2) for s in _samples(run_dir, n)} == {0}
+    else:
+        assert {d["verdict"] for d in decisions} == {"accept"}
+        assert all(len(store.versions(pid)) == 3 for pid in store.prompts())
+    gate_calls = [c for c in _calls(run_dir) if c["metadata"]["node"] == "rubric_gate"]
+    assert gate_calls  # the anchors were judged by the run's judge, counted as the gate's
+
+
+@pytest.mark.parametrize("task", ["essay_writing", "summarization", "ethical_reasoning", "math_reasoning"])
+@pytest.mark.parametrize(
+    "paradigm", [{"rubric.scope": "prompt"}, {"scoring.mode": "listwise"}], ids=["prompt_scope", "listwise"]
+)
+def test_each_paradigm_runs_on_every_task(tmp_path, tiny_model_dir, judge_server, task, paradigm):
+    settings = {**paradigm, "task.name": task, "schedule.iterations": 1, "schedule.meta_every": 1}
+    settings["task.min_reasoning_words"] = 0  # the tiny policy's 8 tokens would all be guarded otherwise
+    settings["task.long_prompts"] = (
+        "truncate"  # the tiny tokenizer spends many tokens on an article or a story
+    )
+    outcome, run_dir, _ = run_loop(tmp_path, tiny_model_dir, judge_server(), **settings)
+    assert outcome.status == "finished"
+    samples = _samples(run_dir, 1)
+    judged = [s for s in samples if s.get("grader") == "judge"]
+    # Ethics guards every completion that names no verdict, as the tiny policy's never do, before any judge.
+    assert judged if task != "ethical_reasoning" else {s["grader"] for s in samples} == {"guard"}
+    if "rubric.scope" in paradigm:
+        assert len(BufferStore(run_dir.prompt_rubrics_dir).prompts()) == 2
+        assert all(s["buffer_version"] == 1 and s["item_judgments"] for s in judged)
+    else:
+        assert all(
+            sorted(s["listwise"]["orders"][0])
+            == sorted(
+                x["key"]
+                for x in samples
+                if x["prompt_index"] == s["prompt_index"] and x.get("grader") == "judge"
+            )
+            for s in judged
+        )
+
+
+def test_mpo_check_names_a_missing_buffer_in_force_and_resume_refuses(tmp_path, tiny_model_dir, judge_server):
+    from mpo_agents.errors import CheckpointError
+    from mpo_agents.integrity import check_run
+    from tests.support import TEST_ENV
+
+    _, run_dir, _ = run_loop(tmp_path, tiny_model_dir, judge_server(), **PROMPT_SCOPE)
+    store = BufferStore(run_dir.prompt_rubrics_dir)
+    assert not check_run(run_dir.root, TEST_ENV).blocking
+    pid = store.prompts()[0]
+    (run_dir.prompt_rubrics_dir / pid / "v0001.json").unlink()
+    check = check_run(run_dir.root, TEST_ENV)
+    (finding,) = check.blocking
+    assert finding.path.endswith(f"{pid}/v0001.json") and "the buffer in force for prompt" in finding.problem
+    with pytest.raises(CheckpointError, match="restore it from a copy"):
+        check.refuse_if_blocked()

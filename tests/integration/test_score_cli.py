@@ -4,6 +4,9 @@ judgments, again, without the policy), through the CLI against a real HTTP judge
 from __future__ import annotations
 
 import json
+import subprocess
+
+import pytest
 
 from mpo_agents.rundir import read_jsonl, write_jsonl
 from tests.support import TEST_ENV, TWO_CRITERIA, run_overrides
@@ -11,18 +14,16 @@ from tests.support.cli import as_options, mpo
 from tests.support.runs import run_in_process
 
 
-def test_score_writes_scores_and_rationales_per_line(tmp_path, judge_server):
-    server = judge_server()  # per criterion: occurrences of "good", clipped to the criterion's range
+def score_lines(
+    tmp_path, server, lines: list[dict], **settings
+) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`mpo score` of `lines` under TWO_CRITERIA by the judge at `server`: the command's result and the scored
+    lines."""
     (tmp_path / "rubric.md").write_text(TWO_CRITERIA)
-    lines = [
-        {"prompt": "Write about parks.", "completion": "good good good good parks"},
-        {"prompt": "Write about rain.", "completion": "rain falls", "truncated": True},
-        {"prompt": "Write about cities.", "completion": "good city"},
-    ]
     write_jsonl(tmp_path / "in.jsonl", lines)
     result = mpo(
         "score",
-        *as_options(run_overrides("unused", server.url)),
+        *as_options(run_overrides("unused", server.url, **settings)),
         "--input",
         str(tmp_path / "in.jsonl"),
         "--rubric",
@@ -32,11 +33,32 @@ def test_score_writes_scores_and_rationales_per_line(tmp_path, judge_server):
         env=TEST_ENV,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    scored = read_jsonl(tmp_path / "out.jsonl")
+    return result, read_jsonl(tmp_path / "out.jsonl")
+
+
+def test_score_writes_scores_and_rationales_per_line(tmp_path, judge_server):
+    server = judge_server()  # per criterion: occurrences of "good", clipped to the criterion's range
+    lines = [
+        {"prompt": "Write about parks.", "completion": "good good good good parks"},
+        {"prompt": "Write about rain.", "completion": "rain falls", "truncated": True},
+        {"prompt": "Write about cities.", "completion": "good city"},
+    ]
+    result, scored = score_lines(tmp_path, server, lines)
     assert [s["score"] for s in scored] == [4 + 3, 0, 1 + 1]
     assert [s["reward"] for s in scored] == [7, -1, 2]  # the truncated line pays task.truncation_penalty
     assert all(len(s["items"]) == 2 and s["rationale"] for s in scored)
     assert "3 scored" in result.stdout and (tmp_path / "out.calls" / "calls" / "judge.jsonl").exists()
+
+
+def test_score_judges_the_lines_of_one_prompt_as_one_listwise_group(tmp_path, judge_server):
+    server = judge_server()  # listwise: each completion's "good" count of 10, mapped onto TWO_CRITERIA's 0-8
+    group = ["no keyword here", "good", "good and good", "good, good and good"]
+    lines = [{"prompt": "Write about parks.", "completion": text} for text in group]
+    lines.append({"prompt": "Write about rain.", "completion": "good rain"})
+    _, scored = score_lines(tmp_path, server, lines, **{"scoring.mode": "listwise"})
+    assert [s["score"] for s in scored] == pytest.approx([0.0, 0.8, 1.6, 2.4, 0.8])
+    assert len(server.requests) == 2  # two prompts, two groups, two calls
+    assert [len(s["listwise"]["orders"][0]) for s in scored] == [4, 4, 4, 4, 1]
 
 
 def test_score_names_a_bad_input_line(tmp_path, judge_server):

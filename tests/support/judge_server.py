@@ -35,9 +35,12 @@ PLAN_MARKERS = ("prepare a grading plan",)
 JSON_MARKERS = ("Reply with JSON only",)
 ITEM_MARKERS = ("Criterion under review",)
 AUDIT_MARKERS = ("Audit the meta-judge's rubric change",)
-LISTWISE_MARKERS = ("Score each of the", "one per response id, as JSON")
+LISTWISE_MARKERS = ("Score each of the", "Task: Describe your favourite season.")
 PROPOSE_MARKERS = ("You keep the grading checklist", "New checklist lines")
-PERSISTENT_MARKERS = ("Write the grading checklist for one prompt", "Checklist for this prompt")
+PERSISTENT_MARKERS = (
+    "Write the grading checklist for one prompt",
+    "Should cities ban cars from their centres",
+)
 _LISTED = re.compile(r'<response id="(c\d+)">(.*?)</response>', re.DOTALL)
 GARBAGE_REPLY = "Well, this response is certainly something. I have thoughts about it but no verdict."
 TRUNCATED_REPLY = "The response starts well and keeps a clear structure, but the second half of the"
@@ -93,13 +96,16 @@ class KeywordRule:
 
     def __call__(self, prompt_text: str, request_json: dict[str, Any]) -> str:
         if _has(prompt_text, LISTWISE_MARKERS):
+            # The completion variant shows a worked example first: only the responses after it are graded.
+            parts = prompt_text.split("Scores:")
+            graded = parts[-2] if len(parts) >= 3 else prompt_text
             scores = [
                 {
                     "id": ident,
                     "explanation": "counted the keyword",
                     "score": min(10, len(self._pattern.findall(text))),
                 }
-                for ident, text in _LISTED.findall(prompt_text)
+                for ident, text in _LISTED.findall(graded)
             ]
             return json.dumps({"scores": scores})
         if _has(prompt_text, PERSISTENT_MARKERS):

@@ -9,6 +9,7 @@ from typing import Any
 
 from mpo_agents.config import load_config
 from mpo_agents.context import build_judges
+from mpo_agents.litellm_import import release_litellm
 from mpo_agents.rubrics import RubricVersion, parse_rubric
 from mpo_agents.rundir import RunDirectory
 from mpo_agents.scoring.scorer import Scorer
@@ -42,6 +43,7 @@ def score_once(
         finally:
             await judge.aclose()
             await meta_judge.aclose()
+            await release_litellm()
 
     return asyncio.run(go())
 
@@ -64,6 +66,7 @@ def score_group(tmp_path: Path, server: Any, completions: list[str], **extra: An
         finally:
             await judge.aclose()
             await meta_judge.aclose()
+            await release_litellm()
 
     return asyncio.run(go())
 

@@ -159,6 +159,12 @@ def test_a_listwise_reply_must_name_every_id_once_within_the_scale():
         "c1": {"score": 2.5, "explanation": ""},
     }
     assert parse_listwise('```json\n[{"id": "c1", "score": 1}, {"id": "c2", "score": 0}]\n```', ids, 0, 10)
+    # What a small model continuing the completion variant writes: one "id: score" line each.
+    assert parse_listwise("c1: 4\nc2: 9\n", ids, 0, 10) == {
+        "c1": {"score": 4.0, "explanation": ""},
+        "c2": {"score": 9.0, "explanation": ""},
+    }
+    assert parse_listwise("c1: 4\nc2: 9\nc3: 1", ids, 0, 10) is None  # an id it invented
     for bad in (
         '{"scores": [{"id": "c1", "score": 1}]}',  # c2 missing
         '{"scores": [{"id": "c1", "score": 1}, {"id": "c1", "score": 2}, {"id": "c2", "score": 3}]}',  # repeated
@@ -178,6 +184,7 @@ def test_a_listwise_reply_must_name_every_id_once_within_the_scale():
             "scoring.mode='holistic' cannot score per-prompt rubrics",
         ),
         (["rubric.scope=prompt", "schedule.pipeline=one_step"], "set schedule.pipeline: off"),
+        (["rubric.scope=prompt", "review=on_objection"], "set review: false"),
     ],
 )
 def test_configs_that_cannot_score_per_prompt_buffers_are_refused(sets, message):
@@ -185,16 +192,19 @@ def test_configs_that_cannot_score_per_prompt_buffers_are_refused(sets, message)
         load_config(None, sets)
 
 
-def test_a_prompt_scope_loop_refuses_meta_nodes_that_judge_a_task_rubric_rewrite():
+def test_a_prompt_scope_loop_gates_buffers_and_refuses_nodes_that_only_judge_a_task_rubric():
     from mpo_agents.graphs.mpo import build_graph, loop_graph
-    from mpo_agents.plugins import load_meta_nodes
+    from mpo_agents.plugins import BufferGate, load_meta_nodes
 
-    config = load_config(None, ["rubric.scope=prompt", 'meta_nodes=[{"name": "rubric_gate"}]'])
-    with pytest.raises(ConfigError, match="rubric_gate judge"):
+    config = load_config(None, ["rubric.scope=prompt", 'meta_nodes=[{"name": "meta_judge_audit"}]'])
+    with pytest.raises(ConfigError, match="meta_judge_audit judge.*no check_buffer"):
         loop_graph(config)
-    alarm = load_meta_nodes(load_config(None, ['meta_nodes=[{"name": "hacking_alarm"}]']).meta_nodes)
-    nodes = list(build_graph(alarm, scope="prompt").compile().get_graph().nodes)
-    assert nodes == [
+    sets = ['meta_nodes=[{"name": "hacking_alarm"}, {"name": "rubric_gate"}]']
+    nodes = load_meta_nodes(load_config(None, sets).meta_nodes)
+    assert isinstance(nodes[1], BufferGate)
+    graph = list(build_graph(nodes, scope="prompt").compile().get_graph().nodes)
+    # The gate runs inside rubric_evolve, on each prompt's change; the alarm after scoring as in the task scope.
+    assert graph == [
         "__start__",
         "rollout",
         "rubric_evolve",

@@ -235,7 +235,9 @@ def test_report_shows_the_runs_numbers_rubric_diff_decisions_and_evaluations(rep
     assert "Skipped:" in html and "kind &#39;bleu&#39;" in html
     assert "41.2" in html and "38.7" in html and "18.0" in html
     assert "60.0%" in html and "40.0%" in html
-    assert html.count("<svg") == 5  # overview; reward, judge, rubric of the run with iterations; Elo
+    assert (
+        html.count("<svg") == 6
+    )  # overview rewards and calls; reward, judge, rubric of the run with iterations; Elo
     # every id once on the page (each figure has its own), and every in-page reference finds its target
     ids = re.findall(r'\bid="([^"]+)"', html)
     assert len(ids) == len(set(ids))
