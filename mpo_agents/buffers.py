@@ -19,7 +19,7 @@ from mpo_agents.rundir import atomic_write_text
 Aggregate = Literal["weighted", "points"]  # rubric.aggregate
 ITEM_SCALE = 2.0  # an item is judged 0 (not met / absent), 1 (partly), 2 (fully / clearly present)
 MAX_WEIGHT = 5.0
-PERSISTENT, EVOLVED, EDITED = "persistent", "evolved", "edited"
+PERSISTENT, EVOLVED = "persistent", "evolved"  # item origins here (a task criterion's is "initial")
 # "+1 | Title | what it rewards" (bullets and a unicode minus allowed)
 _ITEM_LINE = re.compile(
     r"^\s*(?:[-*•]\s+|\d+[.)]\s+)?(?P<weight>[+\-−]?\s*\d+(?:\.\d+)?)\s*\|\s*(?P<title>[^|]+?)\s*\|\s*(?P<text>.+?)\s*$"
@@ -102,11 +102,11 @@ def render_weight(weight: float | None) -> str:
 
 
 def scale_of(weights: Sequence[float], how: Aggregate) -> tuple[float, float]:
+    """The reward range of items with these weights: penalties all shown to all met rewards, as `aggregate`."""
     low = sum(w for w in weights if w < 0)
     high = sum(w for w in weights if w > 0)
-    total = low * -1 + high
-    if how == "weighted" and total:
-        return low / total, high / total
+    if how == "weighted" and high - low:
+        return low / (high - low), high / (high - low)
     return low, high
 
 

@@ -40,7 +40,7 @@ class RubricItem:
     weight: float | None = None
     low: float | None = None
     high: float | None = None
-    origin: str = "initial"  # initial, persistent, evolved, edited
+    origin: str = "initial"  # initial (a task criterion), persistent or evolved (a buffer item)
     iteration: int = 0  # the iteration it was written at (0: before training)
 
     def to_state(self) -> dict:
