@@ -18,7 +18,7 @@ CPU seconds and the process's resident size before and after; an MPO turn its pe
 its step split into generation (`_generate_single_turn`) and the rest.
 
     python benchmarks/bench_iteration.py [--model smollm2-135m|DIR] [--steps 3] [--tokens 48] [--every 10]
-        [--set KEY=VALUE ...]
+        [--algorithm grpo|dapo|dr_grpo|gspo|cispo|sapo] [--set KEY=VALUE ...]
 
 `--set` overrides apply to both sides (the TRL side reads the device, dtype, generation and trainer settings
 from the same config); on a GPU, `--set policy.gradient_checkpointing=false` keeps our `auto` plan from turning
@@ -58,7 +58,7 @@ from loop_bench import (
     update_end_times,
 )
 
-from mpo_agents.config import load_config
+from mpo_agents.config import ALGORITHM_PRESETS, load_config
 from mpo_agents.policy import logprob_tiles
 from mpo_agents.prompts import load_prompt
 from mpo_agents.runner import new_run_dir
@@ -160,8 +160,16 @@ def main() -> None:
         default="abba",
         help="abba (default): TRL, MPO, MPO, TRL, so neither side always runs second in the process",
     )
+    parser.add_argument(
+        "--algorithm",
+        choices=sorted(ALGORITHM_PRESETS),
+        default=None,
+        help="trainer.algorithm on both sides (a GRPO-family preset; default: the config's, grpo)",
+    )
     parser.add_argument("--mpo-only", action="store_true", help="time only the MPO side (for profiling)")
     args = parser.parse_args()
+    if args.algorithm:
+        args.set.append(f"trainer.algorithm={args.algorithm}")
     logprob_tiles.install()  # as our policy would on its first turn; TRL's turns use the same folds
     sides = {"abba": "tmmt", "trl-first": "tm", "mpo-first": "mt"}[args.order]
     if args.mpo_only:

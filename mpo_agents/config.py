@@ -428,10 +428,87 @@ class LocalServerConfig(_Section):
     )
 
 
+# trainer.algorithm: the GRPO-family presets. Each sets these TRL `GRPOConfig` fields unless the config sets them
+# itself (docs/config.md shows the table).
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    # DeepSeekMath (arXiv 2402.03300): per-sequence mean of token losses, KL 0.04, group-std advantages.
+    "grpo": {
+        "loss_type": "grpo",
+        "beta": 0.04,
+        "epsilon": 0.2,
+        "epsilon_high": None,
+        "scale_rewards": "group",
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": False,
+    },
+    # DAPO (arXiv 2503.14476): token-level loss, clip-higher 0.28, no KL, truncated completions out of the loss.
+    "dapo": {
+        "loss_type": "dapo",
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "epsilon_high": 0.28,
+        "scale_rewards": "group",
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": True,
+    },
+    # Dr. GRPO (arXiv 2503.20783): a constant normaliser (no length bias), advantages not divided by the std.
+    "dr_grpo": {
+        "loss_type": "dr_grpo",
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "epsilon_high": None,
+        "scale_rewards": "none",
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": False,
+    },
+    # GSPO (arXiv 2507.18071 v2, section 5.1): sequence-level importance ratios clipped to [1-3e-4, 1+4e-4].
+    "gspo": {
+        "loss_type": "grpo",
+        "beta": 0.0,
+        "epsilon": 3e-4,
+        "epsilon_high": 4e-4,
+        "scale_rewards": "group",
+        "importance_sampling_level": "sequence",
+        "mask_truncated_completions": False,
+    },
+    # CISPO (MiniMax-M1, arXiv 2506.13585): the importance weights are clipped, not the update; epsilon_max 5 as
+    # ScaleRL (arXiv 2510.13786) recommends.
+    "cispo": {
+        "loss_type": "cispo",
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "epsilon_high": 5.0,
+        "scale_rewards": "group",
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": False,
+    },
+    # SAPO (arXiv 2511.20347): a soft, temperature-controlled gate instead of hard clipping (TRL's temperatures
+    # 1.0 / 1.05 are the paper's).
+    "sapo": {
+        "loss_type": "sapo",
+        "beta": 0.0,
+        "epsilon": 0.2,
+        "epsilon_high": None,
+        "scale_rewards": "group",
+        "importance_sampling_level": "token",
+        "mask_truncated_completions": False,
+    },
+}
+
+
 class TrainerConfig(_Section):
+    algorithm: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"] = Field(
+        "grpo",
+        description="The policy update, by name: a preset of TRL's GRPO loss fields (`loss_type`, `beta`, "
+        "`epsilon`, `epsilon_high`, `scale_rewards`, `importance_sampling_level`, "
+        "`mask_truncated_completions`; the table below). A field the config sets itself wins over the preset.",
+    )
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
     beta: float = Field(
-        0.04, ge=0, description="KL coefficient to the reference (initial) policy; 0 drops the KL term."
+        0.04,
+        ge=0,
+        description="KL coefficient to the reference (initial) policy; 0 drops the KL term (and the reference "
+        "model). Default: the algorithm's.",
     )
     num_generations: int = Field(
         4, ge=2, description="Completions sampled per prompt (the GRPO group size G)."
@@ -445,10 +522,39 @@ class TrainerConfig(_Section):
         description="The longest prompt the policy takes, in tokens of its chat template; what happens to "
         "longer ones is `task.long_prompts` (dropped, or cut from the left).",
     )
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
-        "grpo", description="TRL GRPO loss variant."
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = Field(
+        "grpo", description="TRL's GRPO loss variant (`GRPOConfig.loss_type`). Default: the algorithm's."
     )
-    epsilon: float = Field(0.2, gt=0, description="PPO-style clipping range of the policy ratio.")
+    epsilon: float = Field(
+        0.2, gt=0, description="PPO-style clipping range of the policy ratio. Default: the algorithm's."
+    )
+    epsilon_high: float | None = Field(
+        None,
+        gt=0,
+        description="Upper clipping range (DAPO's clip-higher; CISPO's epsilon_max); null: `epsilon`. Default: "
+        "the algorithm's.",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="Importance ratios per token, or one per sequence (GSPO). Default: the algorithm's.",
+    )
+    mask_truncated_completions: bool = Field(
+        False,
+        description="Leave completions that hit the token limit out of the loss (DAPO). Default: the algorithm's.",
+    )
+    top_entropy_quantile: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Train only on the top quantile of tokens by entropy (0.2 in 'Beyond the 80/20 rule'); 1 "
+        "keeps every token.",
+    )
+    off_policy_mask_threshold: float | None = Field(
+        None,
+        gt=0,
+        description="Leave out sequences with a negative advantage whose KL to the sampling policy exceeds this "
+        "(DeepSeek-V3.2's off-policy masking, e.g. 0.5); null: off.",
+    )
     importance_sampling_cap: float = Field(
         2.0,
         gt=1,
@@ -458,7 +564,8 @@ class TrainerConfig(_Section):
     )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group",
-        description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all.",
+        description="How advantages are scaled: by the group's std (GRPO), the batch's, or not at all. Default: "
+        "the algorithm's.",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
@@ -469,6 +576,22 @@ class TrainerConfig(_Section):
         "`report_to` (off by default; each needs its package installed: tensorboard or tensorboardX, "
         "wandb, trackio). TensorBoard logs go to `<run dir>/tensorboard`.",
     )
+
+    @model_validator(mode="after")
+    def _algorithm_preset(self) -> TrainerConfig:
+        """The algorithm's preset for every field the config does not set itself."""
+        for name, value in ALGORITHM_PRESETS[self.algorithm].items():
+            if name not in self.model_fields_set:
+                self.__dict__[name] = value  # not setattr: that would validate (and apply the preset) again
+        if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+            raise ValueError(
+                "trainer.loss_type luspo scales sequence-level ratios: set importance_sampling_level: sequence"
+            )
+        if self.loss_type == "vespo" and self.importance_sampling_level != "token":
+            raise ValueError(
+                "trainer.loss_type vespo forms sequence weights itself: set importance_sampling_level: token"
+            )
+        return self
 
 
 class ScheduleConfig(_Section):
@@ -777,6 +900,16 @@ class MPOConfig(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _stale_batches_weighted(self) -> MPOConfig:
+        if self.schedule.pipeline != "off" and self.trainer.loss_type == "vespo":
+            raise ValueError(
+                "trainer.loss_type vespo weighs a stale batch its own way, not with the truncated importance "
+                "weights the pipelined loop trains one-step-stale batches with; set schedule.pipeline: off or "
+                "another loss_type"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _prompt_scope_supported(self) -> MPOConfig:
         if self.rubric.scope != "prompt":
             return self
@@ -921,6 +1054,30 @@ def redacted_dump(config: MPOConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def _presets_table() -> list[str]:
+    """The `trainer.algorithm` presets as a Markdown table (docs/config.md)."""
+    fields = list(ALGORITHM_PRESETS["grpo"])
+    lines = [
+        "`trainer.algorithm` presets: the TRL `GRPOConfig` fields each name sets, unless the config sets them:",
+        "",
+        "| algorithm | " + " | ".join(f"`{name}`" for name in fields) + " |",
+        "| --- |" + " --- |" * len(fields),
+    ]
+    for algorithm, preset in ALGORITHM_PRESETS.items():
+        shown = ["null" if preset[name] is None else str(preset[name]).lower() for name in fields]
+        lines.append(f"| `{algorithm}` | " + " | ".join(shown) + " |")
+    return [*lines, "", ALGORITHM_SOURCES, ""]
+
+
+ALGORITHM_SOURCES = (
+    "Sources: `grpo` DeepSeekMath (arXiv 2402.03300); `dapo` DAPO (arXiv 2503.14476; its dynamic sampling and "
+    "overlong reward shaping are not TRL fields); `dr_grpo` Dr. GRPO (arXiv 2503.20783); `gspo` GSPO (arXiv "
+    "2507.18071 v2, section 5.1; with one optimizer step per batch its ratios are 1, so its clipping acts only on "
+    "the batches the pipelined loop trains one version stale); `cispo` MiniMax-M1 (arXiv 2506.13585), "
+    "epsilon_high from ScaleRL (arXiv 2510.13786); `sapo` SAPO (arXiv 2511.20347)."
+)
+
+
 def config_reference() -> str:
     """docs/config.md, generated from the field descriptions (so the reference cannot drift from the code)."""
     lines = [
@@ -937,6 +1094,8 @@ def config_reference() -> str:
         value = getattr(defaults, section)
         if isinstance(value, BaseModel):
             lines += _reference_rows(value, section)
+            if section == "trainer":
+                lines += ["", *_presets_table()]
         else:  # a top-level field of its own (meta_nodes, review)
             lines.append(f"| `{section}` | `{value}` | {spec.description or ''} |")
         lines.append("")

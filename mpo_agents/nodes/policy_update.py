@@ -66,6 +66,14 @@ def apply_update(
 ) -> dict[str, float]:
     """One step on a batch (none when no reward is usable), its stats and rewards kept in `updates/` (what a
     replay needs), then the iteration's checkpoint when the cadence asks for one. Returns the stats."""
+    if ctx.config.trainer.mask_truncated_completions and rollouts and all(r.truncated for r in rollouts):
+        log.warning(
+            "iteration %d: every completion hit policy.generation.max_new_tokens, and "
+            "trainer.mask_truncated_completions (the %s preset's) leaves them all out of the loss: this update "
+            "trains nothing. Raise max_new_tokens or set trainer.mask_truncated_completions: false.",
+            iteration,
+            ctx.config.trainer.algorithm,
+        )
     if any(reward is not None for reward in rewards):
         stats = ctx.policy.update(rollouts, rewards)
     else:

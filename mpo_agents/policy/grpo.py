@@ -223,6 +223,11 @@ def grpo_config(
         "top_k": generation_cfg.top_k,
         "loss_type": trainer_cfg.loss_type,
         "epsilon": trainer_cfg.epsilon,
+        "epsilon_high": trainer_cfg.epsilon_high,
+        "importance_sampling_level": trainer_cfg.importance_sampling_level,
+        "mask_truncated_completions": trainer_cfg.mask_truncated_completions,
+        "top_entropy_quantile": trainer_cfg.top_entropy_quantile,
+        "off_policy_mask_threshold": trainer_cfg.off_policy_mask_threshold,
         # The truncation of the importance weights of a batch sampled by an earlier policy version
         "vllm_importance_sampling_clip_max": trainer_cfg.importance_sampling_cap,
         "scale_rewards": trainer_cfg.scale_rewards,

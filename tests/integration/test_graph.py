@@ -97,9 +97,15 @@ def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir
     assert read_jsonl(run_dir.metrics_path)[1]["rubric_rewrite_accepted"] == 0
 
 
-def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir, judge_server):
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"])
+def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir, judge_server, algorithm):
     server = judge_server(count_e)
-    run_loop(tmp_path, tiny_model_dir, server, **LEARNS_COUNT_E, **{"schedule.iterations": 6})
+    settings = {"schedule.iterations": 6, "trainer.algorithm": algorithm}
+    if (
+        algorithm == "dapo"
+    ):  # the tiny policy's 8 tokens never reach EOS: DAPO's mask would drop every completion
+        settings["trainer.mask_truncated_completions"] = False
+    run_loop(tmp_path, tiny_model_dir, server, **LEARNS_COUNT_E, **settings)
     rewards = [m["reward_mean"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
     assert len(rewards) == 6
     assert sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 1.0, rewards
@@ -113,3 +119,16 @@ def test_fixed_rubric_baseline_never_calls_the_meta_judge(tmp_path, tiny_model_d
     )
     assert not {"meta_analyze", "analyze", "rubric_rewrite"} & set(events) and outcome.rubric_version == 0
     assert not (run_dir.root / "calls" / "meta_judge.jsonl").exists()
+
+
+def test_an_update_that_masks_every_completion_says_so(tmp_path, tiny_model_dir, judge_server, caplog):
+    # DAPO leaves truncated completions out of the loss, and the tiny policy's 8 tokens never reach EOS.
+    with caplog.at_level("WARNING", logger="mpo_agents.nodes.policy_update"):
+        run_loop(
+            tmp_path,
+            tiny_model_dir,
+            judge_server(),
+            **{"schedule.iterations": 1, "trainer.algorithm": "dapo"},
+        )
+    (record,) = [r for r in caplog.records if r.name == "mpo_agents.nodes.policy_update"]
+    assert "this update trains nothing" in record.getMessage() and "dapo preset" in record.getMessage()

@@ -136,13 +136,19 @@ def unclip(grads: dict[str, torch.Tensor], norm: float, max_norm: float) -> dict
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "failed"),
-    [("grpo", []), ("dapo", [2])],  # grpo's loss value is ~0 by construction; dapo's is not
+    ("settings", "failed"),
+    [
+        ({"loss_type": "grpo"}, []),  # grpo's loss value is ~0 by construction; dapo's is not
+        ({"loss_type": "dapo"}, [2]),
+        # Each algorithm preset, with a KL term kept so the reference model is exercised.
+        *(({"algorithm": name, "beta": 0.04}, []) for name in ("dapo", "dr_grpo", "gspo", "cispo", "sapo")),
+    ],
+    ids=lambda value: "-".join(f"{v}" for v in value.values()) if isinstance(value, dict) else str(value),
 )
 def test_update_equals_trl_train_step(
-    base_dir: Path, tmp_path: Path, loss_type: str, failed: list[int]
+    base_dir: Path, tmp_path: Path, settings: dict, failed: list[int]
 ) -> None:
-    cfg = trainer_config(loss_type=loss_type, max_grad_norm=0.5)  # beta=0.04: the reference model is used
+    cfg = trainer_config(**settings, max_grad_norm=0.5)  # beta=0.04: the reference model is used
     policy = make_policy(base_dir, tmp_path / "ours", cfg)
     rollouts = policy.generate(CONVERSATIONS, cfg.num_generations, seed=3, key_prefix="it0")
     rewards = rewards_for(rollouts)
