@@ -318,6 +318,14 @@ class RubricVersion:
         return "\n\n".join(parts)
 
 
+def rubric_view(rubric: dict, cluster: str | None) -> str:
+    """A rubric state's text as a judge or the meta-judge reads it for one case: the criteria (or a prompt's
+    buffer), or for a per-cluster task the cluster's guideline (the default one when the cluster has none)."""
+    if rubric.get("kind") == "guidelines":
+        return rubric.get("guidelines", {}).get(cluster or "", rubric["text"])
+    return rubric["text"]
+
+
 def count_tokens(text: str) -> int:
     """Tokens of `text` in the cl100k encoding LiteLLM ships (offline); words x 1.3 if that is unavailable."""
     try:

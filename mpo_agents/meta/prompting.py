@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpo_agents.rubrics import rubric_view
 from mpo_agents.state import MPOState
 
-
-def rubric_view(rubric: dict, cluster: str | None) -> str:
-    """The rubric text the meta-judge reviews: the criteria, or the cluster's guideline."""
-    if rubric.get("kind") == "guidelines":
-        return rubric.get("guidelines", {}).get(cluster or "", rubric["text"])
-    return rubric["text"]
+__all__ = ["rubric_view", "shared_variables"]
 
 
 def shared_variables(framing: dict[str, str], state: MPOState) -> dict[str, Any]:

@@ -60,10 +60,11 @@ async def _evolve(state: MPOState, ctx: RunContext, gates: Sequence[BufferGate])
     records = ctx.task.batch(iteration, ctx.config.trainer.prompts_per_iteration)
     store = BufferStore(ctx.run_dir.prompt_rubrics_dir)
     pointers = dict(state.get("buffers", {}))
+    pids = [prompt_id(ctx.task.prompt_text(record)) for record in records]
     completions: dict[str, list[str]] = defaultdict(list)
     for item in Rollout.read(ctx.run_dir.locate(state["rollout_path"])):
-        completions[prompt_id(ctx.task.prompt_text(records[item.prompt_index]))].append(item.completion)
-    prompts = {prompt_id(ctx.task.prompt_text(record)): record for record in records}
+        completions[pids[item.prompt_index]].append(item.completion)
+    prompts = dict(zip(pids, records, strict=True))
     every = knob(ctx.config, state, "meta_every")
     due = bool(state.get("meta_requested") or (every and iteration % every == 0))
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mpo_agents.judges.injection import as_judge_data
 from mpo_agents.judges.parsing import parse_listwise
+from mpo_agents.rubrics import rubric_view
 
 if TYPE_CHECKING:
     from mpo_agents.judges.client import JudgeClient, JudgeResult
@@ -41,13 +42,6 @@ def shown_orders(keys: list[str], seed: str, orders: int) -> list[list[str]]:
     return [first, first[::-1]][:orders]
 
 
-def rubric_text(rubric: RubricState, cluster: str | None) -> str:
-    """What the judge is told to grade by: the criteria or buffer, or a per-cluster task's guideline."""
-    if rubric.get("kind") == "guidelines":
-        return rubric.get("guidelines", {}).get(cluster or "", rubric["text"])
-    return rubric["text"]
-
-
 async def judge_group(
     judge: JudgeClient,
     template: PromptTemplate,
@@ -67,7 +61,7 @@ async def judge_group(
         ids = [f"c{position}" for position in range(1, len(order) + 1)]
         prompt = template.render(
             **variables,
-            rubric=rubric_text(rubric, samples[0].get("cluster")),
+            rubric=rubric_view(rubric, samples[0].get("cluster")),
             reference_solution=reference,
             completions=[
                 {"id": ident, "text": as_judge_data(by_key[key]["completion"])}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mpo_agents.buffers import ITEM_SCALE
 from mpo_agents.errors import ConfigError
 from mpo_agents.judges.parsing import parse_item_scores, parse_score, rationale_of
-from mpo_agents.rubrics import Criterion, RubricItem, RubricVersion
+from mpo_agents.rubrics import Criterion, RubricItem, RubricVersion, rubric_view
 
 if TYPE_CHECKING:
     from mpo_agents.judges.client import JudgeClient, JudgeResult
@@ -200,7 +200,7 @@ async def plan_then_execute(call: JudgeCall) -> Judgment:
     """The math judge: a grading plan from the reference solution and the cluster's guidelines, then the plan
     carried out on the response, ending in one score on the fixed scale."""
     rubric = call.rubric
-    guidelines = rubric.get("guidelines", {}).get(call.sample.get("cluster") or "", rubric["text"])
+    guidelines = rubric_view(rubric, call.sample.get("cluster"))
     shared = {
         **call.variables,
         "reference_solution": call.reference,

@@ -315,10 +315,10 @@ def test_a_cached_item_judgment_needs_the_same_buffer(tmp_path, judge_server):
     from mpo_agents.context import build_judges
     from mpo_agents.litellm_import import release_litellm
     from mpo_agents.rubrics import RubricItem
+    from mpo_agents.scoring.offline import pending_sample
     from mpo_agents.scoring.scorer import Scorer
     from mpo_agents.tasks import build_task
     from tests.support import TEST_ENV, run_overrides
-    from tests.support.scoring import _pending
 
     server = judge_server()
     config = load_config(None, run_overrides("unused", server.url, **{"rubric.scope": "prompt"}))
@@ -353,7 +353,7 @@ def test_a_cached_item_judgment_needs_the_same_buffer(tmp_path, judge_server):
 
         async def go():
             try:
-                sample = _pending(task, record, "k", "good good")
+                sample = pending_sample("k", 0, task, record, "good good", False, 0)
                 return await Scorer(task, judge, config).score(
                     buffer.rubric_state(0, "weighted"), record, sample, 1
                 )

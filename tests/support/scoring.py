@@ -12,6 +12,7 @@ from mpo_agents.context import build_judges
 from mpo_agents.litellm_import import release_litellm
 from mpo_agents.rubrics import RubricVersion, parse_rubric
 from mpo_agents.rundir import RunDirectory
+from mpo_agents.scoring.offline import pending_sample
 from mpo_agents.scoring.scorer import Scorer
 from mpo_agents.tasks import build_task
 from tests.support import TEST_ENV, TWO_CRITERIA, run_overrides
@@ -38,7 +39,10 @@ def score_once(
         try:
             scorer = Scorer(task_, judge, config)
             return await scorer.score(
-                rubric.to_state(), record, _pending(task_, record, "k", completion), iteration=1
+                rubric.to_state(),
+                record,
+                pending_sample("k", 0, task_, record, completion, False, 0),
+                iteration=1,
             )
         finally:
             await judge.aclose()
@@ -56,7 +60,7 @@ def score_group(tmp_path: Path, server: Any, completions: list[str], **extra: An
     task = build_task(config.task)
     rubric = RubricVersion.of(parse_rubric(TWO_CRITERIA)[0], version=0, parent=None, iteration=0)
     record = task.records[0]
-    samples = [_pending(task, record, f"k{n}", text) for n, text in enumerate(completions)]
+    samples = [pending_sample(f"k{n}", 0, task, record, text, False, 0) for n, text in enumerate(completions)]
 
     async def go():
         try:
@@ -69,18 +73,3 @@ def score_group(tmp_path: Path, server: Any, completions: list[str], **extra: An
             await release_litellm()
 
     return asyncio.run(go())
-
-
-def _pending(task: Any, record: dict[str, Any], key: str, completion: str) -> dict[str, Any]:
-    return {
-        "key": key,
-        "prompt_index": 0,
-        "prompt": task.prompt_text(record),
-        "completion": completion,
-        "truncated": False,
-        "score": None,
-        "reward": None,
-        "status": "pending",
-        "rationale": "",
-        "rubric_version": 0,
-    }
