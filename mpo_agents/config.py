@@ -428,8 +428,9 @@ class LocalServerConfig(_Section):
     )
 
 
-# trainer.algorithm: the GRPO-family presets. Each sets these TRL `GRPOConfig` fields unless the config sets them
-# itself (docs/config.md shows the table).
+# trainer.algorithm: the presets. Each sets these fields unless the config sets them itself (docs/config.md shows
+# the table): TRL `GRPOConfig` fields for the GRPO family, `RLOOConfig` fields for rloo and reinforce_pp (whose
+# `scale_rewards: batch` is RLOOConfig's `normalize_advantages`), and our own PPO's.
 ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
     # DeepSeekMath (arXiv 2402.03300): per-sequence mean of token losses, KL 0.04, group-std advantages.
     "grpo": {
@@ -493,15 +494,71 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
         "importance_sampling_level": "token",
         "mask_truncated_completions": False,
     },
+    # RLOO (arXiv 2402.14740): each completion's baseline is the mean reward of the other G-1; the KL to the
+    # reference is a penalty on the sequence's reward (TRL's default coefficient 0.05).
+    "rloo": {"beta": 0.05, "epsilon": 0.2, "epsilon_high": None, "scale_rewards": "none"},
+    # REINFORCE++ (arXiv 2501.03262), its "-baseline" variant for groups: the group-mean baseline, then the
+    # advantages normalised over the batch. After that normalisation RLOO's leave-one-out advantage (G/(G-1) times
+    # the group-centred reward) gives the same numbers, so it is RLOOTrainer with normalize_advantages.
+    "reinforce_pp": {"beta": 0.05, "epsilon": 0.2, "epsilon_high": None, "scale_rewards": "batch"},
+    # PPO as the official MPO trainer runs it (TRL's PPOTrainer defaults): one sample per prompt, per-token k1 KL
+    # penalty 0.05, clip range 0.2; the value model's fields are under trainer.ppo.
+    "ppo": {"beta": 0.05, "epsilon": 0.2, "epsilon_high": None, "num_generations": 1},
 }
+# Algorithms by the trainer that runs them: TRL's GRPOTrainer, TRL's RLOOTrainer, or our PPO (policy/ppo.py).
+RLOO_ALGORITHMS = frozenset({"rloo", "reinforce_pp"})
+# TrainerConfig fields only TRL's GRPO loss reads, so an RLOO or PPO config may not set them.
+GRPO_ONLY_FIELDS = (
+    "loss_type",
+    "importance_sampling_level",
+    "top_entropy_quantile",
+    "off_policy_mask_threshold",
+)
+
+
+class PPOConfig(_Section):
+    value_model: str | None = Field(
+        None,
+        description="The value model's starting weights, a model directory or name as for `policy.model`, with "
+        "a scalar head on its last hidden state (as `AutoModelForCausalLMWithValueHead`); null: the policy's "
+        "base model (the paper's setting).",
+    )
+    value_lora: bool = Field(
+        False,
+        description="Train a LoRA adapter (`policy.lora`'s shape) and the head instead of the whole value model. "
+        "The paper trains it in full.",
+    )
+    value_learning_rate: float | None = Field(
+        None, gt=0, description="The value model's AdamW learning rate; null: `trainer.learning_rate`."
+    )
+    epochs: int = Field(4, ge=1, description="Passes over each batch (paper: 4).")
+    minibatches: int = Field(
+        1, ge=1, description="Optimizer steps per pass, each on an equal share of the batch (paper: 1)."
+    )
+    vf_coef: float = Field(
+        0.1, ge=0, description="Weight of the value loss beside the policy loss (paper: 0.1)."
+    )
+    cliprange_value: float = Field(
+        0.2,
+        gt=0,
+        description="How far a value prediction may move from the sampled one in one update (paper: 0.2).",
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of the per-token rewards (paper: 1).")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda (paper: 0.95).")
+    whiten_rewards: bool = Field(
+        False,
+        description="Whiten each batch's per-token rewards (without shifting their mean) before GAE (paper: off).",
+    )
 
 
 class TrainerConfig(_Section):
-    algorithm: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"] = Field(
-        "grpo",
-        description="The policy update, by name: a preset of TRL's GRPO loss fields (`loss_type`, `beta`, "
-        "`epsilon`, `epsilon_high`, `scale_rewards`, `importance_sampling_level`, "
-        "`mask_truncated_completions`; the table below). A field the config sets itself wins over the preset.",
+    algorithm: Literal["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "rloo", "reinforce_pp", "ppo"] = (
+        Field(
+            "grpo",
+            description="The policy update, by name. `grpo` ... `sapo`: TRL's GRPOTrainer with a preset of its loss "
+            "fields; `rloo`, `reinforce_pp`: TRL's RLOOTrainer; `ppo`: PPO with a value model (`trainer.ppo`), as "
+            "the paper trains. The table below gives each preset; a field the config sets itself wins over it.",
+        )
     )
     learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate.")
     beta: float = Field(
@@ -511,7 +568,10 @@ class TrainerConfig(_Section):
         "model). Default: the algorithm's.",
     )
     num_generations: int = Field(
-        4, ge=2, description="Completions sampled per prompt (the GRPO group size G)."
+        4,
+        ge=1,
+        description="Completions sampled per prompt (the group size G; at least 2 except for ppo). Default: "
+        "the algorithm's (4; ppo: 1).",
     )
     prompts_per_iteration: int = Field(
         2, ge=1, description="Prompts per iteration; the batch is this times G."
@@ -576,6 +636,10 @@ class TrainerConfig(_Section):
         "`report_to` (off by default; each needs its package installed: tensorboard or tensorboardX, "
         "wandb, trackio). TensorBoard logs go to `<run dir>/tensorboard`.",
     )
+    ppo: PPOConfig = Field(
+        default_factory=PPOConfig,
+        description="`trainer.algorithm: ppo` only: the value model and the PPO epochs (docs/design.md, 'PPO').",
+    )
 
     @model_validator(mode="after")
     def _algorithm_preset(self) -> TrainerConfig:
@@ -583,6 +647,35 @@ class TrainerConfig(_Section):
         for name, value in ALGORITHM_PRESETS[self.algorithm].items():
             if name not in self.model_fields_set:
                 self.__dict__[name] = value  # not setattr: that would validate (and apply the preset) again
+        if self.algorithm != "ppo" and self.num_generations < 2:
+            raise ValueError(
+                f"trainer.algorithm {self.algorithm} needs a group: set num_generations to 2 or more (one sample "
+                "per prompt is for ppo)"
+            )
+        if self.algorithm in RLOO_ALGORITHMS or self.algorithm == "ppo":
+            trainer = "TRL's RLOOTrainer" if self.algorithm in RLOO_ALGORITHMS else "PPO"
+            for name in GRPO_ONLY_FIELDS:
+                # A value other than the default: a run's saved config.yaml lists every field at its default.
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(
+                        f"trainer.{name} is a field of TRL's GRPO loss, which trainer.algorithm "
+                        f"{self.algorithm} ({trainer}) does not use; remove it or pick a GRPO-family algorithm"
+                    )
+        if self.algorithm in RLOO_ALGORITHMS and self.scale_rewards == "group":
+            raise ValueError(
+                f"trainer.algorithm {self.algorithm} (TRL's RLOOTrainer) normalises advantages over the batch or "
+                "not at all: set scale_rewards to batch or none"
+            )
+        if self.algorithm == "ppo" and self.mask_truncated_completions:
+            raise ValueError(
+                "trainer.mask_truncated_completions is not used by ppo; set it to false (ppo learns from every "
+                "completion, and a score can penalise truncation: task.truncation_penalty)"
+            )
+        if self.algorithm == "ppo" and self.scale_rewards != type(self).model_fields["scale_rewards"].default:
+            raise ValueError(
+                "trainer.scale_rewards is not used by ppo, whose advantages are whitened over the batch (GAE); "
+                "remove it, or set trainer.ppo.whiten_rewards to whiten the rewards too"
+            )
         if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
             raise ValueError(
                 "trainer.loss_type luspo scales sequence-level ratios: set importance_sampling_level: sequence"
@@ -696,7 +789,9 @@ class ScoringConfig(_Section):
     reward: Literal["raw", "normalized"] = Field(
         "raw",
         description="What the policy update sees: the summed score (`raw`, the paper), or the score mapped "
-        "to 0..1 by the rubric's range (`normalized`). Both are recorded for every sample.",
+        "to 0..1 by the rubric's range (`normalized`). Both are recorded for every sample. Default: `raw`; "
+        "with `trainer.algorithm: ppo`, `normalized`, so a rubric rewrite that changes the score range does not "
+        "change the scale the value model predicts.",
     )
     max_failure_rate: float | None = Field(
         None,
@@ -910,6 +1005,39 @@ class MPOConfig(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _algorithm_supported(self) -> MPOConfig:
+        """What the RLOO and PPO updates cannot train yet, and PPO's reward scale (docs/design.md, 'PPO')."""
+        algorithm = self.trainer.algorithm
+        if algorithm in RLOO_ALGORITHMS or algorithm == "ppo":
+            if self.schedule.pipeline != "off":
+                raise ValueError(
+                    f"trainer.algorithm {algorithm} trains on-policy only: the pipelined loop's one-step-stale "
+                    "batches are weighted inside TRL's GRPO loss; set schedule.pipeline: off or a GRPO-family "
+                    "algorithm"
+                )
+            if self.policy.rollout.backend != "transformers":
+                raise ValueError(
+                    f"trainer.algorithm {algorithm} samples with transformers only (vLLM rollouts are wired to "
+                    "TRL's GRPOTrainer); set policy.rollout.backend: transformers"
+                )
+        if self.trainer.num_generations < 2:
+            if self.scoring.mode == "listwise":
+                raise ValueError(
+                    "scoring.mode listwise ranks a prompt's group, which trainer.num_generations 1 does not "
+                    "sample; set num_generations to 2 or more, or another scoring.mode"
+                )
+            if self.rubric.scope == "prompt":
+                raise ValueError(
+                    "rubric.scope: prompt prunes items whose scores do not differ within a group, which "
+                    "trainer.num_generations 1 does not sample; set num_generations to 2 or more"
+                )
+        if algorithm == "ppo" and "reward" not in self.scoring.model_fields_set:
+            # A rubric rewrite can change the summed score's range (0-5 to 0-40, SPEC 7.6); the value model
+            # would then predict on the old scale. Normalised rewards keep every rubric on 0..1.
+            self.scoring.__dict__["reward"] = "normalized"
+        return self
+
+    @model_validator(mode="after")
     def _prompt_scope_supported(self) -> MPOConfig:
         if self.rubric.scope != "prompt":
             return self
@@ -1056,16 +1184,29 @@ def redacted_dump(config: MPOConfig) -> dict[str, Any]:
 
 def _presets_table() -> list[str]:
     """The `trainer.algorithm` presets as a Markdown table (docs/config.md)."""
-    fields = list(ALGORITHM_PRESETS["grpo"])
+    fields = list(dict.fromkeys(name for preset in ALGORITHM_PRESETS.values() for name in preset))
     lines = [
-        "`trainer.algorithm` presets: the TRL `GRPOConfig` fields each name sets, unless the config sets them:",
+        (
+            "`trainer.algorithm` presets: the fields each name sets, unless the config sets them (- : the "
+            "trainer has no such field; a GRPO-only field set with rloo, reinforce_pp or ppo is refused):"
+        ),
         "",
-        "| algorithm | " + " | ".join(f"`{name}`" for name in fields) + " |",
-        "| --- |" + " --- |" * len(fields),
+        "| algorithm | trainer | " + " | ".join(f"`{name}`" for name in fields) + " |",
+        "| --- | --- |" + " --- |" * len(fields),
     ]
     for algorithm, preset in ALGORITHM_PRESETS.items():
-        shown = ["null" if preset[name] is None else str(preset[name]).lower() for name in fields]
-        lines.append(f"| `{algorithm}` | " + " | ".join(shown) + " |")
+        shown = [
+            "-" if name not in preset else "null" if preset[name] is None else str(preset[name]).lower()
+            for name in fields
+        ]
+        trainer = (
+            "TRL RLOOTrainer"
+            if algorithm in RLOO_ALGORITHMS
+            else "ours"
+            if algorithm == "ppo"
+            else "TRL GRPOTrainer"
+        )
+        lines.append(f"| `{algorithm}` | {trainer} | " + " | ".join(shown) + " |")
     return [*lines, "", ALGORITHM_SOURCES, ""]
 
 
@@ -1074,7 +1215,11 @@ ALGORITHM_SOURCES = (
     "overlong reward shaping are not TRL fields); `dr_grpo` Dr. GRPO (arXiv 2503.20783); `gspo` GSPO (arXiv "
     "2507.18071 v2, section 5.1; with one optimizer step per batch its ratios are 1, so its clipping acts only on "
     "the batches the pipelined loop trains one version stale); `cispo` MiniMax-M1 (arXiv 2506.13585), "
-    "epsilon_high from ScaleRL (arXiv 2510.13786); `sapo` SAPO (arXiv 2511.20347)."
+    "epsilon_high from ScaleRL (arXiv 2510.13786); `sapo` SAPO (arXiv 2511.20347); `rloo` RLOO (arXiv "
+    "2402.14740), TRL's KL coefficient; `reinforce_pp` REINFORCE++-baseline (arXiv 2501.03262): group-mean "
+    "baseline, batch-normalised advantages, which RLOOTrainer with `normalize_advantages` computes exactly "
+    "(normalising removes the leave-one-out factor G/(G-1)); `ppo` the official MPO trainer (SPEC 1.3), TRL's "
+    "PPOTrainer defaults, with the value model's fields under `trainer.ppo`."
 )
 
 

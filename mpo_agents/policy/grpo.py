@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, RolloutConfig, TrainerConfig
+from mpo_agents.config import (
+    RLOO_ALGORITHMS,
+    GenerationConfig,
+    LoraConfig,
+    PolicyConfig,
+    RolloutConfig,
+    TrainerConfig,
+)
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy import allocator, logprob_tiles
 from mpo_agents.policy.base import Rollout
@@ -131,8 +138,7 @@ class _ReplayBatch:
 
     def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         """TRL's generation hook: instead of sampling, return the stored rollouts (same order as `prompts`)."""
-        if len(prompts) != len(self.rollouts):
-            raise RuntimeError(f"TRL asked for {len(prompts)} rollouts but {len(self.rollouts)} are stored")
+        self._check_count(prompts)
         return {
             "prompt_ids": [r.prompt_ids for r in self.rollouts],
             "completion_ids": [r.completion_ids for r in self.rollouts],
@@ -140,6 +146,21 @@ class _ReplayBatch:
             "logprobs": [r.logprobs for r in self.rollouts] if self.off_policy else None,
             ROLLOUT_KEY_COLUMN: [r.key for r in self.rollouts],
         }
+
+    def tokenize_prompts(self, prompts: list[Any]) -> tuple[list[list[int]], None, dict[str, Any]]:
+        """RLOOTrainer's prompt tokenizer (it has no `rollout_func`): the stored prompt ids, no images."""
+        self._check_count(prompts)
+        return [r.prompt_ids for r in self.rollouts], None, {}
+
+    def generate_single_turn(self, prompt_ids: list[list[int]], *_: Any) -> list[list[int]]:
+        """RLOOTrainer's sampler: the stored completion ids. TRL's `_generate` around it still counts tokens,
+        logs lengths and decodes, as after its own sampling."""
+        self._check_count(prompt_ids)
+        return [r.completion_ids for r in self.rollouts]
+
+    def _check_count(self, prompts: list[Any]) -> None:
+        if len(prompts) != len(self.rollouts):
+            raise RuntimeError(f"TRL asked for {len(prompts)} rollouts but {len(self.rollouts)} are stored")
 
     def judge_score(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
         """TRL reward function: the graph's judge scores, looked up by the rollout key column."""
@@ -204,7 +225,59 @@ def grpo_config(
     from the paper's TRL 0.17, so everything that shapes the loss is set explicitly)."""
     from trl import GRPOConfig
 
-    values: dict[str, Any] = {
+    values = _step_arguments(trainer_cfg, generation_cfg, device, dtype, output_dir)
+    values.update(
+        {
+            "loss_type": trainer_cfg.loss_type,
+            "epsilon": trainer_cfg.epsilon,
+            "epsilon_high": trainer_cfg.epsilon_high,
+            "importance_sampling_level": trainer_cfg.importance_sampling_level,
+            "mask_truncated_completions": trainer_cfg.mask_truncated_completions,
+            "top_entropy_quantile": trainer_cfg.top_entropy_quantile,
+            "off_policy_mask_threshold": trainer_cfg.off_policy_mask_threshold,
+            # The truncation of the importance weights of a batch sampled by an earlier policy version
+            "vllm_importance_sampling_clip_max": trainer_cfg.importance_sampling_cap,
+            "scale_rewards": trainer_cfg.scale_rewards,
+        }
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def rloo_config(
+    trainer_cfg: TrainerConfig,
+    generation_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    output_dir: Path,
+    **overrides: Any,
+) -> Any:
+    """TRL's `RLOOConfig` for one optimizer step per call (`trainer.algorithm` rloo or reinforce_pp): the same
+    step settings as `grpo_config`, RLOO's clipping, and `scale_rewards: batch` as `normalize_advantages`."""
+    from trl import RLOOConfig
+
+    values = _step_arguments(trainer_cfg, generation_cfg, device, dtype, output_dir)
+    values.update(
+        {
+            "epsilon": trainer_cfg.epsilon,
+            "epsilon_high": trainer_cfg.epsilon_high,
+            "mask_truncated_completions": trainer_cfg.mask_truncated_completions,
+            "normalize_advantages": trainer_cfg.scale_rewards == "batch",
+        }
+    )
+    values.update(overrides)
+    return RLOOConfig(**values)
+
+
+def _step_arguments(
+    trainer_cfg: TrainerConfig,
+    generation_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """The training arguments GRPOConfig and RLOOConfig share: one generation round per optimizer step."""
+    return {
         "output_dir": str(output_dir),
         "learning_rate": trainer_cfg.learning_rate,
         "beta": trainer_cfg.beta,
@@ -221,16 +294,6 @@ def grpo_config(
         "temperature": generation_cfg.temperature,
         "top_p": generation_cfg.top_p,
         "top_k": generation_cfg.top_k,
-        "loss_type": trainer_cfg.loss_type,
-        "epsilon": trainer_cfg.epsilon,
-        "epsilon_high": trainer_cfg.epsilon_high,
-        "importance_sampling_level": trainer_cfg.importance_sampling_level,
-        "mask_truncated_completions": trainer_cfg.mask_truncated_completions,
-        "top_entropy_quantile": trainer_cfg.top_entropy_quantile,
-        "off_policy_mask_threshold": trainer_cfg.off_policy_mask_threshold,
-        # The truncation of the importance weights of a batch sampled by an earlier policy version
-        "vllm_importance_sampling_clip_max": trainer_cfg.importance_sampling_cap,
-        "scale_rewards": trainer_cfg.scale_rewards,
         "max_grad_norm": trainer_cfg.max_grad_norm,
         "weight_decay": trainer_cfg.weight_decay,
         "seed": trainer_cfg.seed,
@@ -252,8 +315,6 @@ def grpo_config(
         "disable_dropout": True,  # dropout would make policy and reference logps disagree on identical weights
         "log_completions": False,
     }
-    values.update(overrides)
-    return GRPOConfig(**values)
 
 
 class TRLGRPOPolicy:
@@ -424,9 +485,16 @@ class TRLGRPOPolicy:
         staleness = self._staleness(rollouts)
         trainer, model = self.trainer, self.trainer.model_wrapped
         self._batch.set(rollouts, rewards, off_policy=staleness > 0)
-        # The prompt column is only passed through to rollout_func/reward (both ignore it); keys keep TRL's
+        # The prompt column is only passed through to the replay and the reward (both ignore it); keys keep TRL's
         # completion log readable.
-        inputs = [{"prompt": r.key} for r in rollouts]
+        inputs: list[dict[str, Any]] = [{"prompt": r.key} for r in rollouts]
+        if self.trainer_cfg.algorithm in RLOO_ALGORITHMS:
+            if staleness:
+                raise ValueError(
+                    f"trainer.algorithm {self.trainer_cfg.algorithm} trains on-policy batches only"
+                )
+            # RLOOTrainer hands every input column to the reward functions (GRPO gets it from rollout_func).
+            inputs = [{"prompt": r.key, ROLLOUT_KEY_COLUMN: r.key} for r in rollouts]
         try:
             loss = trainer.training_step(model, inputs, None)
             grad_norm = trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
@@ -552,33 +620,47 @@ def _build_trainer(
     tensorboard_dir: Path,
     gradient_checkpointing: bool = False,
 ) -> Any:
-    """GRPOTrainer plus what HF's training loop would set up before its first step."""
+    """TRL's GRPOTrainer (RLOOTrainer for rloo and reinforce_pp) plus what HF's training loop would set up
+    before its first step."""
     from datasets import Dataset
     from transformers import PrinterCallback, ProgressCallback
-    from trl import GRPOTrainer
+    from trl import GRPOTrainer, RLOOTrainer
 
     from mpo_agents.policy.models import quiet_progress_bars
 
     # rollout_func is "experimental" in TRL 1.16 and warns on every trainer build otherwise.
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    args = grpo_config(trainer_cfg, generation_cfg, device, model.dtype, output_dir)
+    rloo = trainer_cfg.algorithm in RLOO_ALGORITHMS
+    arguments = rloo_config if rloo else grpo_config
+    # PPO (policy/ppo.py) uses the GRPOTrainer only for its model, reference, optimizer and log-probs, never its
+    # loss or batching, which insist on groups of 2 or more.
+    ppo = {"num_generations": 2, "per_device_train_batch_size": 2} if trainer_cfg.algorithm == "ppo" else {}
+    args = arguments(trainer_cfg, generation_cfg, device, model.dtype, output_dir, **ppo)
     # TRL insists on a train dataset; we never iterate it (the graph supplies each batch).
     placeholder = Dataset.from_dict({"prompt": [""] * trainer_cfg.prompts_per_iteration})
     # transformers 5 has no `logging_dir` argument: its TensorBoardCallback reads TENSORBOARD_LOGGING_DIR once,
     # when the trainer builds it (without it, the writer `on_log` opens lazily writes to ./runs of the cwd).
     tensorboard = str(tensorboard_dir) if "tensorboard" in trainer_cfg.report_to else None
+    common = {
+        "model": model,
+        "reward_funcs": [batch.judge_score],
+        "args": args,
+        "train_dataset": placeholder,
+        "processing_class": tokenizer,
+        "peft_config": peft_lora_config(lora) if lora is not None else None,
+    }
     # TRL loads the reference model here.
     with quiet_progress_bars(), _environ("TENSORBOARD_LOGGING_DIR", tensorboard):
-        trainer = GRPOTrainer(
-            model=model,
-            reward_funcs=[batch.judge_score],
-            args=args,
-            train_dataset=placeholder,
-            processing_class=tokenizer,
-            rollout_func=batch.rollout_func,
-            peft_config=peft_lora_config(lora) if lora is not None else None,
-        )
-    use_behaviour_logprobs(trainer, batch)
+        if rloo:
+            trainer = RLOOTrainer(**common)
+        else:
+            trainer = GRPOTrainer(**common, rollout_func=batch.rollout_func)
+    if rloo:
+        # RLOOTrainer has no rollout_func: its tokenizer and sampler are replaced by the replay instead.
+        trainer._tokenize_prompts = batch.tokenize_prompts
+        trainer._generate_single_turn = batch.generate_single_turn
+    else:
+        use_behaviour_logprobs(trainer, batch)
     deepspeed = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
     if deepspeed is not None and deepspeed.zero_stage == 3:
         from mpo_agents.policy.plan import SHARDED_PARAMETERS
@@ -859,7 +941,15 @@ def _build_policy_here(
         checkpoint_lora=checkpoint_holds_lora(resume_from),
     )
     logger.info("policy on %s (%s): %s", device, str(dtype).removeprefix("torch."), plan.describe())
-    policy = TRLGRPOPolicy(
+    kind: type[TRLGRPOPolicy] = TRLGRPOPolicy
+    extra: dict[str, Any] = {}
+    if trainer_cfg.algorithm == "ppo":
+        from mpo_agents.policy.ppo import PPOPolicy
+
+        kind = PPOPolicy
+        value_model = trainer_cfg.ppo.value_model
+        extra["value_model_dir"] = resolve_model_dir(value_model) if value_model else model_dir
+    policy = kind(
         model,
         tokenizer,
         trainer_cfg,
@@ -870,6 +960,7 @@ def _build_policy_here(
         tensorboard_dir=tensorboard_dir,
         gradient_checkpointing=plan.gradient_checkpointing,
         rollout_cfg=policy_cfg.rollout,
+        **extra,
     )
     policy.plan = plan
     return policy

@@ -3,7 +3,8 @@
 `policy.lora.enabled` and `policy.gradient_checkpointing` default to `auto`; this module turns `auto` into a
 decision from the device and the model's size, and says why (the run log shows it). The estimate is the
 memory full fine-tuning needs before any activation: weights, gradients and AdamW's two moments (all in the
-policy's dtype, as accelerate keeps them), plus TRL's KL reference copy when `trainer.beta > 0`.
+policy's dtype, as accelerate keeps them), plus TRL's KL reference copy when `trainer.beta > 0`, plus PPO's value
+model (the same size again, with its gradients and moments unless it trains a LoRA adapter).
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ class TrainingPlan:
         return f"{mode}, gradient checkpointing {checkpointing} ({'; '.join(self.reasons)})"
 
 
-def full_finetune_bytes(parameters: int, dtype_bytes: int, beta: float) -> int:
-    """Weights + gradients + two AdamW moments, plus the reference model when the KL term is on."""
-    copies = 4 + (1 if beta > 0 else 0)
+def full_finetune_bytes(parameters: int, dtype_bytes: int, beta: float, value_copies: int = 0) -> int:
+    """Weights + gradients + two AdamW moments, plus the reference model when the KL term is on, plus
+    `value_copies` copies for PPO's value model (4 when it trains in full, 1 with a LoRA adapter)."""
+    copies = 4 + (1 if beta > 0 else 0) + value_copies
     return parameters * dtype_bytes * copies
 
 
@@ -77,7 +79,8 @@ def plan_training(
         lora = checkpoint_lora
         reasons.append(f"LoRA {'on' if lora else 'off'} as in the checkpoint being resumed")
     else:
-        need = full_finetune_bytes(parameters, dtype.itemsize, trainer_cfg.beta)
+        value_copies = 0 if trainer_cfg.algorithm != "ppo" else 1 if trainer_cfg.ppo.value_lora else 4
+        need = full_finetune_bytes(parameters, dtype.itemsize, trainer_cfg.beta, value_copies)
         budget = FULL_FINETUNE_MEMORY_SHARE * memory_bytes
         lora = need > budget
         reasons.append(

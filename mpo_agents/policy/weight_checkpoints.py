@@ -12,6 +12,9 @@ Layout of `<root>/iter-000007/`:
                          (each process's optimizer partition; DeepSpeed's torch.save format)
   state.json             step, optimizer param groups, scheduler state, Python/NumPy RNG states, and `lora`:
                          the adapter's shape (r, alpha, target modules) or null for a full checkpoint
+  value/                 PPO runs only (`trainer.algorithm: ppo`): the value model's trainable weights
+                         (weights.safetensors), its optimizer's tensors (optimizer.safetensors) and param groups
+                         (state.json)
   COMPLETE               written last; a directory without it is never read. JSON: the step, and the size and
                          xxHash-64 of every other file, so a load can tell a damaged checkpoint from a good one
 
@@ -50,6 +53,10 @@ DEEPSPEED_DIR = (
     "deepspeed"  # DeepSpeed ZeRO runs: the engine's own checkpoint (optimizer partitions per process)
 )
 DEEPSPEED_TAG = "state"
+VALUE_DIR = (
+    "value"  # PPO runs: the value model's trainable weights and its optimizer (same file names inside)
+)
+VALUE_WEIGHTS = "weights.safetensors"
 RANK_PREFIX = "process."  # tensors of another process of a multi-process run: `process.<rank>.rng.torch`
 _NAME = re.compile(r"^iter-(\d+)$")
 DAMAGED_SUFFIX = ".damaged"
@@ -116,11 +123,7 @@ def _write_contents(policy: TrainerState, staging: Path, process_rng: dict[int, 
     optimizer_state = (
         {"state": {}, "param_groups": None} if is_deepspeed(policy) else trainer.optimizer.state_dict()
     )
-    tensors = {
-        f"state.{index}.{name}": value.detach().cpu().contiguous()
-        for index, param_state in optimizer_state["state"].items()
-        for name, value in param_state.items()
-    }
+    tensors = _flat_optimizer_state(optimizer_state)
     tensors.update(torch_rng_states())
     for rank, states in process_rng.items():
         tensors.update({f"{RANK_PREFIX}{rank}.{name}": value for name, value in states.items()})
@@ -142,6 +145,53 @@ def _write_contents(policy: TrainerState, staging: Path, process_rng: dict[int, 
             f"policy state is not JSON-serialisable ({exc}); checkpoint format needs updating"
         ) from exc
     (staging / STATE_FILE).write_text(text)
+    if getattr(policy, "value", None) is not None:
+        _write_value(policy, staging / VALUE_DIR)
+
+
+def _flat_optimizer_state(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer's per-parameter tensors as flat safetensors entries, `state.<param index>.<name>`."""
+    return {
+        f"state.{index}.{name}": value.detach().cpu().contiguous()
+        for index, param_state in optimizer_state["state"].items()
+        for name, value in param_state.items()
+    }
+
+
+def _write_value(policy: Any, directory: Path) -> None:
+    """PPO's value model: its trainable weights (all of them, or the LoRA adapter and the head), its optimizer's
+    tensors and param groups."""
+    from safetensors.torch import save_file
+
+    directory.mkdir()
+    trainable = {name for name, p in policy.value.named_parameters() if p.requires_grad}
+    weights = {
+        n: t.detach().cpu().contiguous() for n, t in policy.value.state_dict().items() if n in trainable
+    }
+    save_file(weights, str(directory / VALUE_WEIGHTS))
+    state = policy.value_optimizer.state_dict()
+    save_file(_flat_optimizer_state(state), str(directory / TENSORS_FILE))
+    (directory / STATE_FILE).write_text(json.dumps({"param_groups": state["param_groups"]}))
+
+
+def _load_value(policy: Any, directory: Path) -> None:
+    """Restore what `_write_value` wrote into the live value model and its optimizer, in place."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(directory / VALUE_WEIGHTS))
+    parameters = {name: p for name, p in policy.value.named_parameters() if p.requires_grad}
+    if set(weights) != set(parameters):
+        raise CheckpointError(
+            f"{directory} holds a value model of another shape ({len(weights)} trainable tensors; this run trains "
+            f"{len(parameters)}): trainer.ppo.value_lora or value_model changed since it was written"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            parameters[name].copy_(tensor)
+    groups = json.loads((directory / STATE_FILE).read_text())["param_groups"]
+    tensors = load_file(str(directory / TENSORS_FILE))
+    policy.value_optimizer.load_state_dict({"state": _optimizer_tensors(tensors), "param_groups": groups})
 
 
 def is_deepspeed(policy: TrainerState) -> bool:
@@ -216,6 +266,15 @@ def load_checkpoint(policy: TrainerState, directory: Path, rank: int = 0, verify
         trainer.optimizer.load_state_dict(
             {"state": _optimizer_tensors(tensors), "param_groups": state["param_groups"]}
         )
+    holds_value = (directory / VALUE_DIR).is_dir()
+    if holds_value != (getattr(policy, "value", None) is not None):
+        raise CheckpointError(
+            f"{directory} was written by a {'PPO' if holds_value else 'GRPO or RLOO'} run and this policy "
+            f"{'has no' if holds_value else 'needs a'} value model; resume it with the trainer.algorithm it was "
+            "started with"
+        )
+    if holds_value:
+        _load_value(policy, directory / VALUE_DIR)
     trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
     trainer.state.global_step = int(state["global_step"])
     trainer.state.num_input_tokens_seen = int(state["num_input_tokens_seen"])

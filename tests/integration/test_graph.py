@@ -97,7 +97,9 @@ def test_rejected_rewrite_keeps_the_rubric_and_logs_why(tmp_path, tiny_model_dir
     assert read_jsonl(run_dir.metrics_path)[1]["rubric_rewrite_accepted"] == 0
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo"])
+@pytest.mark.parametrize(
+    "algorithm", ["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "rloo", "reinforce_pp", "ppo"]
+)
 def test_policy_learns_the_behaviour_the_judge_rewards(tmp_path, tiny_model_dir, judge_server, algorithm):
     server = judge_server(count_e)
     settings = {"schedule.iterations": 6, "trainer.algorithm": algorithm}

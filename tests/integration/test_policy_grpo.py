@@ -187,6 +187,88 @@ def test_update_equals_trl_train_step(
     assert metrics["staleness"] == 0.0  # sampled by the policy it trains: TRL's own on-policy step above
 
 
+def trl_rloo_reference_step(
+    model_dir: Path, rollouts: list[Rollout], rewards: list[float | None], cfg: TrainerConfig, out: Path
+) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One step of TRL's own `RLOOTrainer.train()` on the stored rollouts. RLOOTrainer has no rollout_func, so
+    its prompt tokenizer and its sampler are swapped for the stored ids here, and the reward function hands out
+    the scores in row order after checking it was shown the stored completions (written independently of
+    `mpo_agents.policy.grpo`). Returns what `trl_reference_step` returns."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import RLOOTrainer
+
+    from mpo_agents.policy.grpo import rloo_config
+
+    def lookup(prompts: list, completions: list, completion_ids: list, **_: object) -> list[float | None]:
+        assert completion_ids == [r.completion_ids for r in rollouts]
+        return list(rewards)
+
+    captured: dict[str, torch.Tensor] = {}
+
+    class CaptureGrads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            captured.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+
+    model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
+    args = rloo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1)
+    trainer = RLOOTrainer(
+        model=model,
+        reward_funcs=[lookup],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["unused"] * cfg.prompts_per_iteration}),
+        processing_class=tokenizer,
+        callbacks=[CaptureGrads()],
+    )
+    trainer._tokenize_prompts = lambda prompts: ([r.prompt_ids for r in rollouts], None, {})
+    trainer._generate_single_turn = lambda *_: [r.completion_ids for r in rollouts]
+    result = trainer.train()
+    grad_norm = next(log["grad_norm"] for log in trainer.state.log_history if "grad_norm" in log)
+    return result.training_loss, float(grad_norm), captured, params(trainer.model)
+
+
+@pytest.mark.parametrize(("algorithm", "failed"), [("rloo", []), ("reinforce_pp", [1])])
+def test_rloo_update_equals_trl_rloo_train_step(
+    base_dir: Path, tmp_path: Path, algorithm: str, failed: list[int]
+) -> None:
+    cfg = trainer_config(algorithm=algorithm, beta=0.05, max_grad_norm=0.5)
+    policy = make_policy(base_dir, tmp_path / "ours", cfg)
+    assert type(policy.trainer).__name__ == "RLOOTrainer"
+    assert policy.trainer.normalize_advantages is (algorithm == "reinforce_pp")
+    rollouts = policy.generate(CONVERSATIONS, cfg.num_generations, seed=5, key_prefix="it0")
+    rewards = rewards_for(rollouts)
+    for index in failed:
+        rewards[index] = None
+
+    ours: dict[str, torch.Tensor] = {}
+    optimizer = policy.trainer.optimizer.optimizer
+    hook = optimizer.register_step_pre_hook(
+        lambda *_: ours.update({n: p.grad.detach().clone() for n, p in policy.model.named_parameters()})
+    )
+    metrics = policy.update(rollouts, rewards)
+    hook.remove()
+
+    loss, norm, theirs, their_params = trl_rloo_reference_step(
+        base_dir, rollouts, rewards, cfg, tmp_path / "ref"
+    )
+    # The loss value is ~0 by construction (leave-one-out advantages sum to 0 in a group at ratio 1); the
+    # gradients below are what differs between algorithms.
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
+    assert metrics["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert metrics["grad_norm"] > cfg.max_grad_norm
+    assert max_rel_error(ours, theirs) < 1e-5
+    initial = params(load_policy_model(base_dir, "cpu", torch.float32)[0])
+    after = params(policy.model)
+    assert (
+        max_rel_error(
+            {k: after[k] - initial[k] for k in after}, {k: their_params[k] - initial[k] for k in after}
+        )
+        < 1e-3
+    )
+    assert metrics["kl"] == 0.0 and metrics["step"] == 1.0
+    assert metrics["num_failed"] == float(len(failed))
+
+
 # --- 1b. a batch sampled one update earlier: its tokens weighted by truncated importance ratios ----------------
 def token_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float) -> torch.Tensor:
     """Each completion token's log-prob under `model`, scored as TRL scores it (logits times 1/T), by hand."""

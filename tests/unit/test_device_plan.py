@@ -52,6 +52,8 @@ def rewards_for(rollouts: list[Any]) -> list[float | None]:
 def test_full_finetune_estimate_counts_weights_grads_moments_and_reference() -> None:
     assert full_finetune_bytes(1_000, 2, beta=0.04) == 1_000 * 2 * 5
     assert full_finetune_bytes(1_000, 4, beta=0.0) == 1_000 * 4 * 4
+    # PPO's value model trained in full: its weights, gradients and two moments too.
+    assert full_finetune_bytes(1_000, 2, beta=0.05, value_copies=4) == 1_000 * 2 * 9
 
 
 def test_auto_lora_follows_memory_and_gradient_checkpointing_the_device() -> None:
@@ -65,6 +67,11 @@ def test_auto_lora_follows_memory_and_gradient_checkpointing_the_device() -> Non
     assert (small_gpu.lora, small_gpu.gradient_checkpointing) == (True, True)
     assert (laptop.lora, laptop.gradient_checkpointing) == (False, False)
     assert "over half, so LoRA" in small_gpu.describe() and "fits" in h100.describe()
+    # PPO's full value model makes the 1.5B policy ~25 GiB: still under half an H100, over half a 40 GiB card.
+    ppo = TrainerConfig(algorithm="ppo")
+    assert not plan_training(auto, ppo, "cuda", torch.bfloat16, 1_540_000_000, 80 * GIB).lora
+    assert plan_training(auto, ppo, "cuda", torch.bfloat16, 1_540_000_000, 40 * GIB).lora
+    assert not plan_training(auto, trainer, "cuda", torch.bfloat16, 1_540_000_000, 40 * GIB).lora
 
 
 def test_explicit_settings_and_a_resumed_checkpoint_win_over_auto(tmp_path: Path) -> None:

@@ -1,0 +1,337 @@
+"""PPO with a value model (`trainer.algorithm: ppo`): the official MPO trainer's update, written here because TRL 1.16
+ships no PPO.
+
+The maths follows SPEC §1.3: per-token reward -beta * (logp - ref_logp) with the judge's score added at the last
+real token, GAE (gamma, lambda), advantages whitened over the batch, then `trainer.ppo.epochs` passes over the
+batch in `trainer.ppo.minibatches` shuffled minibatches, each one optimizer step of the clipped policy loss plus
+`vf_coef` times the clipped value loss. The tensor functions at the top are that maths alone
+(`tests/unit/test_ppo_maths.py` checks them against hand-computed values).
+
+`PPOPolicy` reuses everything of `TRLGRPOPolicy` except the update: the model, TRL's reference model (or the
+LoRA base with the adapter disabled), the optimizer and scheduler TRL builds, TRL's temperature-scaled per-token
+log-probs, generation, dashboards and checkpoints. It adds the value model (the base's transformer with a scalar
+head, as `AutoModelForCausalLMWithValueHead`) with its own AdamW, both saved in every checkpoint
+(`weight_checkpoints`, `value/`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mpo_agents.config import LoraConfig, PPOConfig
+from mpo_agents.errors import ConfigError
+from mpo_agents.policy.base import Rollout
+from mpo_agents.policy.grpo import (
+    TRLGRPOPolicy,
+    _on_policy_thread,
+    check_batch,
+    memory_now_mb,
+    peak_memory_mb,
+)
+
+
+# --- the maths --------------------------------------------------------------------------------------------------
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is 1."""
+    return (values * mask).sum() / mask.sum()
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """`values` scaled to unit variance over the masked entries (the unbiased variance, n - 1), and centred on 0
+    unless `shift_mean` is off (then the mean is kept)."""
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    variance = masked_mean((values - mean) ** 2, mask) * count / (count - 1)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def token_rewards(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> torch.Tensor:
+    """`[rows, tokens]` rewards: -kl_coef * (logp - ref_logp) on every real token (the k1 KL estimate), plus each
+    row's score on its last real token. `mask` marks real tokens, which start each row (right padding)."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = mask.sum(dim=1).long() - 1
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last] += scores
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns (advantages + values) per token. The state after a row's
+    last real token is terminal: its value is 0, and nothing after it counts."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        following = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * following - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, advantages + values
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, a token mean, and the share of tokens whose ratio was clipped."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half the token mean of the larger of the squared errors of the new value and of the new value kept
+    within `clip` of the sampled one, and the share of tokens where the kept one was larger."""
+    kept = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (kept - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+# --- the value model ----------------------------------------------------------------------------------------------
+class ValueModel(torch.nn.Module):
+    """A transformer with a scalar head on its last hidden state: one value per position."""
+
+    def __init__(self, backbone: torch.nn.Module, hidden_size: int, seed: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(hidden_size, 1)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # as TRL's value heads: std 1/sqrt(hidden + 1), bias 0
+            self.head.weight.copy_(
+                torch.randn(self.head.weight.shape, generator=generator) / math.sqrt(hidden_size + 1)
+            )
+            self.head.bias.zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
+        return self.head(hidden.float()).squeeze(-1)
+
+
+def load_value_model(
+    model_dir: Path, device: str, dtype: torch.dtype, seed: int, lora: LoraConfig | None = None
+) -> ValueModel:
+    """The value model: `model_dir`'s transformer (no LM head) in `dtype`, a fresh head (float32), dropout off;
+    with `lora`, a LoRA adapter of that shape on the transformer, which then stays frozen."""
+    from transformers import AutoModel
+    from trl.trainer.utils import disable_dropout_in_model
+
+    from mpo_agents.policy.models import quiet_progress_bars
+
+    with quiet_progress_bars():
+        backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
+    if lora is not None:
+        from peft import get_peft_model
+
+        from mpo_agents.policy.grpo import peft_lora_config
+
+        adapter = peft_lora_config(lora)
+        adapter.task_type = "FEATURE_EXTRACTION"
+        backbone = get_peft_model(backbone, adapter)
+    disable_dropout_in_model(backbone)
+    return ValueModel(backbone, backbone.config.hidden_size, seed).to(device)
+
+
+# --- the policy ---------------------------------------------------------------------------------------------------
+class PPOPolicy(TRLGRPOPolicy):
+    """A `PolicyBackend` whose update is one PPO update with a value model (`trainer.algorithm: ppo`)."""
+
+    def __init__(self, *args: Any, value_model_dir: Path, **kwargs: Any) -> None:
+        """`TRLGRPOPolicy`'s arguments, and where the value model's weights start (`trainer.ppo.value_model`)."""
+        super().__init__(*args, **kwargs)
+        trainer = self.trainer
+        if trainer.accelerator.num_processes > 1 or getattr(trainer, "is_deepspeed_enabled", False):
+            raise ConfigError(
+                "trainer.algorithm ppo runs in one process: its advantages are whitened and its minibatches "
+                "drawn over one process's batch, and the value model is not wrapped for DDP or DeepSpeed; "
+                "start it without accelerate/DeepSpeed, or pick a GRPO-family algorithm"
+            )
+        self.ppo: PPOConfig = self.trainer_cfg.ppo
+        value_lora = (self.lora or LoraConfig()) if self.ppo.value_lora else None
+        self.value = load_value_model(
+            value_model_dir, self.device, self.model.dtype, self.trainer_cfg.seed, value_lora
+        )
+        self.value.train()
+        if getattr(self.trainer.args, "activation_checkpointing", False):
+            backbone = self.value.backbone
+            enable = getattr(backbone, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.value_parameters = [p for p in self.value.parameters() if p.requires_grad]
+        self.value_optimizer = torch.optim.AdamW(
+            self.value_parameters,
+            lr=self.ppo.value_learning_rate or self.trainer_cfg.learning_rate,
+            weight_decay=self.trainer_cfg.weight_decay,
+        )
+        self.trainable_parameters += sum(p.numel() for p in self.value_parameters)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    @_on_policy_thread
+    def update(
+        self, rollouts: list[Rollout], rewards: list[float | None], require_scored: bool = True
+    ) -> dict[str, float]:
+        """One PPO update on stored rollouts and their judge scores. A row whose judgment failed (`None`) is left
+        out of the batch: with no score there is no return to learn. Raises ValueError when no row is scored."""
+        started = time.perf_counter()
+        check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored=True)
+        if self._staleness(rollouts):
+            raise ValueError("trainer.algorithm ppo trains on-policy batches only")
+        rows = [(r, s) for r, s in zip(rollouts, rewards, strict=True) if s is not None]
+        batch = self._tensors([r for r, _ in rows])
+        scores = torch.tensor([s for _, s in rows], dtype=torch.float32, device=batch["mask"].device)
+        trainer, cfg = self.trainer, self.ppo
+        with torch.no_grad():
+            old_logps = self._logprobs(trainer.model, batch)
+            ref_logps = self._reference_logprobs(batch) if self.trainer_cfg.beta else old_logps
+            old_values = self._values(batch)
+            mask = batch["mask"]
+            token_reward = token_rewards(old_logps, ref_logps, scores, mask, self.trainer_cfg.beta)
+            if cfg.whiten_rewards:
+                token_reward = masked_whiten(token_reward, mask, shift_mean=False) * mask
+            advantages, returns = gae(token_reward, old_values, mask, cfg.gamma, cfg.lam)
+            advantages = masked_whiten(advantages, mask) * mask
+            kl = masked_mean(old_logps - ref_logps, mask)
+
+        totals: dict[str, list[float]] = {}
+        learning_rate = trainer.lr_scheduler.get_last_lr()[0]
+        clip_high = self.trainer_cfg.epsilon_high or self.trainer_cfg.epsilon
+        size = math.ceil(len(rows) / cfg.minibatches)
+        try:
+            for _ in range(cfg.epochs):
+                for chunk in torch.randperm(len(rows)).split(size):
+                    chunk = chunk.to(mask.device)
+                    part = {name: value[chunk] for name, value in batch.items() if name != "prompt_width"}
+                    part["prompt_width"] = batch["prompt_width"]
+                    pg, clipped = policy_loss(
+                        self._logprobs(trainer.model_wrapped, part),
+                        old_logps[chunk],
+                        advantages[chunk],
+                        part["mask"],
+                        self.trainer_cfg.epsilon,
+                        clip_high,
+                    )
+                    vf, value_clipped = value_loss(
+                        self._values(part),
+                        old_values[chunk],
+                        returns[chunk],
+                        part["mask"],
+                        cfg.cliprange_value,
+                    )
+                    loss = pg + cfg.vf_coef * vf
+                    trainer.accelerator.backward(loss)
+                    grad_norm = trainer.accelerator.clip_grad_norm_(
+                        trainer.model_wrapped.parameters(), self.trainer_cfg.max_grad_norm
+                    )
+                    value_norm = torch.nn.utils.clip_grad_norm_(
+                        self.value_parameters, self.trainer_cfg.max_grad_norm
+                    )
+                    trainer.optimizer.step()
+                    self.value_optimizer.step()
+                    trainer.optimizer.zero_grad()
+                    self.value_optimizer.zero_grad()
+                    for name, value in (
+                        ("loss", loss),
+                        ("policy_loss", pg),
+                        ("value_loss", vf),
+                        ("clip_fraction", clipped),
+                        ("value_clip_fraction", value_clipped),
+                        ("grad_norm", grad_norm),
+                        ("value_grad_norm", value_norm),
+                    ):
+                        totals.setdefault(name, []).append(float(value.detach().float()))
+            trainer.lr_scheduler.step()  # once per update, as the official trainer
+        finally:
+            trainer.model_wrapped.zero_grad()
+            self.value_optimizer.zero_grad()
+        trainer.state.global_step += 1
+        trainer.state.num_input_tokens_seen += int(batch["attention_mask"].sum())
+        scored = len(rows)
+        return {
+            **{name: sum(values) / len(values) for name, values in totals.items()},
+            "learning_rate": float(learning_rate),
+            "reward_mean": float(scores.mean()),
+            "reward_std": float(scores.std()) if scored > 1 else 0.0,
+            "kl": float(kl),
+            "value_mean": float(masked_mean(old_values, mask)),
+            "num_scored": float(scored),
+            "num_failed": float(len(rewards) - scored),
+            "staleness": 0.0,
+            "trainable_params": float(self.trainable_parameters),
+            "step": float(self.step),
+            "seconds": time.perf_counter() - started,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "memory_mb": memory_now_mb(self.device),
+        }
+
+    def _tensors(self, rollouts: list[Rollout]) -> dict[str, Any]:
+        """The batch as tensors: prompts left-padded, completions right-padded (`mask` marks their real tokens)."""
+        from trl.trainer.utils import pad
+
+        device = self.trainer.accelerator.device
+        pad_id = self.tokenizer.pad_token_id
+
+        def padded(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
+            return pad([torch.tensor(ids) for ids in rows], padding_value=value, padding_side=side).to(device)
+
+        prompts = [r.prompt_ids for r in rollouts]
+        completions = [r.completion_ids for r in rollouts]
+        prompt_ids = padded(prompts, pad_id, "left")
+        prompt_mask = padded([[1] * len(ids) for ids in prompts], 0, "left")
+        completion_ids = padded(completions, pad_id, "right")
+        mask = padded([[1] * len(ids) for ids in completions], 0, "right")
+        return {
+            "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+            "attention_mask": torch.cat([prompt_mask, mask], dim=1),
+            "mask": mask.float(),
+            "prompt_width": prompt_ids.shape[1],
+        }
+
+    def _logprobs(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """Per-token log-probs of the completions, temperature-scaled as sampled (TRL's own computation)."""
+        logps, _, _ = self.trainer._get_per_token_logps_and_entropies(
+            model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1]
+        )
+        return logps
+
+    def _reference_logprobs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The reference policy's log-probs: TRL's reference model, or the LoRA base with the adapter disabled."""
+        trainer = self.trainer
+        if trainer.ref_model is not None:
+            return self._logprobs(trainer.ref_model, batch)
+        from trl.trainer.utils import use_adapter
+
+        with use_adapter(trainer.accelerator.unwrap_model(trainer.model), adapter_name=None):
+            return self._logprobs(trainer.model, batch)
+
+    def _values(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The value of each completion token's state: read at the position before it, as its log-prob is."""
+        values = self.value(batch["input_ids"], batch["attention_mask"])
+        start = batch["prompt_width"] - 1
+        return values[:, start : start + batch["mask"].shape[1]]
