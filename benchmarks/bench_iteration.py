@@ -18,7 +18,13 @@ CPU seconds and the process's resident size before and after; an MPO turn its pe
 its step split into generation (`_generate_single_turn`) and the rest.
 
     python benchmarks/bench_iteration.py [--model smollm2-135m|DIR] [--steps 3] [--tokens 48] [--every 10]
-        [--algorithm grpo|dapo|dr_grpo|gspo|cispo|sapo] [--set KEY=VALUE ...]
+        [--algorithm grpo|dapo|dr_grpo|gspo|cispo|sapo|rloo|reinforce_pp|ppo] [--set KEY=VALUE ...]
+
+`--algorithm rloo` (or reinforce_pp) times TRL's `RLOOTrainer.train()` step on the TRL side. `--algorithm ppo`
+has no TRL counterpart (TRL 1.16 ships no PPO): its MPO side samples one completion for each of prompts x
+generations prompts, the same number of sampled tokens as the TRL side's GRPO step, so the ratio is PPO's
+iteration against a GRPO step; each MPO turn also prints its update's memory (peak and held after), which with
+PPO includes the value model and its optimizer.
 
 `--set` overrides apply to both sides (the TRL side reads the device, dtype, generation and trainer settings
 from the same config); on a GPU, `--set policy.gradient_checkpointing=false` keeps our `auto` plan from turning
@@ -74,13 +80,19 @@ def time_mpo(args: argparse.Namespace, url: str, workdir: Path) -> tuple[list[fl
     """Seconds of each timed iteration, and of the checkpoint each wrote (0 where it wrote none). The run
     checkpoints at the cadence priced (`--every`), so at least after its last iteration, as a real run does."""
     cadence = f"output.checkpoint_every={args.every}"
-    config = load_config(None, overrides(args, url, args.steps + 1, cadence))
+    config = load_config(None, overrides(args, url, args.steps + 1, cadence, *args.mpo_set))
     run_dir = new_run_dir(config, workdir / "mpo-run")
     finished = update_end_times(config, run_dir, {"BENCH_KEY": "x"})
     breakdown = node_seconds(run_dir.root)
     print(
         "MPO per-node median seconds:",
         {node: round(statistics.median(v), 2) for node, v in breakdown.items()},
+    )
+    timed = [m for m in run_dir.metrics() if m["iteration"] > 1]
+    print(
+        f"MPO update memory ({config.trainer.algorithm}): peak {statistics.median(m['update_peak_memory_mb'] for m in timed):.0f} MB, "
+        f"held after {statistics.median(m['update_memory_mb'] for m in timed):.0f} MB (medians over the timed iterations)",
+        flush=True,
     )
     checkpoints = [m.get("update_checkpoint_seconds", 0.0) for m in run_dir.metrics() if m["iteration"] > 1]
     return [b - a for a, b in itertools.pairwise(finished)], checkpoints  # iteration k+1 = end(k)..end(k+1)
@@ -164,11 +176,21 @@ def main() -> None:
         "--algorithm",
         choices=sorted(ALGORITHM_PRESETS),
         default=None,
-        help="trainer.algorithm on both sides (a GRPO-family preset; default: the config's, grpo)",
+        help="trainer.algorithm on both sides (default: the config's, grpo); rloo and reinforce_pp are timed "
+        "against TRL's RLOOTrainer; ppo (TRL has none) against TRL's GRPO step at the same number of sampled "
+        "tokens: one sample for each of prompts x generations prompts",
     )
     parser.add_argument("--mpo-only", action="store_true", help="time only the MPO side (for profiling)")
     args = parser.parse_args()
-    if args.algorithm:
+    args.mpo_set = []  # overrides of the MPO side only
+    if args.algorithm == "ppo":
+        rows = args.prompts * args.generations
+        args.mpo_set = [
+            "trainer.algorithm=ppo",
+            "trainer.num_generations=1",
+            f"trainer.prompts_per_iteration={rows}",
+        ]
+    elif args.algorithm:
         args.set.append(f"trainer.algorithm={args.algorithm}")
     logprob_tiles.install()  # as our policy would on its first turn; TRL's turns use the same folds
     sides = {"abba": "tmmt", "trl-first": "tm", "mpo-first": "mt"}[args.order]
@@ -205,8 +227,9 @@ def main() -> None:
     checkpoint_s = statistics.median(c for c in checkpoints if c > 0)
     without = statistics.median(t - c for t, c in zip(mpo_steps, checkpoints, strict=True))
     every_one, at_cadence = without + checkpoint_s, without + checkpoint_s / args.every
+    trl_name = "RLOOTrainer" if args.algorithm in ("rloo", "reinforce_pp") else "GRPOTrainer"
     print(
-        f"TRL GRPOTrainer.train() step: median {trl_s:.2f} s over {len(trl_steps)} ({', '.join(f'{t:.2f}' for t in trl_steps)})"
+        f"TRL {trl_name}.train() step: median {trl_s:.2f} s over {len(trl_steps)} ({', '.join(f'{t:.2f}' for t in trl_steps)})"
     )
     print(
         f"MPO iteration (rollout+score+update): median {without:.2f} s without a checkpoint, over "

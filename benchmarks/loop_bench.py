@@ -85,13 +85,15 @@ def update_end_times(config: Any, run_dir: Any, environ: dict[str, str]) -> list
 def trl_trainer(
     config: Any, reward: Any, dataset: Any, output_dir: Path, max_steps: int
 ) -> tuple[Any, list[float]]:
-    """TRL's own `GRPOTrainer` on `config`'s policy, with the `GRPOConfig` our policy uses but TRL generating
-    and calling `reward` itself; and the list the end time of each of its steps is appended to."""
+    """TRL's own `GRPOTrainer` (`RLOOTrainer` for rloo and reinforce_pp) on `config`'s policy, with the config
+    our policy uses but TRL generating and calling `reward` itself; and the list the end time of each of its
+    steps is appended to."""
     from transformers import TrainerCallback
-    from trl import GRPOTrainer
+    from trl import GRPOTrainer, RLOOTrainer
 
+    from mpo_agents.config import RLOO_ALGORITHMS
     from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
-    from mpo_agents.policy.grpo import grpo_config
+    from mpo_agents.policy.grpo import grpo_config, rloo_config
     from mpo_agents.policy.models import load_policy_model
 
     ends: list[float] = []
@@ -103,7 +105,8 @@ def trl_trainer(
     device = resolve_device(config.policy)
     dtype = resolve_dtype(config.policy, device)
     model, tokenizer = load_policy_model(resolve_model_dir(config.policy.model), device, dtype)
-    args = grpo_config(
+    rloo = config.trainer.algorithm in RLOO_ALGORITHMS
+    args = (rloo_config if rloo else grpo_config)(
         config.trainer,
         config.policy.generation,
         device,
@@ -113,7 +116,7 @@ def trl_trainer(
         shuffle_dataset=False,
         disable_tqdm=True,
     )
-    trainer = GRPOTrainer(
+    trainer = (RLOOTrainer if rloo else GRPOTrainer)(
         model=model,
         reward_funcs=reward,
         args=args,

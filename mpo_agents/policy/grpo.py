@@ -39,6 +39,7 @@ from mpo_agents.config import (
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy import allocator, logprob_tiles
 from mpo_agents.policy.base import Rollout
+from mpo_agents.policy.ppo import PPOUpdate
 from mpo_agents.policy.tokens import cut_after_eos, encode_prompt, left_pad
 
 if TYPE_CHECKING:
@@ -318,7 +319,9 @@ def _step_arguments(
 
 
 class TRLGRPOPolicy:
-    """A `PolicyBackend` whose update is exactly one step of TRL's `GRPOTrainer`."""
+    """A `PolicyBackend` whose update is exactly one step of TRL's `GRPOTrainer` (`RLOOTrainer` for rloo and
+    reinforce_pp), or one PPO update with a value model (`trainer.algorithm: ppo`) on the model, reference and
+    optimizer TRL's GRPOTrainer built."""
 
     def __init__(
         self,
@@ -332,6 +335,7 @@ class TRLGRPOPolicy:
         tensorboard_dir: Path | None = None,
         gradient_checkpointing: bool = False,
         rollout_cfg: RolloutConfig | None = None,
+        value_model_dir: Path | None = None,
     ) -> None:
         """Build the trainer once. `model` must be freshly loaded from the BASE model directory: in full
         fine-tuning TRL loads its KL reference model from `model.config._name_or_path`, so the reference stays
@@ -341,7 +345,8 @@ class TRLGRPOPolicy:
         the reference is then `model` itself with the adapter disabled. `tensorboard_dir`: where TensorBoard
         event files go when `trainer.report_to` names it (default `<output_dir>/tensorboard`).
         `gradient_checkpointing`: recompute activations in the backward pass. `rollout_cfg`
-        (`policy.rollout`): with backend `vllm`, rollouts are sampled by vLLM through TRL (policy/vllm.py)."""
+        (`policy.rollout`): with backend `vllm`, rollouts are sampled by vLLM through TRL (policy/vllm.py).
+        `value_model_dir`: with `trainer.algorithm: ppo`, where the value model's weights start."""
         allocator.configure()  # before the graph's executor threads first allocate (see policy/allocator.py)
         logprob_tiles.install()  # TRL's log-prob folds without their tile-sized temporaries, same results
         self.trainer_cfg = trainer_cfg
@@ -368,7 +373,22 @@ class TRLGRPOPolicy:
             from mpo_agents.policy.vllm import VLLMRollouts
 
             self.vllm = VLLMRollouts(self.trainer, rollout_cfg.vllm, generation_cfg, trainer_cfg)
+        self.ppo: PPOUpdate | None = None
+        if trainer_cfg.algorithm == "ppo":
+            if value_model_dir is None:
+                raise ValueError("trainer.algorithm ppo needs the value model's directory")
+            self.ppo = PPOUpdate(
+                self.trainer,
+                trainer_cfg,
+                value_model_dir,
+                value_adapter=peft_lora_config(self.lora or LoraConfig())
+                if trainer_cfg.ppo.value_lora
+                else None,
+                activation_checkpointing=gradient_checkpointing,
+            )
         self.trainable_parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        if self.ppo is not None:
+            self.trainable_parameters += sum(p.numel() for p in self.ppo.parameters)
         self.total_parameters = sum(p.numel() for p in self.model.parameters())
         logger.info(
             "policy: %s, %d of %d parameters trainable (%.2f%%)",
@@ -391,6 +411,16 @@ class TRLGRPOPolicy:
     def step(self) -> int:
         """Optimizer steps applied so far."""
         return int(self.trainer.state.global_step)
+
+    @property
+    def value(self) -> Any:
+        """PPO's value model (`trainer.algorithm: ppo`), else None; checkpoints save it when there is one."""
+        return self.ppo.value if self.ppo is not None else None
+
+    @property
+    def value_optimizer(self) -> Any:
+        """The value model's optimizer (PPO), else None."""
+        return self.ppo.optimizer if self.ppo is not None else None
 
     @property
     def is_lora(self) -> bool:
@@ -468,31 +498,56 @@ class TRLGRPOPolicy:
     def update(
         self, rollouts: list[Rollout], rewards: list[float | None], require_scored: bool = True
     ) -> dict[str, float]:
-        """One GRPO optimizer step on stored rollouts and their judge scores (`None` = failed judgment).
+        """One update on stored rollouts and their judge scores (`None` = failed judgment): one optimizer step
+        of TRL's GRPO (or RLOO) loss, or one PPO update (`trainer.algorithm: ppo`, policy/ppo.py).
 
         TRL 1.16 turns a `None` reward into NaN; a row where every reward function gave NaN is "unscorable": it
         is left out of the group mean/std (nan-aware) and its advantage is forced to 0 (grpo_trainer.py,
-        `unscorable_mask`, ~line 2759, and `nan_to_num(advantages)`, ~line 2810). So failed judgments neither
-        bias the baseline nor move the policy. Raises ValueError when no reward at all is usable, unless
-        `require_scored` is off: one process's share of a batch (see `mpo_agents.parallel`) may hold only
-        failed judgments while the batch as a whole does not.
+        `unscorable_mask`, ~line 2759, and `nan_to_num(advantages)`, ~line 2810; RLOO's baseline likewise).
+        So failed judgments neither bias the baseline nor move the policy; PPO leaves such rows out. Raises
+        ValueError when no reward at all is usable, unless `require_scored` is off: one process's share of a
+        batch (see `mpo_agents.parallel`) may hold only failed judgments while the batch as a whole does not.
 
         A batch sampled by an earlier policy version (`Rollout.policy_step`) is trained against its stored
         behaviour log-probs (`use_behaviour_logprobs`); the returned `staleness` says by how many versions.
+        RLOO and PPO train on-policy batches only.
         """
         started = time.perf_counter()
         check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored)
         staleness = self._staleness(rollouts)
+        if staleness and self.trainer_cfg.algorithm in (*RLOO_ALGORITHMS, "ppo"):
+            raise ValueError(f"trainer.algorithm {self.trainer_cfg.algorithm} trains on-policy batches only")
+        if self.ppo is not None:
+            stats = self.ppo.update(rollouts, rewards)
+        else:
+            stats = self._trl_step(rollouts, rewards, staleness)
+        self.trainer.state.global_step += 1
+        if self.vllm is not None:
+            self.vllm.weights_changed()  # pushed before the next rollout, as TRL does at its next step
+        scored = sum(r is not None for r in rewards)
+        return {
+            **stats,
+            "num_scored": float(scored),
+            "num_failed": float(len(rewards) - scored),
+            "staleness": float(staleness),
+            "trainable_params": float(self.trainable_parameters),
+            "step": float(self.step),
+            "seconds": time.perf_counter() - started,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "memory_mb": memory_now_mb(self.device),
+        }
+
+    def _trl_step(
+        self, rollouts: list[Rollout], rewards: list[float | None], staleness: int
+    ) -> dict[str, float]:
+        """TRL's own `training_step` on the replayed batch, then what HF's loop does after it: clip, optimizer
+        step, scheduler step, zero grads."""
         trainer, model = self.trainer, self.trainer.model_wrapped
         self._batch.set(rollouts, rewards, off_policy=staleness > 0)
         # The prompt column is only passed through to the replay and the reward (both ignore it); keys keep TRL's
         # completion log readable.
         inputs: list[dict[str, Any]] = [{"prompt": r.key} for r in rollouts]
         if self.trainer_cfg.algorithm in RLOO_ALGORITHMS:
-            if staleness:
-                raise ValueError(
-                    f"trainer.algorithm {self.trainer_cfg.algorithm} trains on-policy batches only"
-                )
             # RLOOTrainer hands every input column to the reward functions (GRPO gets it from rollout_func).
             inputs = [{"prompt": r.key, ROLLOUT_KEY_COLUMN: r.key} for r in rollouts]
         try:
@@ -507,23 +562,11 @@ class TRLGRPOPolicy:
         finally:
             model.zero_grad()  # also on failure: half-accumulated grads must not leak into the next step
             self._batch.set([], [])
-        trainer.state.global_step += 1
-        if self.vllm is not None:
-            self.vllm.weights_changed()  # pushed before the next rollout, as TRL does at its next step
-        scored = sum(r is not None for r in rewards)
         return {
             "loss": float(loss.detach().float().item()),
             "grad_norm": float(grad_norm),
             "learning_rate": float(learning_rate),
             **_drain_trl_metrics(trainer),
-            "num_scored": float(scored),
-            "num_failed": float(len(rewards) - scored),
-            "staleness": float(staleness),
-            "trainable_params": float(self.trainable_parameters),
-            "step": float(self.step),
-            "seconds": time.perf_counter() - started,
-            "peak_memory_mb": peak_memory_mb(self.device),
-            "memory_mb": memory_now_mb(self.device),
         }
 
     def _staleness(self, rollouts: list[Rollout]) -> int:
@@ -941,15 +984,11 @@ def _build_policy_here(
         checkpoint_lora=checkpoint_holds_lora(resume_from),
     )
     logger.info("policy on %s (%s): %s", device, str(dtype).removeprefix("torch."), plan.describe())
-    kind: type[TRLGRPOPolicy] = TRLGRPOPolicy
-    extra: dict[str, Any] = {}
+    value_model_dir = None
     if trainer_cfg.algorithm == "ppo":
-        from mpo_agents.policy.ppo import PPOPolicy
-
-        kind = PPOPolicy
         value_model = trainer_cfg.ppo.value_model
-        extra["value_model_dir"] = resolve_model_dir(value_model) if value_model else model_dir
-    policy = kind(
+        value_model_dir = resolve_model_dir(value_model) if value_model else model_dir
+    policy = TRLGRPOPolicy(
         model,
         tokenizer,
         trainer_cfg,
@@ -960,7 +999,7 @@ def _build_policy_here(
         tensorboard_dir=tensorboard_dir,
         gradient_checkpointing=plan.gradient_checkpointing,
         rollout_cfg=policy_cfg.rollout,
-        **extra,
+        value_model_dir=value_model_dir,
     )
     policy.plan = plan
     return policy

@@ -7,32 +7,24 @@ batch in `trainer.ppo.minibatches` shuffled minibatches, each one optimizer step
 `vf_coef` times the clipped value loss. The tensor functions at the top are that maths alone
 (`tests/unit/test_ppo_maths.py` checks them against hand-computed values).
 
-`PPOPolicy` reuses everything of `TRLGRPOPolicy` except the update: the model, TRL's reference model (or the
-LoRA base with the adapter disabled), the optimizer and scheduler TRL builds, TRL's temperature-scaled per-token
-log-probs, generation, dashboards and checkpoints. It adds the value model (the base's transformer with a scalar
-head, as `AutoModelForCausalLMWithValueHead`) with its own AdamW, both saved in every checkpoint
-(`weight_checkpoints`, `value/`).
+`PPOUpdate` is what the policy (`policy/grpo.py`) adds for PPO: the value model (the base's transformer with a
+scalar head, as `AutoModelForCausalLMWithValueHead`) with its own AdamW, and the update. Everything else is the
+policy's own: the model, TRL's reference model (or the LoRA base with the adapter disabled), the optimizer and
+scheduler TRL builds, TRL's temperature-scaled per-token log-probs, generation, dashboards and checkpoints
+(which save the value model under `value/`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mpo_agents.config import LoraConfig, PPOConfig
+from mpo_agents.config import TrainerConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.base import Rollout
-from mpo_agents.policy.grpo import (
-    TRLGRPOPolicy,
-    _on_policy_thread,
-    check_batch,
-    memory_now_mb,
-    peak_memory_mb,
-)
 
 
 # --- the maths --------------------------------------------------------------------------------------------------
@@ -121,23 +113,20 @@ class ValueModel(torch.nn.Module):
         self.head = torch.nn.Linear(hidden_size, 1)
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # as TRL's value heads: std 1/sqrt(hidden + 1), bias 0
-            self.head.weight.copy_(
-                torch.randn(self.head.weight.shape, generator=generator) / math.sqrt(hidden_size + 1)
-            )
+            weight = torch.randn(self.head.weight.shape, generator=generator) / math.sqrt(hidden_size + 1)
+            self.head.weight.copy_(weight)
             self.head.bias.zero_()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        return self.head(hidden.float()).squeeze(-1)
+        outputs = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self.head(outputs.last_hidden_state.float()).squeeze(-1)
 
 
 def load_value_model(
-    model_dir: Path, device: str, dtype: torch.dtype, seed: int, lora: LoraConfig | None = None
+    model_dir: Path, device: str, dtype: torch.dtype, seed: int, adapter: Any = None
 ) -> ValueModel:
-    """The value model: `model_dir`'s transformer (no LM head) in `dtype`, a fresh head (float32), dropout off;
-    with `lora`, a LoRA adapter of that shape on the transformer, which then stays frozen."""
+    """The value model: `model_dir`'s transformer (no LM head) in `dtype`, a fresh float32 head, dropout off;
+    with `adapter` (a PEFT `LoraConfig`), a LoRA adapter on the transformer, which then stays frozen."""
     from transformers import AutoModel
     from trl.trainer.utils import disable_dropout_in_model
 
@@ -145,157 +134,144 @@ def load_value_model(
 
     with quiet_progress_bars():
         backbone = AutoModel.from_pretrained(model_dir, dtype=dtype)
-    if lora is not None:
+    if adapter is not None:
         from peft import get_peft_model
 
-        from mpo_agents.policy.grpo import peft_lora_config
-
-        adapter = peft_lora_config(lora)
         adapter.task_type = "FEATURE_EXTRACTION"
         backbone = get_peft_model(backbone, adapter)
     disable_dropout_in_model(backbone)
     return ValueModel(backbone, backbone.config.hidden_size, seed).to(device)
 
 
-# --- the policy ---------------------------------------------------------------------------------------------------
-class PPOPolicy(TRLGRPOPolicy):
-    """A `PolicyBackend` whose update is one PPO update with a value model (`trainer.algorithm: ppo`)."""
+# --- the update ------------------------------------------------------------------------------------------------
+class PPOUpdate:
+    """The value model, its optimizer, and one PPO update of the policy model a TRL trainer holds."""
 
-    def __init__(self, *args: Any, value_model_dir: Path, **kwargs: Any) -> None:
-        """`TRLGRPOPolicy`'s arguments, and where the value model's weights start (`trainer.ppo.value_model`)."""
-        super().__init__(*args, **kwargs)
-        trainer = self.trainer
+    def __init__(
+        self,
+        trainer: Any,
+        trainer_cfg: TrainerConfig,
+        value_model_dir: Path,
+        value_adapter: Any = None,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        """`trainer`: the TRL trainer that holds the policy, its reference, optimizer and scheduler.
+        `value_adapter`: a PEFT `LoraConfig` to train the value model as a LoRA adapter (`trainer.ppo.value_lora`)."""
         if trainer.accelerator.num_processes > 1 or getattr(trainer, "is_deepspeed_enabled", False):
             raise ConfigError(
                 "trainer.algorithm ppo runs in one process: its advantages are whitened and its minibatches "
                 "drawn over one process's batch, and the value model is not wrapped for DDP or DeepSpeed; "
                 "start it without accelerate/DeepSpeed, or pick a GRPO-family algorithm"
             )
-        self.ppo: PPOConfig = self.trainer_cfg.ppo
-        value_lora = (self.lora or LoraConfig()) if self.ppo.value_lora else None
+        self.trainer = trainer
+        self.trainer_cfg = trainer_cfg
+        self.cfg = trainer_cfg.ppo
+        device = str(trainer.accelerator.device)
         self.value = load_value_model(
-            value_model_dir, self.device, self.model.dtype, self.trainer_cfg.seed, value_lora
+            value_model_dir, device, trainer.model.dtype, trainer_cfg.seed, value_adapter
         )
         self.value.train()
-        if getattr(self.trainer.args, "activation_checkpointing", False):
-            backbone = self.value.backbone
-            enable = getattr(backbone, "activation_checkpointing_enable", None)
-            if enable is not None:
-                enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.value_parameters = [p for p in self.value.parameters() if p.requires_grad]
-        self.value_optimizer = torch.optim.AdamW(
-            self.value_parameters,
-            lr=self.ppo.value_learning_rate or self.trainer_cfg.learning_rate,
-            weight_decay=self.trainer_cfg.weight_decay,
+        if activation_checkpointing:  # as the policy's (policy.gradient_checkpointing)
+            self.value.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            if value_adapter is not None:
+                self.value.backbone.enable_input_require_grads()
+        self.parameters = [p for p in self.value.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.parameters,
+            lr=self.cfg.value_learning_rate or trainer_cfg.learning_rate,
+            weight_decay=trainer_cfg.weight_decay,
         )
-        self.trainable_parameters += sum(p.numel() for p in self.value_parameters)
 
-    # --- training -----------------------------------------------------------------------------------------------
-    @_on_policy_thread
-    def update(
-        self, rollouts: list[Rollout], rewards: list[float | None], require_scored: bool = True
-    ) -> dict[str, float]:
-        """One PPO update on stored rollouts and their judge scores. A row whose judgment failed (`None`) is left
-        out of the batch: with no score there is no return to learn. Raises ValueError when no row is scored."""
-        started = time.perf_counter()
-        check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored=True)
-        if self._staleness(rollouts):
-            raise ValueError("trainer.algorithm ppo trains on-policy batches only")
+    def update(self, rollouts: list[Rollout], rewards: list[float | None]) -> dict[str, float]:
+        """One PPO update on an on-policy batch. A row whose judgment failed (`None`) is left out: with no score
+        there is no return to learn. The caller has checked the batch holds at least one score."""
+        trainer, cfg, beta = self.trainer, self.cfg, self.trainer_cfg.beta
         rows = [(r, s) for r, s in zip(rollouts, rewards, strict=True) if s is not None]
         batch = self._tensors([r for r, _ in rows])
-        scores = torch.tensor([s for _, s in rows], dtype=torch.float32, device=batch["mask"].device)
-        trainer, cfg = self.trainer, self.ppo
+        mask = batch["mask"]
+        scores = torch.tensor([s for _, s in rows], dtype=torch.float32, device=mask.device)
         with torch.no_grad():
             old_logps = self._logprobs(trainer.model, batch)
-            ref_logps = self._reference_logprobs(batch) if self.trainer_cfg.beta else old_logps
+            ref_logps = self._reference_logprobs(batch) if beta else old_logps
             old_values = self._values(batch)
-            mask = batch["mask"]
-            token_reward = token_rewards(old_logps, ref_logps, scores, mask, self.trainer_cfg.beta)
+            rewards_t = token_rewards(old_logps, ref_logps, scores, mask, beta)
             if cfg.whiten_rewards:
-                token_reward = masked_whiten(token_reward, mask, shift_mean=False) * mask
-            advantages, returns = gae(token_reward, old_values, mask, cfg.gamma, cfg.lam)
+                rewards_t = masked_whiten(rewards_t, mask, shift_mean=False) * mask
+            advantages, returns = gae(rewards_t, old_values, mask, cfg.gamma, cfg.lam)
             advantages = masked_whiten(advantages, mask) * mask
-            kl = masked_mean(old_logps - ref_logps, mask)
 
-        totals: dict[str, list[float]] = {}
         learning_rate = trainer.lr_scheduler.get_last_lr()[0]
-        clip_high = self.trainer_cfg.epsilon_high or self.trainer_cfg.epsilon
+        totals: dict[str, list[float]] = {}
         size = math.ceil(len(rows) / cfg.minibatches)
         try:
             for _ in range(cfg.epochs):
-                for chunk in torch.randperm(len(rows)).split(size):
-                    chunk = chunk.to(mask.device)
-                    part = {name: value[chunk] for name, value in batch.items() if name != "prompt_width"}
+                for chunk in torch.randperm(len(rows)).split(size):  # the global RNG: checkpoints restore it
+                    index = chunk.to(mask.device)
+                    part = {k: v[index] for k, v in batch.items() if k != "prompt_width"}
                     part["prompt_width"] = batch["prompt_width"]
-                    pg, clipped = policy_loss(
-                        self._logprobs(trainer.model_wrapped, part),
-                        old_logps[chunk],
-                        advantages[chunk],
-                        part["mask"],
-                        self.trainer_cfg.epsilon,
-                        clip_high,
+                    stats = self._minibatch(
+                        part, old_logps[index], old_values[index], advantages[index], returns[index]
                     )
-                    vf, value_clipped = value_loss(
-                        self._values(part),
-                        old_values[chunk],
-                        returns[chunk],
-                        part["mask"],
-                        cfg.cliprange_value,
-                    )
-                    loss = pg + cfg.vf_coef * vf
-                    trainer.accelerator.backward(loss)
-                    grad_norm = trainer.accelerator.clip_grad_norm_(
-                        trainer.model_wrapped.parameters(), self.trainer_cfg.max_grad_norm
-                    )
-                    value_norm = torch.nn.utils.clip_grad_norm_(
-                        self.value_parameters, self.trainer_cfg.max_grad_norm
-                    )
-                    trainer.optimizer.step()
-                    self.value_optimizer.step()
-                    trainer.optimizer.zero_grad()
-                    self.value_optimizer.zero_grad()
-                    for name, value in (
-                        ("loss", loss),
-                        ("policy_loss", pg),
-                        ("value_loss", vf),
-                        ("clip_fraction", clipped),
-                        ("value_clip_fraction", value_clipped),
-                        ("grad_norm", grad_norm),
-                        ("value_grad_norm", value_norm),
-                    ):
-                        totals.setdefault(name, []).append(float(value.detach().float()))
+                    for name, value in stats.items():
+                        totals.setdefault(name, []).append(value)
             trainer.lr_scheduler.step()  # once per update, as the official trainer
         finally:
             trainer.model_wrapped.zero_grad()
-            self.value_optimizer.zero_grad()
-        trainer.state.global_step += 1
-        trainer.state.num_input_tokens_seen += int(batch["attention_mask"].sum())
-        scored = len(rows)
+            self.optimizer.zero_grad()
         return {
             **{name: sum(values) / len(values) for name, values in totals.items()},
             "learning_rate": float(learning_rate),
             "reward_mean": float(scores.mean()),
-            "reward_std": float(scores.std()) if scored > 1 else 0.0,
-            "kl": float(kl),
+            "reward_std": float(scores.std()) if len(rows) > 1 else 0.0,
+            "kl": float(masked_mean(old_logps - ref_logps, mask)),
             "value_mean": float(masked_mean(old_values, mask)),
-            "num_scored": float(scored),
-            "num_failed": float(len(rewards) - scored),
-            "staleness": 0.0,
-            "trainable_params": float(self.trainable_parameters),
-            "step": float(self.step),
-            "seconds": time.perf_counter() - started,
-            "peak_memory_mb": peak_memory_mb(self.device),
-            "memory_mb": memory_now_mb(self.device),
         }
+
+    def _minibatch(
+        self,
+        part: dict[str, Any],
+        old_logps: torch.Tensor,
+        old_values: torch.Tensor,
+        advantages: torch.Tensor,
+        returns: torch.Tensor,
+    ) -> dict[str, float]:
+        """One optimizer step of the policy and of the value model on a minibatch; its losses and norms."""
+        trainer, cfg, max_norm = self.trainer, self.cfg, self.trainer_cfg.max_grad_norm
+        clip_high = self.trainer_cfg.epsilon_high or self.trainer_cfg.epsilon
+        logps = self._logprobs(trainer.model_wrapped, part)
+        pg, clipped = policy_loss(
+            logps, old_logps, advantages, part["mask"], self.trainer_cfg.epsilon, clip_high
+        )
+        vf, value_clipped = value_loss(
+            self._values(part), old_values, returns, part["mask"], cfg.cliprange_value
+        )
+        loss = pg + cfg.vf_coef * vf
+        trainer.accelerator.backward(loss)
+        grad_norm = trainer.accelerator.clip_grad_norm_(trainer.model_wrapped.parameters(), max_norm)
+        value_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        trainer.optimizer.step()
+        self.optimizer.step()
+        trainer.optimizer.zero_grad()
+        self.optimizer.zero_grad()
+        named = {
+            "loss": loss,
+            "policy_loss": pg,
+            "value_loss": vf,
+            "clip_fraction": clipped,
+            "value_clip_fraction": value_clipped,
+            "grad_norm": grad_norm,
+            "value_grad_norm": value_norm,
+        }
+        return {name: float(value.detach().float()) for name, value in named.items()}
 
     def _tensors(self, rollouts: list[Rollout]) -> dict[str, Any]:
         """The batch as tensors: prompts left-padded, completions right-padded (`mask` marks their real tokens)."""
         from trl.trainer.utils import pad
 
         device = self.trainer.accelerator.device
-        pad_id = self.tokenizer.pad_token_id
+        pad_id = self.trainer.processing_class.pad_token_id
 
         def padded(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
             return pad([torch.tensor(ids) for ids in rows], padding_value=value, padding_side=side).to(device)
