@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mpo_agents.errors import ConfigError
-from mpo_agents.policy.plan import SHARDED_PARAMETERS
+from mpo_agents.policy.plan import PPO_ONE_PROCESS, SHARDED_PARAMETERS
 
 if TYPE_CHECKING:
     from mpo_agents.config import MPOConfig
@@ -145,6 +145,8 @@ def check_world(config: MPOConfig, channel: ControlChannel, environ: Mapping[str
     launcher exported)."""
     import torch
 
+    if config.trainer.algorithm == "ppo":
+        raise ConfigError(PPO_ONE_PROCESS)
     prompts = config.trainer.prompts_per_iteration
     if prompts % channel.world_size:
         raise ConfigError(

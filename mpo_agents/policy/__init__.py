@@ -1,4 +1,5 @@
-"""The policy: model loading, rollout generation, one TRL GRPO step per update, atomic checkpoints.
+"""The policy: model loading, rollout generation, one TRL GRPO or RLOO step (or one PPO update) per update, atomic
+checkpoints.
 
 Only the torch-free interface is imported eagerly; everything else loads on first use, so that importing
 this package (e.g. for `mpo --help`) does not pull in torch, transformers or trl.

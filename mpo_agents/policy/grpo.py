@@ -5,6 +5,9 @@ The trainer is built once. Each `update()` replays rollouts the graph already sa
 and TRL's own `training_step` computes rewards -> group advantages -> loss -> backward. We then do what the
 HF training loop does after a step: clip, optimizer step, scheduler step, zero grads, `global_step += 1`.
 `tests/integration/test_policy_grpo.py` checks that this equals `GRPOTrainer.train()` on the same inputs.
+`trainer.algorithm` rloo and reinforce_pp build TRL's `RLOOTrainer` instead, replayed the same way (it has no
+`rollout_func`: the replay stands in for its prompt tokenizer and sampler) and checked against its `train()`;
+`ppo` keeps the GRPOTrainer for the model, reference and optimizer and updates with `PPOUpdate` (policy/ppo.py).
 
 With `policy.lora.enabled` the trainer gets a PEFT `LoraConfig` and wraps the base model itself: only the
 adapter trains, and TRL computes the KL reference with the adapter disabled, i.e. on the same base weights (no

@@ -29,6 +29,13 @@ SHARDED_PARAMETERS = (
     "DeepSpeed ZeRO stages 1 and 2 (examples/accelerate/multi_gpu.yaml, deepspeed_zero2.yaml). For a model "
     "too large for one GPU, train a LoRA adapter (`policy.lora.enabled: true`)"
 )
+# Why `trainer.algorithm: ppo` is refused on several processes (parallel.check_world) and under DeepSpeed
+# (policy/ppo.py).
+PPO_ONE_PROCESS = (
+    "trainer.algorithm ppo runs in one process: its advantages are whitened and its minibatches drawn over one "
+    "process's batch, and the value model is not wrapped for DDP or DeepSpeed; start it as a single process "
+    "(no --num-processes, accelerate or DeepSpeed), or pick a GRPO-family algorithm or rloo"
+)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch
 from mpo_agents.config import TrainerConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy.base import Rollout
+from mpo_agents.policy.plan import PPO_ONE_PROCESS
 
 
 # --- the maths --------------------------------------------------------------------------------------------------
@@ -103,6 +104,14 @@ def value_loss(
     return loss, masked_mean((clipped > unclipped).float(), mask)
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over the masked entries: 1 when the value model predicts every
+    return, 0 when it does no better than their mean, negative when it does worse."""
+    residual = masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask)
+    spread = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    return 1.0 - residual / spread.clamp(min=1e-8)
+
+
 # --- the value model ----------------------------------------------------------------------------------------------
 class ValueModel(torch.nn.Module):
     """A transformer with a scalar head on its last hidden state: one value per position."""
@@ -158,11 +167,7 @@ class PPOUpdate:
         """`trainer`: the TRL trainer that holds the policy, its reference, optimizer and scheduler.
         `value_adapter`: a PEFT `LoraConfig` to train the value model as a LoRA adapter (`trainer.ppo.value_lora`)."""
         if trainer.accelerator.num_processes > 1 or getattr(trainer, "is_deepspeed_enabled", False):
-            raise ConfigError(
-                "trainer.algorithm ppo runs in one process: its advantages are whitened and its minibatches "
-                "drawn over one process's batch, and the value model is not wrapped for DDP or DeepSpeed; "
-                "start it without accelerate/DeepSpeed, or pick a GRPO-family algorithm"
-            )
+            raise ConfigError(PPO_ONE_PROCESS)
         self.trainer = trainer
         self.trainer_cfg = trainer_cfg
         self.cfg = trainer_cfg.ppo
@@ -227,6 +232,7 @@ class PPOUpdate:
             "reward_std": float(scores.std()) if len(rows) > 1 else 0.0,
             "kl": float(masked_mean(old_logps - ref_logps, mask)),
             "value_mean": float(masked_mean(old_values, mask)),
+            "explained_variance": float(explained_variance(old_values, returns, mask)),
         }
 
     def _minibatch(

@@ -33,7 +33,7 @@ CONVERSATIONS = [
 ]
 
 
-def policy_config(model_dir: Path, lora: bool = False) -> MPOConfig:
+def policy_config(model_dir: Path, lora: bool = False, algorithm: str = "grpo") -> MPOConfig:
     return MPOConfig(
         policy={
             "model": str(model_dir),
@@ -44,6 +44,7 @@ def policy_config(model_dir: Path, lora: bool = False) -> MPOConfig:
             "lora": {"enabled": lora, "r": 8, "alpha": 16, "dropout": 0.0},
         },
         trainer={
+            "algorithm": algorithm,
             "learning_rate": 1e-2,  # large, so the step visibly moves the weights
             "beta": 0.04,  # the KL term is on
             "num_generations": 4,
@@ -84,6 +85,7 @@ def launcher(kind: str) -> list[str]:
     [
         "full",
         "lora",
+        "rloo",  # TRL's RLOOTrainer: its leave-one-out baseline over rewards gathered from both processes
         pytest.param(
             "zero2",
             marks=pytest.mark.skipif(
@@ -96,7 +98,7 @@ def test_a_step_shared_by_two_processes_equals_the_single_process_step(tiny_mode
     from mpo_agents.policy import build_policy
 
     lora = kind == "lora"
-    config = policy_config(tiny_model_dir, lora)
+    config = policy_config(tiny_model_dir, lora, algorithm="rloo" if kind == "rloo" else "grpo")
     single = build_policy(config.policy, config.trainer, tmp_path / "single")
     rollouts = single.generate(CONVERSATIONS, 4, seed=3, key_prefix="it0001")
     rewards = [float(len(r.completion_ids) % 5) + 0.5 * r.generation_index for r in rollouts]
@@ -224,6 +226,14 @@ def test_uneven_prompt_share_is_refused_before_loading(tmp_path):
 
     config = MPOConfig(trainer={"prompts_per_iteration": 3})
     with pytest.raises(ConfigError, match="trainer.prompts_per_iteration is 3.*multiple of 2"):
+        check_world(config, ControlChannel(rank=0, world_size=2, group=None), {})
+
+
+def test_ppo_is_refused_on_several_processes_before_loading():
+    from mpo_agents.parallel import ControlChannel, check_world
+
+    config = MPOConfig(trainer={"algorithm": "ppo", "prompts_per_iteration": 4})
+    with pytest.raises(ConfigError, match="trainer.algorithm ppo runs in one process"):
         check_world(config, ControlChannel(rank=0, world_size=2, group=None), {})
 
 

@@ -15,7 +15,8 @@ EXAMPLES = REPO / "examples"
 TASK_CONFIGS = sorted(
     p
     for p in EXAMPLES.glob("*.yaml")
-    if p.stem in {"essay_writing", "summarization", "ethical_reasoning", "math_reasoning"}
+    if p.stem
+    in {"essay_writing", "essay_writing_ppo", "summarization", "ethical_reasoning", "math_reasoning"}
 )
 BASELINES = sorted((EXAMPLES / "baselines").glob("*.yaml"))
 

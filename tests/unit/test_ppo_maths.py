@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from mpo_agents.policy.ppo import gae, masked_whiten, policy_loss, token_rewards, value_loss
+from mpo_agents.policy.ppo import (
+    explained_variance,
+    gae,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
 
 # Two rows of three completion tokens; the second row's last token is padding (mask 0, junk values).
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
@@ -85,3 +92,15 @@ def test_clipped_value_loss():
     # 0.81. Token 2: kept -0.2, max(1.0, 0.04) = 1.0. Half the mean: 0.5 * 2.45 / 3.
     assert loss.item() == pytest.approx(0.5 * 2.45 / 3, abs=1e-6)
     assert clipped.item() == pytest.approx(1 / 3)
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # Perfect predictions explain everything; the mean explains nothing; a constant offset costs nothing.
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    assert explained_variance(torch.full((1, 4), 2.0), returns, mask).item() == pytest.approx(0.0)
+    assert explained_variance(returns + 5.0, returns, mask).item() == pytest.approx(1.0)
+    # Values 3, 2, 1 against returns 1, 2, 3: residuals -2, 0, 2 (variance 8/3), returns' variance 2/3: 1 - 4.
+    reversed_values = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert explained_variance(reversed_values, returns, mask).item() == pytest.approx(-3.0)
