@@ -9,6 +9,7 @@ equals the same step taken before, to OUT_DIR/result.json; the checkpoint is OUT
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ def main(config_path: str, batch_path: str, out: str) -> None:
 
     from mpo_agents import parallel
     from mpo_agents.cli.launch import launched_world_size
-    from mpo_agents.config import MPOConfig
+    from mpo_agents.config import RLOO_ALGORITHMS, MPOConfig
     from mpo_agents.context import build_run_policy
     from mpo_agents.policy import Rollout, build_policy
     from mpo_agents.rundir import RunDirectory
@@ -52,11 +53,16 @@ def main(config_path: str, batch_path: str, out: str) -> None:
         updated = time.perf_counter()
         checkpoint = run_dir.policy_dir / "iter-000001"
         policy.save(checkpoint)
-        # Resume check: a second step, then the checkpoint restored and the same second step again.
-        policy.update(rollouts, batch["rewards"])
+        # Resume check: a second step, then the checkpoint restored and the same second step again. GRPO
+        # trains the batch again one version stale; RLOO trains on-policy batches only, so for it the batch
+        # counts as sampled by the version it trains.
+        second = rollouts
+        if config.trainer.algorithm in RLOO_ALGORITHMS:
+            second = [dataclasses.replace(r, policy_step=local.step) for r in rollouts]
+        policy.update(second, batch["rewards"])
         stepped = [p.detach().clone() for p in local.model.parameters()]
         policy.load(checkpoint)
-        policy.update(rollouts, batch["rewards"])
+        policy.update(second, batch["rewards"])
         again = [p.detach() for p in local.model.parameters()]
         resumed_identical = all(torch.equal(a, b) for a, b in zip(stepped, again, strict=True))
     finally:
