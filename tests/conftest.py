@@ -55,3 +55,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     from tests.support.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny-model tests: they gain nothing from more, and on a busy 2-core
+    machine OpenMP's spinning barriers made such a module 3-4x slower (31 s vs 8.5 s measured). Restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ adapter disabled (no second copy), adapter-only checkpoints resume bit-identical
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from mpo_agents.policy import Rollout
 from mpo_agents.policy.grpo import TRLGRPOPolicy, build_policy
 from mpo_agents.policy.models import load_policy_model
 from mpo_agents.policy.weight_checkpoints import ADAPTER_DIR, MODEL_DIR, checkpoint_dir, latest_checkpoint
+from tests.support.tensors import params
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write about a cat."}],
@@ -31,13 +31,7 @@ GEN = GenerationConfig(max_new_tokens=12, temperature=0.9)
 LORA = LoraConfig(enabled=True, r=8, alpha=16, dropout=0.1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """As in test_policy_grpo.py: intra-op threads only slow tiny models down on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_policy(
@@ -63,10 +57,6 @@ def make_policy(
 
 def rewards_for(rollouts: list[Rollout]) -> list[float | None]:
     return [float(len(r.completion_ids) % 5) + 0.5 * r.generation_index for r in rollouts]
-
-
-def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def base_view(policy: TRLGRPOPolicy) -> dict[str, torch.Tensor]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import REPO
+from tests.support.tensors import max_rel_error, params
 
 torch = pytest.importorskip("torch")  # offline env vars are set by conftest.py before this import
 
@@ -33,14 +33,7 @@ CONVERSATIONS = [
 GEN = GenerationConfig(max_new_tokens=12, temperature=0.9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning barriers
-    made this module 3-4x slower (31 s vs 8.5 s measured). Restored for other modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +64,6 @@ def rewards_for(rollouts: list[Rollout]) -> list[float | None]:
     return [float(len(r.completion_ids) % 5) + 0.5 * r.generation_index for r in rollouts]
 
 
-def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
-
-
-def max_rel_error(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> float:
-    assert ours.keys() == theirs.keys()
-    a = torch.cat([ours[k].flatten() for k in sorted(ours)])
-    b = torch.cat([theirs[k].flatten() for k in sorted(theirs)])
-    return float((a - b).norm() / b.norm())
-
-
 # --- 1. the update is TRL's --------------------------------------------------------------------------------
 def trl_reference_step(
     model_dir: Path, rollouts: list[Rollout], rewards: list[float | None], cfg: TrainerConfig, out: Path
@@ -90,7 +72,6 @@ def trl_reference_step(
     reward function looks scores up by key (written here independently of `mpo_agents.policy.grpo`).
     Returns (loss, pre-clip grad norm, gradients at on_pre_optimizer_step, parameters after the step)."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOTrainer
 
     scores = {r.key: s for r, s in zip(rollouts, rewards, strict=True)}
@@ -107,23 +88,30 @@ def trl_reference_step(
     def lookup(prompts: list, completions: list, key: list[str], **_: object) -> list[float | None]:
         return [scores[k] for k in key]
 
+    model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[lookup],
+        args=grpo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1),
+        train_dataset=Dataset.from_dict({"prompt": ["unused"] * cfg.prompts_per_iteration}),
+        processing_class=tokenizer,
+        rollout_func=replay,
+    )
+    return train_one_step(trainer)
+
+
+def train_one_step(trainer: object) -> tuple[float, float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A TRL trainer's `train()` for its one step: (loss, pre-clip grad norm, gradients at
+    on_pre_optimizer_step, parameters after the step)."""
+    from transformers import TrainerCallback
+
     captured: dict[str, torch.Tensor] = {}
 
     class CaptureGrads(TrainerCallback):
         def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
             captured.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
 
-    model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
-    args = grpo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=[lookup],
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": ["unused"] * cfg.prompts_per_iteration}),
-        processing_class=tokenizer,
-        rollout_func=replay,
-        callbacks=[CaptureGrads()],
-    )
+    trainer.add_callback(CaptureGrads())
     result = trainer.train()
     grad_norm = next(log["grad_norm"] for log in trainer.state.log_history if "grad_norm" in log)
     return result.training_loss, float(grad_norm), captured, params(trainer.model)
@@ -195,7 +183,6 @@ def trl_rloo_reference_step(
     the scores in row order after checking it was shown the stored completions (written independently of
     `mpo_agents.policy.grpo`). Returns what `trl_reference_step` returns."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import RLOOTrainer
 
     from mpo_agents.policy.grpo import rloo_config
@@ -204,27 +191,17 @@ def trl_rloo_reference_step(
         assert completion_ids == [r.completion_ids for r in rollouts]
         return list(rewards)
 
-    captured: dict[str, torch.Tensor] = {}
-
-    class CaptureGrads(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            captured.update({n: p.grad.detach().clone() for n, p in model.named_parameters()})
-
     model, tokenizer = load_policy_model(model_dir, "cpu", torch.float32)
-    args = rloo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1)
     trainer = RLOOTrainer(
         model=model,
         reward_funcs=[lookup],
-        args=args,
+        args=rloo_config(cfg, GEN, "cpu", torch.float32, out, max_steps=1),
         train_dataset=Dataset.from_dict({"prompt": ["unused"] * cfg.prompts_per_iteration}),
         processing_class=tokenizer,
-        callbacks=[CaptureGrads()],
     )
     trainer._tokenize_prompts = lambda prompts: ([r.prompt_ids for r in rollouts], None, {})
     trainer._generate_single_turn = lambda *_: [r.completion_ids for r in rollouts]
-    result = trainer.train()
-    grad_norm = next(log["grad_norm"] for log in trainer.state.log_history if "grad_norm" in log)
-    return result.training_loss, float(grad_norm), captured, params(trainer.model)
+    return train_one_step(trainer)
 
 
 @pytest.mark.parametrize(("algorithm", "failed"), [("rloo", []), ("reinforce_pp", [1])])
