@@ -172,16 +172,20 @@ class PPOUpdate:
         self.trainer_cfg = trainer_cfg
         self.cfg = trainer_cfg.ppo
         device = str(trainer.accelerator.device)
-        self.value = load_value_model(
-            value_model_dir, device, trainer.model.dtype, trainer_cfg.seed, value_adapter
-        )
+        # In fp16 accelerate scales the policy's loss (GradScaler); the value model has no scaler, so it keeps
+        # float32 weights there (bfloat16 needs none).
+        dtype = torch.float32 if trainer.model.dtype == torch.float16 else trainer.model.dtype
+        self.value = load_value_model(value_model_dir, device, dtype, trainer_cfg.seed, value_adapter)
         self.value.train()
         if activation_checkpointing:  # as the policy's (policy.gradient_checkpointing)
-            self.value.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-            if value_adapter is not None:
-                self.value.backbone.enable_input_require_grads()
+            backbone = self.value.backbone
+            kwargs = {"use_reentrant": False}
+            if hasattr(backbone, "activation_checkpointing_enable"):
+                backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # a PEFT model exposes only the older name
+                backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            if value_adapter is not None:  # frozen inputs: the adapter's gradients must still flow
+                backbone.enable_input_require_grads()
         self.parameters = [p for p in self.value.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.parameters,
@@ -250,11 +254,15 @@ class PPOUpdate:
         pg, clipped = policy_loss(
             logps, old_logps, advantages, part["mask"], self.trainer_cfg.epsilon, clip_high
         )
+        # The two losses share no parameters: each is backpropagated before the other's forward, so the policy's
+        # and the value model's activations are never held at once (the gradients of pg + vf_coef * vf). The
+        # policy's goes through accelerate (its fp16 loss scaling); the value model never trains in fp16.
+        trainer.accelerator.backward(pg)
         vf, value_clipped = value_loss(
             self._values(part), old_values, returns, part["mask"], cfg.cliprange_value
         )
-        loss = pg + cfg.vf_coef * vf
-        trainer.accelerator.backward(loss)
+        (cfg.vf_coef * vf).backward()
+        loss = pg.detach() + cfg.vf_coef * vf.detach()
         grad_norm = trainer.accelerator.clip_grad_norm_(trainer.model_wrapped.parameters(), max_norm)
         value_norm = torch.nn.utils.clip_grad_norm_(self.parameters, max_norm)
         trainer.optimizer.step()
