@@ -39,6 +39,8 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     unless `shift_mean` is off (then the mean is kept)."""
     mean = masked_mean(values, mask)
     count = mask.sum()
+    if count < 2:  # one entry has no spread to scale by
+        return values - mean if shift_mean else values
     variance = masked_mean((values - mean) ** 2, mask) * count / (count - 1)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     return whitened if shift_mean else whitened + mean

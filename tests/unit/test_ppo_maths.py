@@ -65,6 +65,9 @@ def test_whitening_uses_the_masked_entries_and_the_unbiased_variance():
     # Mean 5, unbiased variance (9 + 1 + 1 + 9) / 3 = 20/3.
     wide = masked_whiten(torch.tensor([2.0, 4.0, 6.0, 8.0]), torch.ones(4))
     assert torch.allclose(wide, torch.tensor([-3.0, -1.0, 1.0, 3.0]) / math.sqrt(20 / 3), atol=1e-6)
+    # A single real entry (one scored row of one token) has no spread: centred, never NaN.
+    single = masked_whiten(torch.tensor([[4.0, 7.0]]), torch.tensor([[1.0, 0.0]]))
+    assert single[0, 0].item() == 0.0 and not torch.isnan(single).any()
 
 
 def test_clipped_policy_loss():
