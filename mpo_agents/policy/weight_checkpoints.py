@@ -239,6 +239,13 @@ def load_checkpoint(policy: TrainerState, directory: Path, rank: int = 0, verify
             f"{directory}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}"
         )
     _check_kind(policy, state.get("lora"), directory)
+    holds_value = (directory / VALUE_DIR).is_dir()
+    if holds_value != (getattr(policy, "value", None) is not None):  # refused before anything is loaded
+        raise CheckpointError(
+            f"{directory} was written by a {'PPO' if holds_value else 'GRPO or RLOO'} run and this policy "
+            f"{'has no' if holds_value else 'needs a'} value model; resume it with the trainer.algorithm it was "
+            "started with"
+        )
     written_by_deepspeed = (directory / DEEPSPEED_DIR).is_dir()
     if written_by_deepspeed != is_deepspeed(policy):
         raise CheckpointError(
@@ -265,13 +272,6 @@ def load_checkpoint(policy: TrainerState, directory: Path, rank: int = 0, verify
             _load_weights(policy.model, directory / MODEL_DIR)
         trainer.optimizer.load_state_dict(
             {"state": _optimizer_tensors(tensors), "param_groups": state["param_groups"]}
-        )
-    holds_value = (directory / VALUE_DIR).is_dir()
-    if holds_value != (getattr(policy, "value", None) is not None):
-        raise CheckpointError(
-            f"{directory} was written by a {'PPO' if holds_value else 'GRPO or RLOO'} run and this policy "
-            f"{'has no' if holds_value else 'needs a'} value model; resume it with the trainer.algorithm it was "
-            "started with"
         )
     if holds_value:
         _load_value(policy, directory / VALUE_DIR)

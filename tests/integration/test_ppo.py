@@ -233,11 +233,19 @@ def test_checkpoint_round_trip_resumes_bitwise_with_the_value_model(tiny_model_d
 
 
 def test_checkpoints_of_another_algorithm_are_refused(tiny_model_dir, tmp_path):
-    grpo = make_policy(tiny_model_dir, tmp_path / "g", TrainerConfig(num_generations=2, max_prompt_length=64))
-    grpo.save(checkpoint_dir(tmp_path / "grpo", 0))
+    grpo_cfg = TrainerConfig(
+        num_generations=2, prompts_per_iteration=3, max_prompt_length=64, learning_rate=1e-2
+    )
+    grpo = make_policy(tiny_model_dir, tmp_path / "g", grpo_cfg)
+    batch = grpo.generate(CONVERSATIONS, 2, seed=1, key_prefix="a")
+    grpo.update(batch, [float(i) for i in range(len(batch))])  # weights that differ from the base's
+    grpo.save(checkpoint_dir(tmp_path / "grpo", 1))
     ppo = make_policy(tiny_model_dir, tmp_path / "p", ppo_config())
+    before = params(ppo.model)
     with pytest.raises(CheckpointError, match="written by a GRPO or RLOO run"):
         ppo.load(latest_checkpoint(tmp_path / "grpo"))
+    after = params(ppo.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused before anything was loaded
     ppo.save(checkpoint_dir(tmp_path / "ppo", 0))
     with pytest.raises(CheckpointError, match="written by a PPO run"):
         grpo.load(latest_checkpoint(tmp_path / "ppo"))
