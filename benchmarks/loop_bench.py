@@ -91,7 +91,6 @@ def trl_trainer(
     from transformers import TrainerCallback
     from trl import GRPOTrainer, RLOOTrainer
 
-    from mpo_agents.config import RLOO_ALGORITHMS
     from mpo_agents.policy import resolve_device, resolve_dtype, resolve_model_dir
     from mpo_agents.policy.grpo import grpo_config, rloo_config
     from mpo_agents.policy.models import load_policy_model
@@ -105,7 +104,7 @@ def trl_trainer(
     device = resolve_device(config.policy)
     dtype = resolve_dtype(config.policy, device)
     model, tokenizer = load_policy_model(resolve_model_dir(config.policy.model), device, dtype)
-    rloo = config.trainer.algorithm in RLOO_ALGORITHMS
+    rloo = config.trainer.trainer_kind == "rloo"
     args = (rloo_config if rloo else grpo_config)(
         config.trainer,
         config.policy.generation,

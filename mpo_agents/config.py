@@ -505,8 +505,19 @@ ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
     # penalty 0.05, clip range 0.2; the value model's fields are under trainer.ppo.
     "ppo": {"beta": 0.05, "epsilon": 0.2, "epsilon_high": None, "num_generations": 1},
 }
-# Algorithms by the trainer that runs them: TRL's GRPOTrainer, TRL's RLOOTrainer, or our PPO (policy/ppo.py).
+# Algorithms by the trainer that runs them (`TrainerConfig.trainer_kind`): TRL's GRPOTrainer (the rest), TRL's
+# RLOOTrainer, or our PPO (policy/ppo.py); and each trainer's name in the docs and messages.
 RLOO_ALGORITHMS = frozenset({"rloo", "reinforce_pp"})
+TRAINER_NAMES = {"grpo": "TRL GRPOTrainer", "rloo": "TRL RLOOTrainer", "ppo": "ours"}
+
+
+def trainer_kind(algorithm: str) -> Literal["grpo", "rloo", "ppo"]:
+    """Which trainer runs a `trainer.algorithm`: TRL's GRPOTrainer, TRL's RLOOTrainer, or our PPO."""
+    if algorithm == "ppo":
+        return "ppo"
+    return "rloo" if algorithm in RLOO_ALGORITHMS else "grpo"
+
+
 # TrainerConfig fields only TRL's GRPO loss reads, so an RLOO or PPO config may not set them.
 GRPO_ONLY_FIELDS = (
     "loss_type",
@@ -641,6 +652,11 @@ class TrainerConfig(_Section):
         description="`trainer.algorithm: ppo` only: the value model and the PPO epochs (docs/design.md, 'PPO').",
     )
 
+    @property
+    def trainer_kind(self) -> Literal["grpo", "rloo", "ppo"]:
+        """Which trainer runs `algorithm` (`trainer_kind`)."""
+        return trainer_kind(self.algorithm)
+
     @model_validator(mode="after")
     def _algorithm_preset(self) -> TrainerConfig:
         """The algorithm's preset for every field the config does not set itself."""
@@ -652,16 +668,15 @@ class TrainerConfig(_Section):
                 f"trainer.algorithm {self.algorithm} needs a group: set num_generations to 2 or more (one sample "
                 "per prompt is for ppo)"
             )
-        if self.algorithm in RLOO_ALGORITHMS or self.algorithm == "ppo":
-            trainer = "TRL's RLOOTrainer" if self.algorithm in RLOO_ALGORITHMS else "PPO"
+        if self.trainer_kind != "grpo":
             for name in GRPO_ONLY_FIELDS:
                 # A value other than the default: a run's saved config.yaml lists every field at its default.
                 if getattr(self, name) != type(self).model_fields[name].default:
                     raise ValueError(
                         f"trainer.{name} is a field of TRL's GRPO loss, which trainer.algorithm "
-                        f"{self.algorithm} ({trainer}) does not use; remove it or pick a GRPO-family algorithm"
+                        f"{self.algorithm} does not use; remove it or pick a GRPO-family algorithm"
                     )
-        if self.algorithm in RLOO_ALGORITHMS and self.scale_rewards == "group":
+        if self.trainer_kind == "rloo" and self.scale_rewards == "group":
             raise ValueError(
                 f"trainer.algorithm {self.algorithm} (TRL's RLOOTrainer) normalises advantages over the batch or "
                 "not at all: set scale_rewards to batch or none"
@@ -1008,7 +1023,7 @@ class MPOConfig(BaseSettings):
     def _algorithm_supported(self) -> MPOConfig:
         """What the RLOO and PPO updates cannot train yet, and PPO's reward scale (docs/design.md, 'PPO')."""
         algorithm = self.trainer.algorithm
-        if algorithm in RLOO_ALGORITHMS or algorithm == "ppo":
+        if self.trainer.trainer_kind != "grpo":
             if self.schedule.pipeline != "off":
                 raise ValueError(
                     f"trainer.algorithm {algorithm} trains on-policy only: the pipelined loop's one-step-stale "
@@ -1199,14 +1214,9 @@ def _presets_table() -> list[str]:
             "-" if name not in preset else "null" if preset[name] is None else str(preset[name]).lower()
             for name in fields
         ]
-        trainer = (
-            "TRL RLOOTrainer"
-            if algorithm in RLOO_ALGORITHMS
-            else "ours"
-            if algorithm == "ppo"
-            else "TRL GRPOTrainer"
+        lines.append(
+            f"| `{algorithm}` | {TRAINER_NAMES[trainer_kind(algorithm)]} | " + " | ".join(shown) + " |"
         )
-        lines.append(f"| `{algorithm}` | {trainer} | " + " | ".join(shown) + " |")
     return [*lines, "", ALGORITHM_SOURCES, ""]
 
 

@@ -31,14 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mpo_agents.config import (
-    RLOO_ALGORITHMS,
-    GenerationConfig,
-    LoraConfig,
-    PolicyConfig,
-    RolloutConfig,
-    TrainerConfig,
-)
+from mpo_agents.config import GenerationConfig, LoraConfig, PolicyConfig, RolloutConfig, TrainerConfig
 from mpo_agents.errors import ConfigError
 from mpo_agents.policy import allocator, logprob_tiles
 from mpo_agents.policy.base import Rollout
@@ -518,7 +511,7 @@ class TRLGRPOPolicy:
         started = time.perf_counter()
         check_batch(rollouts, rewards, self.trainer_cfg.num_generations, require_scored)
         staleness = self._staleness(rollouts)
-        if staleness and self.trainer_cfg.algorithm in (*RLOO_ALGORITHMS, "ppo"):
+        if staleness and self.trainer_cfg.trainer_kind != "grpo":
             raise ValueError(f"trainer.algorithm {self.trainer_cfg.algorithm} trains on-policy batches only")
         if self.ppo is not None:
             stats = self.ppo.update(rollouts, rewards)
@@ -550,7 +543,7 @@ class TRLGRPOPolicy:
         # The prompt column is only passed through to the replay and the reward (both ignore it); keys keep TRL's
         # completion log readable.
         inputs: list[dict[str, Any]] = [{"prompt": r.key} for r in rollouts]
-        if self.trainer_cfg.algorithm in RLOO_ALGORITHMS:
+        if self.trainer_cfg.trainer_kind == "rloo":
             # RLOOTrainer hands every input column to the reward functions (GRPO gets it from rollout_func).
             inputs = [{"prompt": r.key, ROLLOUT_KEY_COLUMN: r.key} for r in rollouts]
         try:
@@ -676,7 +669,7 @@ def _build_trainer(
 
     # rollout_func is "experimental" in TRL 1.16 and warns on every trainer build otherwise.
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    rloo = trainer_cfg.algorithm in RLOO_ALGORITHMS
+    rloo = trainer_cfg.trainer_kind == "rloo"
     arguments = rloo_config if rloo else grpo_config
     # PPO (policy/ppo.py) uses the GRPOTrainer only for its model, reference, optimizer and log-probs, never its
     # loss or batching, which insist on groups of 2 or more.

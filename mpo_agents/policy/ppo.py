@@ -286,18 +286,16 @@ class PPOUpdate:
         """The batch as tensors: prompts left-padded, completions right-padded (`mask` marks their real tokens)."""
         from trl.trainer.utils import pad
 
-        device = self.trainer.accelerator.device
+        from mpo_agents.policy.tokens import left_pad
+
+        device = str(self.trainer.accelerator.device)
         pad_id = self.trainer.processing_class.pad_token_id
-
-        def padded(rows: list[list[int]], value: int, side: str) -> torch.Tensor:
-            return pad([torch.tensor(ids) for ids in rows], padding_value=value, padding_side=side).to(device)
-
-        prompts = [r.prompt_ids for r in rollouts]
-        completions = [r.completion_ids for r in rollouts]
-        prompt_ids = padded(prompts, pad_id, "left")
-        prompt_mask = padded([[1] * len(ids) for ids in prompts], 0, "left")
-        completion_ids = padded(completions, pad_id, "right")
-        mask = padded([[1] * len(ids) for ids in completions], 0, "right")
+        prompt_ids, prompt_mask = left_pad([r.prompt_ids for r in rollouts], pad_id, 1, device)
+        completions = [torch.tensor(r.completion_ids) for r in rollouts]
+        completion_ids = pad(completions, padding_value=pad_id, padding_side="right").to(device)
+        mask = pad([torch.ones_like(ids) for ids in completions], padding_value=0, padding_side="right").to(
+            device
+        )
         return {
             "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
             "attention_mask": torch.cat([prompt_mask, mask], dim=1),

@@ -25,7 +25,7 @@ def main(config_path: str, batch_path: str, out: str) -> None:
 
     from mpo_agents import parallel
     from mpo_agents.cli.launch import launched_world_size
-    from mpo_agents.config import RLOO_ALGORITHMS, MPOConfig
+    from mpo_agents.config import MPOConfig
     from mpo_agents.context import build_run_policy
     from mpo_agents.policy import Rollout, build_policy
     from mpo_agents.rundir import RunDirectory
@@ -57,7 +57,7 @@ def main(config_path: str, batch_path: str, out: str) -> None:
         # trains the batch again one version stale; RLOO trains on-policy batches only, so for it the batch
         # counts as sampled by the version it trains.
         second = rollouts
-        if config.trainer.algorithm in RLOO_ALGORITHMS:
+        if config.trainer.trainer_kind == "rloo":
             second = [dataclasses.replace(r, policy_step=local.step) for r in rollouts]
         policy.update(second, batch["rewards"])
         stepped = [p.detach().clone() for p in local.model.parameters()]
